@@ -1,0 +1,7 @@
+"""Entry point of the ``colqwen`` console script: the indexer's commands plus the service's."""
+
+from __future__ import annotations
+
+from indexer.cli import app
+
+__all__ = ["app"]

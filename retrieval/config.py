@@ -1,0 +1,70 @@
+"""All configuration, in one place: environment variables prefixed ``COLQWEN_``.
+
+Nothing else in the code base reads ``os.environ``. CLI flags and tests override
+fields by building a new ``Settings`` (``settings.model_copy(update=...)``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelFamily = Literal["colqwen2", "colqwen2_5"]
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field maps to ``COLQWEN_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COLQWEN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- model -----------------------------------------------------------------------------
+    model: str = Field(
+        "vidore/colqwen2-v1.0",
+        description="Hub id or local directory of a ColQwen2 checkpoint (model or PEFT adapter).",
+    )
+    model_family: ModelFamily = Field(
+        "colqwen2", description="colpali-engine model family: colqwen2 or colqwen2_5."
+    )
+    device: str = Field(
+        "auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 elsewhere."
+    )
+    max_visual_tokens: int = Field(
+        768,
+        ge=4,
+        le=16384,
+        description="Visual-token budget per page (the model was trained at 768).",
+    )
+    batch_size: int = Field(8, ge=1, description="Pages per forward pass (halved on CUDA OOM).")
+    query_batch_size: int = Field(32, ge=1, description="Queries per forward pass.")
+
+    # --- storage ---------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Where the embedded store and uploads live.")
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server/cluster URL; unset = embedded store under data_dir."
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    qdrant_prefer_grpc: bool = Field(True, description="Talk gRPC to the Qdrant server.")
+    collection: str = Field("pages", description="Default collection name.")
+
+    @field_validator("qdrant_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+__all__ = ["ModelFamily", "Settings", "get_settings"]

@@ -1,0 +1,323 @@
+"""ColQwen2 encoder: images and queries in, float32 multivectors out.
+
+The work is split in three steps so the ingestion pipeline can overlap them:
+``preprocess`` (CPU: resize, patchify, tokenize), ``forward`` (the device) and ``postprocess``
+(strip left padding with the attention mask, find the image span by ``image_token_id``, reshape
+the visual tokens into their (rows, cols) raster). ``embed_pages`` and ``embed_queries`` chain them.
+
+NOTE: never slice the output by position. Batches are left-padded and the page prompt puts 4
+tokens before the image; ``emb[:, :n_x * n_y]`` (a popular recipe) is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.config import ModelFamily, Settings
+from retrieval.errors import ConfigurationError, InvalidInput, ModelLoadError
+from retrieval.types import PageEmbedding
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class _Family:
+    model_cls: str
+    processor_cls: str
+
+
+_FAMILIES: dict[str, _Family] = {
+    "colqwen2": _Family("ColQwen2", "ColQwen2Processor"),
+    "colqwen2_5": _Family("ColQwen2_5", "ColQwen2_5_Processor"),
+}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> cuda, then mps, then cpu; anything else is checked and returned."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigurationError(f"device '{device}' requested but CUDA is not available")
+    if device not in {"cpu", "mps"} and not device.startswith("cuda"):
+        raise ConfigurationError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+
+
+class Encoder:
+    """A loaded ColQwen2 model and processor. Thread-safe: forward passes are serialised."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        device: str,
+        max_visual_tokens: int,
+        batch_size: int = 8,
+        query_batch_size: int = 32,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id
+        self.device = device
+        self.max_visual_tokens = max_visual_tokens
+        self.batch_size = batch_size
+        self.query_batch_size = query_batch_size
+        # Largest page batch known to fit in device memory; learned on CUDA out-of-memory.
+        self.fitting_batch_size: int | None = None
+        self.image_token_id: int = processor.image_token_id
+        self.merge_size: int = processor.image_processor.merge_size
+        self.dim: int = int(model.dim)
+        self._lock = threading.Lock()
+
+    # --- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        model: str = "vidore/colqwen2-v1.0",
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_visual_tokens: int = 768,
+        family: ModelFamily = "colqwen2",
+        batch_size: int = 8,
+        query_batch_size: int = 32,
+    ) -> Encoder:
+        """Load a checkpoint: a hub id, a local model directory, or a local PEFT adapter directory
+        (``adapter_config.json`` naming its base), always capped at ``max_visual_tokens``."""
+
+        resolved_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, resolved_device)
+        net, processor = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
+        net = net.to(resolved_device).eval()
+        log.info("loaded %s on %s (%s)", model, resolved_device, torch_dtype)
+        return cls(
+            net,
+            processor,
+            model_id=model,
+            device=resolved_device,
+            max_visual_tokens=max_visual_tokens,
+            batch_size=batch_size,
+            query_batch_size=query_batch_size,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Encoder:
+        return cls.load(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_visual_tokens=settings.max_visual_tokens,
+            family=settings.model_family,
+            batch_size=settings.batch_size,
+            query_batch_size=settings.query_batch_size,
+        )
+
+    # --- pages ---------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Any:
+        """CPU step: resize/patchify the images and build the left-padded page prompts."""
+        if not images:
+            raise InvalidInput("no images to embed")
+        return self.processor.process_images(list(images))
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            inputs = {k: v.to(self.device) for k, v in batch.items()}
+            return self.model(**inputs)
+
+    def postprocess(self, batch: Any, output: torch.Tensor) -> list[PageEmbedding]:
+        """CPU step: unpad each row, locate the visual span, reshape it to its grid."""
+        out = output.float().cpu().numpy()  # (batch, seq_len, dim)
+        mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
+        ids = batch["input_ids"].cpu().numpy()  # (batch, seq_len)
+        grids = batch["image_grid_thw"].cpu().numpy()  # (batch, 3): t, h, w in patches
+        pages = []
+        for row, keep, row_ids, (_, grid_h, grid_w) in zip(out, mask, ids, grids, strict=True):
+            tokens = np.ascontiguousarray(row[keep], dtype=np.float32)  # (n_tokens, dim)
+            is_visual = row_ids[keep] == self.image_token_id  # (n_tokens,)
+            rows, cols = int(grid_h) // self.merge_size, int(grid_w) // self.merge_size
+            if int(is_visual.sum()) != rows * cols:
+                raise RuntimeError(
+                    f"found {int(is_visual.sum())} image tokens, expected {rows}x{cols}"
+                )
+            pages.append(
+                PageEmbedding(
+                    multivector=tokens,
+                    grid=(rows, cols),
+                    visual=tokens[is_visual].reshape(rows, cols, -1),
+                    special=tokens[~is_visual],
+                )
+            )
+        return pages
+
+    def embed_pages(
+        self, images: Sequence[Image.Image], batch_size: int | None = None
+    ) -> list[PageEmbedding]:
+        """Embed page images, ``batch_size`` (default: the encoder's) at a time.
+
+        On CUDA out-of-memory the batch is halved and retried, and the encoder remembers the
+        size that fits. Results do not depend on the batch size.
+        """
+        images = list(images)
+        size = batch_size or self.batch_size
+        if self.fitting_batch_size is not None:
+            size = min(size, self.fitting_batch_size)
+        pages: list[PageEmbedding] = []
+        start = 0
+        while start < len(images):
+            chunk = images[start : start + size]
+            batch = self.preprocess(chunk)
+            try:
+                output = self.forward(batch)
+            except Exception as exc:
+                size = self._smaller_batch_after(exc, len(chunk))
+                continue
+            pages.extend(self.postprocess(batch, output))
+            start += len(chunk)
+        return pages
+
+    def _smaller_batch_after(self, exc: Exception, n: int) -> int:
+        """Re-raise anything but a CUDA OOM; otherwise halve ``n`` and remember it."""
+        import torch
+
+        if not isinstance(exc, torch.cuda.OutOfMemoryError) or n <= 1:
+            raise exc
+        torch.cuda.empty_cache()
+        smaller = max(1, n // 2)
+        self.fitting_batch_size = smaller
+        log.warning("CUDA out of memory at batch %d; retrying at %d", n, smaller)
+        return smaller
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def embed_queries(
+        self, texts: Sequence[str], batch_size: int | None = None
+    ) -> list[np.ndarray]:
+        """Embed queries: one float32 (n_tokens, dim) array each, augmentation tokens kept,
+        padding dropped."""
+        for text in texts:
+            if not text or not text.strip():
+                raise InvalidInput("query is empty")
+            if len(text) > MAX_QUERY_CHARS:
+                raise InvalidInput(
+                    f"query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
+                )
+        size = batch_size or self.query_batch_size
+        result: list[np.ndarray] = []
+        for chunk in _chunks(list(texts), size):
+            batch = self.processor.process_queries(chunk)
+            out = self.forward(batch).float().cpu().numpy()  # (batch, seq_len, dim)
+            mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
+            result.extend(
+                np.ascontiguousarray(r[m], dtype=np.float32) for r, m in zip(out, mask, strict=True)
+            )
+        return result
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --- checkpoint loading --------------------------------------------------------------------------
+
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def _load_checkpoint(
+    ref: str, family: str, torch_dtype: torch.dtype, max_visual_tokens: int
+) -> tuple[Any, Any]:
+    import colpali_engine.models as models
+
+    try:
+        spec = _FAMILIES[family]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown model family '{family}': use one of {sorted(_FAMILIES)}"
+        ) from None
+    model_cls, processor_cls = getattr(models, spec.model_cls), getattr(models, spec.processor_cls)
+
+    path = Path(ref).expanduser()
+    local = path.exists()
+    if local:
+        processor_source = _check_local_checkpoint(path)
+    elif _looks_like_path(ref):
+        raise ModelLoadError(f"model directory '{ref}' does not exist")
+    else:
+        processor_source = ref
+    source = str(path) if local else ref
+    try:
+        net = model_cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local)
+        processor = processor_cls.from_pretrained(
+            processor_source, local_files_only=local, max_num_visual_tokens=max_visual_tokens
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        where = f"local directory '{path}'" if local else f"'{ref}' (hub id)"
+        raise ModelLoadError(
+            f"cannot load model from {where}: {exc}. Set COLQWEN_MODEL to a local checkpoint "
+            "directory when the model hub is unreachable."
+        ) from exc
+    return net, processor
+
+
+def _check_local_checkpoint(path: Path) -> str:
+    """Validate a local model or adapter directory; return where its processor files are."""
+    if not path.is_dir():
+        raise ModelLoadError(f"model path '{path}' is not a directory")
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"adapter '{path}' does not name its base model")
+        if _looks_like_path(base) and not Path(base).expanduser().exists():
+            raise ModelLoadError(
+                f"adapter '{path}' points at base model '{base}', which does not exist; "
+                "edit base_model_name_or_path in its adapter_config.json"
+            )
+        has_processor = any((path / f).is_file() for f in _PROCESSOR_FILES)
+        return str(path) if has_processor else str(base)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"'{path}' is not a model checkpoint (no config.json or adapter_config.json)"
+        )
+    return str(path)
+
+
+def _looks_like_path(ref: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else is meant as a filesystem path."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref

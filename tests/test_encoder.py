@@ -1,0 +1,220 @@
+"""The encoder against independent oracles computed from colpali-engine directly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from retrieval.encoder import Encoder
+from retrieval.errors import ModelLoadError
+
+A4_INCHES = (8.27, 11.69)
+
+
+def page_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A page-like image: white, with a few dark boxes and lines (deterministic)."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, width - 2)), int(rng.integers(0, height - 2))
+        x1, y1 = (
+            x0 + int(rng.integers(1, width // 3 + 2)),
+            y0 + int(rng.integers(1, height // 8 + 2)),
+        )
+        draw.rectangle([x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(0, 200, 3)))
+    return image
+
+
+def reference_unpadded(encoder: Encoder, image: Image.Image) -> tuple[np.ndarray, dict]:
+    """colpali-engine on a single image, padding removed by the attention mask."""
+    batch = encoder.processor.process_images([image])
+    with torch.no_grad():
+        out = encoder.model(**batch)[0]
+    keep = batch["attention_mask"][0].bool()
+    return out[keep].float().numpy(), batch
+
+
+@pytest.mark.parametrize("size", [(300, 200), (644, 896)])
+def test_multivector_is_model_output_without_padding(encoder, size):
+    # Batch the image with a bigger one so it is left-padded inside the batch.
+    image = page_image(*size)
+    page, _ = encoder.embed_pages([image, page_image(900, 700, seed=1)], batch_size=2)
+    expected, _ = reference_unpadded(encoder, image)
+    assert page.multivector.dtype == np.float32
+    assert page.multivector.shape == expected.shape
+    np.testing.assert_allclose(page.multivector, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(300, 200), (644, 896), (1000, 400)])
+def test_visual_tokens_are_the_raster_after_the_prompt_prefix(encoder, size):
+    image = page_image(*size, seed=3)
+    [page] = encoder.embed_pages([image])
+    # Independent oracle: the grid from the processor's own get_n_patches (W, H) -> (cols, rows),
+    # and the image span starting right after the tokenized prompt prefix.
+    n_cols, n_rows = encoder.processor.get_n_patches(image.size, spatial_merge_size=2)
+    assert page.grid == (n_rows, n_cols)
+    prefix = encoder.processor.tokenizer("<|im_start|>user\n<|vision_start|>")["input_ids"]
+    expected, _ = reference_unpadded(encoder, image)
+    assert page.visual.shape == (n_rows, n_cols, 128)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            np.testing.assert_allclose(
+                page.visual[r, c], expected[len(prefix) + r * n_cols + c], atol=1e-6
+            )
+    n_visual = n_rows * n_cols
+    np.testing.assert_allclose(page.special[: len(prefix)], expected[: len(prefix)], atol=1e-6)
+    np.testing.assert_allclose(
+        page.special[len(prefix) :], expected[len(prefix) + n_visual :], atol=1e-6
+    )
+
+
+def test_pooled_rows_and_cols_are_hand_computed_means(encoder):
+    [page] = encoder.embed_pages([page_image(300, 200, seed=4)])
+    rows, cols = page.grid
+    assert (rows, cols) == (7, 11)  # 300x200 -> 308x196 px -> 22x14 patches -> 11x7 tokens
+    for r in range(rows):
+        mean = sum(page.visual[r, c] for c in range(cols)) / cols
+        np.testing.assert_allclose(page.pooled_rows[r], mean, atol=1e-6)
+    for c in range(cols):
+        mean = sum(page.visual[r, c] for r in range(rows)) / rows
+        np.testing.assert_allclose(page.pooled_cols[c], mean, atol=1e-6)
+    np.testing.assert_array_equal(page.pooled_rows[rows:], page.special)
+    np.testing.assert_array_equal(page.pooled_cols[cols:], page.special)
+    assert page.pooled_rows.dtype == page.pooled_cols.dtype == np.float32
+
+
+@pytest.mark.parametrize("dpi", [100, 150, 200, 300])
+def test_a4_page_stays_within_the_visual_token_budget(encoder, dpi):
+    size = (round(A4_INCHES[0] * dpi), round(A4_INCHES[1] * dpi))
+    [page] = encoder.embed_pages([page_image(*size)])
+    rows, cols = page.grid
+    assert rows * cols in (736, 759)
+    assert (rows, cols) in ((32, 23), (33, 23))
+
+
+def test_batching_does_not_change_embeddings(encoder):
+    images = [
+        page_image(*s, seed=i)
+        for i, s in enumerate([(300, 200), (644, 896), (500, 500), (80, 900)])
+    ]
+    one_by_one = [encoder.embed_pages([im], batch_size=1)[0] for im in images]
+    batched = encoder.embed_pages(images, batch_size=4)
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert a.grid == b.grid
+        np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-5)
+
+
+def test_queries_keep_augmentation_tokens_and_drop_padding(encoder):
+    texts = ["a", "what is the revenue in 2021?"]
+    short, long = encoder.embed_queries(texts)
+    tok = encoder.processor.tokenizer
+    # Each query is its text followed by 10 <|endoftext|> augmentation tokens, no padding.
+    assert short.shape == (len(tok("a")["input_ids"]) + 10, 128)
+    assert long.shape == (len(tok(texts[1])["input_ids"]) + 10, 128)
+    np.testing.assert_allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
+    # Same embedding alone as in a padded batch.
+    [alone] = encoder.embed_queries(["a"])
+    np.testing.assert_allclose(alone, short, atol=1e-5)
+
+
+def test_maxsim_matches_colpali_score_multi_vector(encoder):
+    pages = encoder.embed_pages([page_image(300, 200, seed=7), page_image(644, 896, seed=8)])
+    queries = encoder.embed_queries(["invoice total", "a chart of growth"])
+    for q in queries:
+        for p in pages:
+            ours = float((q @ p.multivector.T).max(axis=1).sum())
+            # One document per call: score_multi_vector zero-pads across documents.
+            ref = encoder.processor.score_multi_vector(
+                [torch.from_numpy(q)], [torch.from_numpy(p.multivector)], device="cpu"
+            )
+            assert ours == pytest.approx(float(ref[0, 0]), abs=1e-4)
+
+
+def test_adapter_checkpoint_loads_offline(tiny_model_dir, tiny_adapter_dir, monkeypatch):
+    from colpali_engine.models import ColQwen2
+    from peft import PeftModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    adapted = Encoder.load(str(tiny_adapter_dir), device="cpu")
+    image = page_image(300, 200, seed=9)
+    [page] = adapted.embed_pages([image])
+    # Oracle: the same adapter applied by PEFT directly on the base model.
+    base = ColQwen2.from_pretrained(tiny_model_dir, dtype=torch.float32, local_files_only=True)
+    peft_model = PeftModel.from_pretrained(base, str(tiny_adapter_dir)).eval()
+    batch = adapted.processor.process_images([image])
+    with torch.no_grad():
+        expected = peft_model(**batch)[0].numpy()
+    np.testing.assert_allclose(page.multivector, expected, atol=1e-5)
+    plain = Encoder.load(str(tiny_model_dir), device="cpu")
+    assert not np.allclose(plain.embed_pages([image])[0].multivector, page.multivector, atol=1e-3)
+
+
+def test_checkpoint_allowing_huge_images_is_capped(tiny_model_dir, tmp_path):
+    # A checkpoint whose preprocessor allows 12,845,056 pixels, like the real one.
+    ckpt = tmp_path / "big-preprocessor"
+    shutil.copytree(tiny_model_dir, ckpt)
+    config_path = ckpt / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["size"]["longest_edge"] = 12845056
+    config_path.write_text(json.dumps(config))
+    encoder = Encoder.load(str(ckpt), device="cpu", max_visual_tokens=768)
+    [page] = encoder.embed_pages([page_image(2480, 3508)])  # A4 at 300 DPI
+    assert page.grid[0] * page.grid[1] <= 768
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        Encoder.load(str(missing), device="cpu")
+
+
+def test_directory_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a model checkpoint"):
+        Encoder.load(str(tmp_path), device="cpu")
+
+
+def test_adapter_with_missing_base_is_a_clear_error(tiny_adapter_dir, tmp_path):
+    broken = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, broken)
+    cfg = json.loads((broken / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "gone")
+    (broken / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="gone"):
+        Encoder.load(str(broken), device="cpu")
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
+        Encoder.load("no-such-org/no-such-model", device="cpu")
+
+
+def test_out_of_memory_halves_the_batch_and_remembers(encoder, monkeypatch):
+    images = [page_image(300, 200, seed=i) for i in range(5)]
+    expected = encoder.embed_pages(images, batch_size=1)
+    real_forward = encoder.forward
+    seen = []
+
+    def forward_that_fits_two(batch):
+        n = batch["input_ids"].shape[0]
+        seen.append(n)
+        if n > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(batch)
+
+    monkeypatch.setattr(encoder, "forward", forward_that_fits_two)
+    got = encoder.embed_pages(images, batch_size=8)
+    assert seen[:3] == [5, 2, 2]
+    assert encoder.fitting_batch_size == 2
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-5)
+    seen.clear()
+    encoder.embed_pages(images, batch_size=8)  # the learned size is kept
+    assert max(seen) == 2
+    encoder.fitting_batch_size = None

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(8, ge=1, description="Pages per forward pass (halved on CUDA OOM).")
     query_batch_size: int = Field(32, ge=1, description="Queries per forward pass.")
 
+    # --- rendering -------------------------------------------------------------------------
+    render_workers: int | None = Field(
+        None, ge=0, description="Render processes (default: CPU count; 0 = in-process)."
+    )
+    render_supersample: int = Field(
+        1, ge=1, le=4, description="Render at k x the target size, then downsample (1 = off)."
+    )
+
     # --- storage ---------------------------------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="Where the embedded store and uploads live.")
     qdrant_url: str | None = Field(

@@ -39,6 +39,10 @@ class PageTooLarge(InvalidDocument):
     """A page or an image is too large to render within the pixel budget."""
 
 
+class RendererUnavailable(ColqwenError):
+    """The rendering processes cannot run at all (not a problem of one file)."""
+
+
 class NotFound(ColqwenError):
     """A document, page, job or collection does not exist."""
 

@@ -1,0 +1,326 @@
+"""PDF pages and images to model-ready RGB images, rendered straight at the model's pixel size.
+
+``open_document`` reads a PDF (PDFium, through pypdfium2) or an image (PNG, JPEG, TIFF, WebP;
+each frame a page) from a path or bytes, and ``Document.render(i)`` returns page ``i`` at the size
+``indexer.sizing`` picks, with its provenance. Bad input raises one of our exceptions naming the
+file and the reason. PDFium is not thread-safe: use one ``Document`` per process
+(``indexer.render_pool`` runs them in a process pool).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from retrieval.errors import (
+    InvalidDocument,
+    PageTooLarge,
+    PasswordRequired,
+    UnsupportedFormat,
+)
+
+from indexer.sizing import target_grid
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Source = Path | bytes
+Kind = Literal["pdf", "image"]
+
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "WEBP"}
+DEFAULT_MAX_IMAGE_PIXELS = 200_000_000  # decoded pixels of one input image
+MAX_PAGE_POINTS = 14400 * 100  # 100x the PDF spec's largest page (200 in): beyond is corrupt
+_SNIFF_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How pages are rendered. ``supersample`` > 1 renders at k x the target then box-averages."""
+
+    max_visual_tokens: int = 768
+    supersample: int = 1
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    kind: Kind
+    page_count: int
+
+
+@dataclass(eq=False)
+class RenderedPage:
+    """One rendered page and where it came from."""
+
+    image: Image.Image  # RGB, exactly pixel_size
+    page_number: int  # 1-based
+    page_count: int
+    size_pt: tuple[float, float]  # (width, height) in points as displayed (after /Rotate)
+    rotation: int  # the page's /Rotate in degrees (0 for images)
+    grid: tuple[int, int]  # (rows, cols) of visual tokens the model will see
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.image.size
+
+
+def sniff(head: bytes) -> Kind | None:
+    """What a file is, from its first bytes: a PDF, an image PIL can open, or neither."""
+    if b"%PDF-" in head[:_SNIFF_BYTES]:
+        return "pdf"
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(head)) as probe:
+            return "image" if probe.format in IMAGE_FORMATS else None
+    except Exception:  # noqa: BLE001 - any failure to identify just means "not an image"
+        # A truncated header can still identify most formats; fall back to magic numbers.
+        magic = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"RIFF")
+        return "image" if head.startswith(magic) else None
+
+
+def open_document(
+    source: Source,
+    *,
+    name: str | None = None,
+    password: str | None = None,
+    options: RenderOptions | None = None,
+) -> Document:
+    """Open a PDF or an image. Raises ``InvalidDocument`` (or a subclass) naming the file."""
+    options = options or RenderOptions()
+    name = name or (str(source) if isinstance(source, Path) else "<bytes>")
+    head = _head(source, name)
+    kind = sniff(head)
+    if kind == "pdf":
+        return PdfDocument(source, name, password, options)
+    if kind == "image":
+        return ImageDocument(source, name, options)
+    raise UnsupportedFormat(f"{name}: not a valid PDF (nor a PNG, JPEG, TIFF or WebP image)")
+
+
+def _head(source: Source, name: str) -> bytes:
+    if isinstance(source, bytes):
+        return source[:_SNIFF_BYTES]
+    try:
+        with open(source, "rb") as f:
+            return f.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise InvalidDocument(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise InvalidDocument(f"{name}: is a directory, not a file") from None
+    except OSError as exc:
+        raise InvalidDocument(f"{name}: cannot be read ({exc.strerror})") from None
+
+
+class Document:
+    """An open PDF or image. ``render(i)`` renders page i (0-based)."""
+
+    name: str
+    info: DocumentInfo
+
+    def render(self, index: int) -> RenderedPage:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> Document:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.info.page_count:
+            raise InvalidDocument(
+                f"{self.name}: page {index + 1} does not exist ({self.info.page_count} pages)"
+            )
+
+
+class PdfDocument(Document):
+    def __init__(self, source: Source, name: str, password: str | None, options: RenderOptions):
+        import pypdfium2 as pdfium
+
+        self.name, self.options = name, options
+        try:
+            self._pdf = pdfium.PdfDocument(
+                source if isinstance(source, bytes) else str(source), password=password
+            )
+        except pdfium.PdfiumError as exc:
+            raise _pdf_error(name, source, password, exc) from None
+        count = len(self._pdf)
+        if count == 0:
+            self._pdf.close()
+            raise InvalidDocument(f"{name}: the PDF has no pages")
+        self._pdf.init_forms()  # so filled-in form fields are drawn
+        self.info = DocumentInfo("pdf", count)
+
+    def render(self, index: int) -> RenderedPage:
+        import pypdfium2 as pdfium
+        import pypdfium2.raw as pdfium_c
+
+        self._check_index(index)
+        number = index + 1
+        try:
+            page = self._pdf[index]
+        except pdfium.PdfiumError as exc:
+            raise InvalidDocument(f"{self.name}: page {number} cannot be parsed ({exc})") from None
+        try:
+            width_pt, height_pt = page.get_size()  # as displayed: /Rotate already applied
+            if max(width_pt, height_pt) > MAX_PAGE_POINTS:
+                raise PageTooLarge(
+                    f"{self.name}: page {number} declares an absurd size "
+                    f"({width_pt:g} x {height_pt:g} pt); the file is likely corrupt"
+                )
+            grid = self._grid(width_pt, height_pt, number)
+            k = self.options.supersample
+            width_px, height_px = grid[1] * 28 * k, grid[0] * 28 * k
+            bitmap = pdfium.PdfBitmap.new_native(
+                width_px, height_px, pdfium_c.FPDFBitmap_BGR, rev_byteorder=True
+            )
+            bitmap.fill_rect((255, 255, 255, 255), 0, 0, width_px, height_px)
+            # The page is stretched onto the exact target size (aspect kept up to rounding).
+            args = (bitmap, page, 0, 0, width_px, height_px, 0)
+            flags = (
+                pdfium_c.FPDF_ANNOT
+                | pdfium_c.FPDF_RENDER_LIMITEDIMAGECACHE
+                | pdfium_c.FPDF_REVERSE_BYTE_ORDER  # RGB, as the bitmap was declared
+            )
+            pdfium_c.FPDF_RenderPageBitmap(*args, flags)
+            if page.formenv:
+                pdfium_c.FPDF_FFLDraw(page.formenv, *args, flags)
+            image = bitmap.to_pil()  # RGB, a copy of the buffer
+            if k > 1:
+                image = image.reduce(k)
+            return RenderedPage(
+                image=image,
+                page_number=number,
+                page_count=self.info.page_count,
+                size_pt=(round(width_pt, 2), round(height_pt, 2)),
+                rotation=page.get_rotation(),
+                grid=grid,
+            )
+        finally:
+            page.close()
+
+    def _grid(self, width: float, height: float, number: int) -> tuple[int, int]:
+        try:
+            return target_grid(width, height, self.options.max_visual_tokens)
+        except PageTooLarge as exc:
+            raise PageTooLarge(f"{self.name}: page {number}: {exc}") from None
+
+    def close(self) -> None:
+        self._pdf.close()
+
+
+def _pdf_error(name: str, source: Source, password: str | None, exc: Exception) -> InvalidDocument:
+    message = str(exc)
+    if "password" in message.lower():
+        if password:
+            return PasswordRequired(f"{name}: wrong password for this encrypted PDF")
+        return PasswordRequired(f"{name}: password required (the PDF is encrypted)")
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if b" obj" not in data and b"\nobj" not in data:
+        return InvalidDocument(f"{name}: not a valid PDF (it has a PDF header but no objects)")
+    return InvalidDocument(f"{name}: the PDF is corrupt and cannot be parsed ({message})")
+
+
+class ImageDocument(Document):
+    """An image file; each frame (multi-page TIFF) is a page."""
+
+    def __init__(self, source: Source, name: str, options: RenderOptions):
+        from PIL import Image
+
+        self.name, self.options = name, options
+        try:
+            self._image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Image.DecompressionBombError:
+            raise PageTooLarge(f"{name}: the image is too large to decode") from None
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+            raise InvalidDocument(f"{name}: the image cannot be read ({exc})") from None
+        if self._image.format not in IMAGE_FORMATS:
+            fmt = self._image.format
+            self._image.close()
+            raise UnsupportedFormat(f"{name}: {fmt} images are not supported")
+        self.info = DocumentInfo("image", getattr(self._image, "n_frames", 1))
+
+    def render(self, index: int) -> RenderedPage:
+        from PIL import Image
+
+        self._check_index(index)
+        number = index + 1
+        try:
+            self._image.seek(index)
+            width, height = self._image.size
+            if width * height > self.options.max_image_pixels:
+                raise PageTooLarge(
+                    f"{self.name}: image {number} is {width} x {height} pixels; the limit is "
+                    f"{self.options.max_image_pixels:,} pixels"
+                )
+            dpi = self._image.info.get("dpi", (72, 72))
+            size_pt = (round(width * 72 / (dpi[0] or 72), 2), round(height * 72 / (dpi[1] or 72), 2))
+            grid = target_grid(width, height, self.options.max_visual_tokens)
+            target = (grid[1] * 28, grid[0] * 28)
+            k = self.options.supersample
+            if self._image.format == "JPEG":
+                self._image.draft("RGB", (target[0] * k, target[1] * k))  # decode at reduced scale
+            image = _to_rgb(_upright(self._image, index))
+            image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        except PageTooLarge as exc:
+            if exc.args[0].startswith(self.name):
+                raise
+            raise PageTooLarge(f"{self.name}: {exc}") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidDocument(f"{self.name}: image {number} cannot be decoded ({exc})") from None
+        return RenderedPage(
+            image=image,
+            page_number=number,
+            page_count=self.info.page_count,
+            size_pt=size_pt,
+            rotation=0,
+            grid=grid,
+        )
+
+    def close(self) -> None:
+        self._image.close()
+
+
+def _upright(image: Image.Image, index: int) -> Image.Image:
+    """Apply the EXIF orientation of a photo (first frame only)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) if index == 0 else image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB on a white background: transparency, palettes, CMYK, grayscale, 16-bit."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def parse_page_range(spec: str) -> list[int]:
+    """'1-3,7' -> [1, 2, 3, 7] (1-based, in the order given, no duplicates)."""
+    pages: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"bad page range '{spec}': use e.g. 1-3,7") from None
+        if lo < 1 or hi < lo:
+            raise ValueError(f"bad page range '{part}': pages start at 1 and ranges go up")
+        pages.extend(n for n in range(lo, hi + 1) if n not in pages)
+    if not pages:
+        raise ValueError(f"bad page range '{spec}': no pages")
+    return pages

@@ -1,0 +1,54 @@
+"""How many pixels to render a page at: exactly what the model will consume.
+
+Qwen2-VL cuts an image into 14 px patches and merges 2 x 2 of them into one visual token, so an
+image of (28 * cols) x (28 * rows) pixels becomes a (rows, cols) grid of tokens. We pick, for each
+page, the largest such grid within the visual-token budget whose aspect ratio is the page's up to
+rounding to whole tokens, and render straight to that size: the processor's own resize is then a
+no-op, and no pixel is rendered only to be thrown away.
+"""
+
+from __future__ import annotations
+
+import math
+
+from retrieval.errors import PageTooLarge
+
+TOKEN_PX = 28  # patch 14 px x spatial merge 2
+MIN_TOKENS = 4  # the processor's min_pixels = 4 * 28 * 28
+MAX_ASPECT = 200  # the processor refuses more elongated images
+
+
+def target_grid(width: float, height: float, max_visual_tokens: int) -> tuple[int, int]:
+    """(rows, cols) of visual tokens for a page of ``width`` x ``height`` (any unit).
+
+    The largest rows * cols <= max_visual_tokens with rows = round(cols * height / width).
+    """
+    if not (width > 0 and height > 0) or not math.isfinite(width * height):
+        raise PageTooLarge(f"page size {width} x {height} is not a usable size")
+    aspect = height / width
+    if max(aspect, 1 / aspect) > MAX_ASPECT:
+        raise PageTooLarge(
+            f"page is {width:g} x {height:g}: an aspect ratio beyond {MAX_ASPECT}:1 cannot be "
+            "rendered as one page image"
+        )
+    best: tuple[int, int] | None = None
+    for cols in range(1, max_visual_tokens + 1):
+        rows = max(1, round(cols * aspect))
+        if rows * cols > max_visual_tokens:
+            break  # rows * cols never shrinks as cols grows
+        if max(rows, cols) > MAX_ASPECT * min(rows, cols):
+            continue  # rounding rows up to 1 can make the grid more elongated than the page
+        if best is None or rows * cols > best[0] * best[1]:
+            best = (rows, cols)
+    if best is None or best[0] * best[1] < MIN_TOKENS:
+        raise PageTooLarge(
+            f"page is {width:g} x {height:g}: no grid of at least {MIN_TOKENS} tokens fits within "
+            f"{max_visual_tokens}"
+        )
+    return best
+
+
+def target_size(width: float, height: float, max_visual_tokens: int) -> tuple[int, int]:
+    """(width_px, height_px) to render a page of ``width`` x ``height`` at."""
+    rows, cols = target_grid(width, height, max_visual_tokens)
+    return cols * TOKEN_PX, rows * TOKEN_PX

@@ -1,0 +1,50 @@
+"""Documents made in the test: PDFs written with PDFium itself, and images, so the core suite
+needs no third-party files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw
+
+
+def marked_image(width: int, height: int, color=(200, 30, 30)) -> Image.Image:
+    """White with a colored block in the top-left quarter: shows orientation after rendering."""
+    image = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(image).rectangle([0, 0, width // 2, height // 2], fill=color)
+    return image
+
+
+def make_pdf(
+    pages: Sequence[tuple[float, float]],
+    *,
+    rotations: Sequence[int] | None = None,
+    cropboxes: Sequence[tuple[float, float, float, float] | None] | None = None,
+) -> bytes:
+    """A PDF with one page per (width, height) in points, each showing ``marked_image`` over the
+    whole page."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument.new()
+    for i, (width, height) in enumerate(pages):
+        page = pdf.new_page(width, height)
+        image = pdfium.PdfImage.new(pdf)
+        bitmap = pdfium.PdfBitmap.from_pil(marked_image(200, max(1, int(200 * height / width))))
+        image.set_bitmap(bitmap)
+        image.set_matrix(pdfium.PdfMatrix().scale(width, height))
+        page.insert_obj(image)
+        page.gen_content()
+        if rotations:
+            page.set_rotation(rotations[i])
+        if cropboxes and cropboxes[i]:
+            page.set_cropbox(*cropboxes[i])
+    buffer = io.BytesIO()
+    pdf.save(buffer)
+    return buffer.getvalue()
+
+
+def image_bytes(image: Image.Image, fmt: str, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()

@@ -112,9 +112,13 @@ def render(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="A PDF or an image (PNG, JPEG, TIFF, WebP).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write PNGs to.")],
-    pages: Annotated[str | None, typer.Option(help="Pages to render, e.g. 1-3,7 (default all).")] = None,
+    pages: Annotated[
+        str | None, typer.Option(help="Pages to render, e.g. 1-3,7 (default all).")
+    ] = None,
     password: Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")] = None,
-    supersample: Annotated[int, typer.Option(min=1, max=4, help="Render at k x then downsample.")] = 1,
+    supersample: Annotated[
+        int, typer.Option(min=1, max=4, help="Render at k x then downsample.")
+    ] = 1,
 ) -> None:
     """Render pages exactly as the model will see them, and print each page's size and grid."""
     from indexer.render import RenderOptions, parse_page_range
@@ -127,7 +131,9 @@ def render(
         raise typer.BadParameter(str(exc), param_hint="--pages") from None
     options = RenderOptions(max_visual_tokens=settings.max_visual_tokens, supersample=supersample)
     out.mkdir(parents=True, exist_ok=True)
-    table = Table("page", "size (pt)", "rotation", "image (px)", "grid (rows x cols)", "tokens", "file")
+    table = Table(
+        "page", "size (pt)", "rotation", "image (px)", "grid (rows x cols)", "tokens", "file"
+    )
     request = RenderRequest(file, file.name, password=password, pages=wanted)
     try:
         with Renderer(options, workers=settings.render_workers) as renderer:
@@ -136,9 +142,13 @@ def render(
                 page.image.save(target)
                 rows, cols = page.grid
                 table.add_row(
-                    str(page.page_number), f"{page.size_pt[0]:g} x {page.size_pt[1]:g}",
-                    str(page.rotation), f"{page.pixel_size[0]} x {page.pixel_size[1]}",
-                    f"{rows} x {cols}", str(rows * cols), str(target),
+                    str(page.page_number),
+                    f"{page.size_pt[0]:g} x {page.size_pt[1]:g}",
+                    str(page.rotation),
+                    f"{page.pixel_size[0]} x {page.pixel_size[1]}",
+                    f"{rows} x {cols}",
+                    str(rows * cols),
+                    str(target),
                 )
     except ColqwenError as exc:
         raise fail(exc) from None

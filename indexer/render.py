@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from indexer.sizing import target_grid
 from retrieval.errors import (
     InvalidDocument,
     PageTooLarge,
     PasswordRequired,
     UnsupportedFormat,
 )
-
-from indexer.sizing import target_grid
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -76,7 +75,7 @@ def sniff(head: bytes) -> Kind | None:
     try:
         with Image.open(io.BytesIO(head)) as probe:
             return "image" if probe.format in IMAGE_FORMATS else None
-    except Exception:  # noqa: BLE001 - any failure to identify just means "not an image"
+    except Exception:
         # A truncated header can still identify most formats; fall back to magic numbers.
         magic = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"RIFF")
         return "image" if head.startswith(magic) else None
@@ -239,7 +238,7 @@ class ImageDocument(Document):
             self._image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         except Image.DecompressionBombError:
             raise PageTooLarge(f"{name}: the image is too large to decode") from None
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+        except Exception as exc:
             raise InvalidDocument(f"{name}: the image cannot be read ({exc})") from None
         if self._image.format not in IMAGE_FORMATS:
             fmt = self._image.format
@@ -261,7 +260,10 @@ class ImageDocument(Document):
                     f"{self.options.max_image_pixels:,} pixels"
                 )
             dpi = self._image.info.get("dpi", (72, 72))
-            size_pt = (round(width * 72 / (dpi[0] or 72), 2), round(height * 72 / (dpi[1] or 72), 2))
+            size_pt = (
+                round(width * 72 / (dpi[0] or 72), 2),
+                round(height * 72 / (dpi[1] or 72), 2),
+            )
             grid = target_grid(width, height, self.options.max_visual_tokens)
             target = (grid[1] * 28, grid[0] * 28)
             k = self.options.supersample
@@ -274,7 +276,9 @@ class ImageDocument(Document):
                 raise
             raise PageTooLarge(f"{self.name}: {exc}") from None
         except (OSError, ValueError, SyntaxError) as exc:
-            raise InvalidDocument(f"{self.name}: image {number} cannot be decoded ({exc})") from None
+            raise InvalidDocument(
+                f"{self.name}: image {number} cannot be decoded ({exc})"
+            ) from None
         return RenderedPage(
             image=image,
             page_number=number,

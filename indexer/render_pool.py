@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from retrieval.errors import ColqwenError, InvalidDocument, RendererUnavailable
-
 from indexer.render import DocumentInfo, RenderedPage, RenderOptions, Source, open_document
+from retrieval.errors import ColqwenError, InvalidDocument, RendererUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def _guarded(name: str, work):
         raise
     except MemoryError:
         raise InvalidDocument(f"{name}: rendering needs more memory than allowed") from None
-    except Exception as exc:  # noqa: BLE001 - PDFium/PIL failures on malformed files
+    except Exception as exc:
         raise InvalidDocument(f"{name}: cannot be rendered ({type(exc).__name__}: {exc})") from None
 
 
@@ -120,7 +119,7 @@ class _Inline:
         future: Future = Future()
         try:
             future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+        except BaseException as exc:
             future.set_exception(exc)
         return future
 

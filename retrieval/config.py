@@ -61,7 +61,37 @@ class Settings(BaseSettings):
     )
     qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
     qdrant_prefer_grpc: bool = Field(True, description="Talk gRPC to the Qdrant server.")
+    qdrant_shard_number: int | None = Field(
+        None, ge=1, description="Shards of a new collection on a cluster (server default if unset)."
+    )
+    qdrant_replication_factor: int | None = Field(
+        None, ge=1, description="Copies of each shard on a cluster (server default if unset)."
+    )
+    qdrant_write_consistency_factor: int | None = Field(
+        None, ge=1, description="Replicas that must acknowledge a write (server default if unset)."
+    )
     collection: str = Field("pages", description="Default collection name.")
+    pooling: str = Field(
+        "rows", description="Pooled vectors of new collections: rows, rows,cols, or none."
+    )
+
+    # --- search ----------------------------------------------------------------------------
+    prefetch: int = Field(
+        200, ge=1, le=10000, description="Candidates the pooled first stage passes to the rerank."
+    )
+
+    @field_validator("pooling")
+    @classmethod
+    def _known_pooling(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if parts != ["none"] and (not parts or any(p not in ("rows", "cols") for p in parts)):
+            raise ValueError("pooling must be 'rows', 'cols', 'rows,cols' or 'none'")
+        return ",".join(parts)
+
+    @property
+    def pooling_vectors(self) -> tuple[str, ...]:
+        """The pooled vectors new collections store: () for none."""
+        return () if self.pooling == "none" else tuple(self.pooling.split(","))
 
     @field_validator("qdrant_url", mode="before")
     @classmethod

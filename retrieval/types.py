@@ -3,8 +3,9 @@ the encoder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,3 +38,61 @@ class PageEmbedding:
     def pooled_cols(self) -> np.ndarray:
         """(cols + n_special, dim) float32: mean of each visual column, then ``special``."""
         return pool_cols(self.visual, self.special)
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """A page ready to store: its embedding and where it came from."""
+
+    doc_id: str
+    source: str  # original file name, or the caller's name for it
+    page_number: int  # 1-based
+    page_count: int
+    size_pt: tuple[float, float]
+    rotation: int
+    pixel_size: tuple[int, int]  # (width, height) rendered
+    embedding: PageEmbedding
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DocumentRecord:
+    """One document in a collection's catalog."""
+
+    doc_id: str  # sha256 of the file's bytes
+    name: str
+    page_count: int
+    status: Literal["indexing", "indexed", "failed"] = "indexing"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""  # ISO 8601, UTC
+    updated_at: str = ""
+    error: str | None = None
+    size_bytes: int | None = None
+
+
+@dataclass
+class CollectionInfo:
+    """A collection's schema, recorded when it was created."""
+
+    name: str
+    model: str
+    max_visual_tokens: int
+    dim: int = 128
+    pooling: tuple[str, ...] = ("rows",)  # pooled vectors stored: "rows", "cols"
+    filterable: dict[str, str] = field(default_factory=dict)  # metadata key -> field kind
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a page."""
+
+    doc_id: str
+    source: str
+    page: int
+    score: float
+    payload: dict[str, Any]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.payload.get("metadata", {})

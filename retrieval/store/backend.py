@@ -1,0 +1,59 @@
+"""The few operations our storage needs from Qdrant, as a protocol both backends implement.
+
+Everything else (schema, ids, the document catalog, search modes) is written once, in
+``retrieval.store.pages``, on top of this.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.store.model import FieldKind, Filter, PointData, Prefetch, Record, VectorSpec
+
+
+class Backend(Protocol):
+    kind: str  # "embedded" or "server"
+
+    def collection_exists(self, name: str) -> bool: ...
+
+    def list_collections(self) -> list[str]: ...
+
+    def create_collection(self, name: str, vectors: list[VectorSpec]) -> None: ...
+
+    def delete_collection(self, name: str) -> None: ...
+
+    def create_payload_index(self, name: str, key: str, kind: FieldKind) -> None: ...
+
+    def upsert(self, name: str, points: list[PointData]) -> None:
+        """Write points and wait until they are applied."""
+
+    def delete(self, name: str, where: Filter) -> None: ...
+
+    def query(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        using: str,
+        limit: int,
+        where: Filter | None = None,
+        prefetch: list[Prefetch] | None = None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[Record]:
+        """MaxSim of ``vector`` (n, dim) against ``using``, optionally reranking prefetches."""
+
+    def scroll(
+        self, name: str, where: Filter | None, limit: int, offset: str | None = None
+    ) -> tuple[list[Record], str | None]: ...
+
+    def retrieve(self, name: str, ids: list[str]) -> list[Record]: ...
+
+    def count(self, name: str, where: Filter | None = None) -> int: ...
+
+    def optimize(self, name: str) -> None:
+        """Build indexes now (the embedded engine has no background optimizer)."""
+
+    def close(self) -> None: ...

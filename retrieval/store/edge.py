@@ -1,0 +1,235 @@
+"""Embedded backend: Qdrant's own engine in-process (``qdrant-edge-py``).
+
+Each collection is one Edge shard directory under ``<data_dir>/qdrant/``. Only one process may
+open the store: a lock file makes a second one fail at once with ``StoreLocked``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+from retrieval.errors import ConfigurationError, NotFound, StoreError, StoreLocked
+from retrieval.store.model import (
+    FieldKind,
+    Filter,
+    Match,
+    MatchAny,
+    PointData,
+    Prefetch,
+    Range,
+    Record,
+    VectorSpec,
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_SCHEMA = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+    "datetime": qe.PayloadSchemaType.Datetime,
+}
+
+
+class EdgeBackend:
+    kind = "embedded"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held for our lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreLocked(
+                f"the embedded store at {self.root} is in use by another process (a running "
+                "`colqwen serve`?). Stop it, or send files to it: `colqwen ingest --server URL`."
+            ) from None
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._write = threading.Lock()
+
+    # --- collections ---------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ConfigurationError(
+                f"invalid collection name '{name}': use letters, digits, '-' and '_'"
+            )
+        return self.root / name
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is None:
+            path = self._path(name)
+            if not path.is_dir():
+                raise NotFound(f"collection '{name}' does not exist")
+            shard = self._shards[name] = _call(qe.EdgeShard.load, str(path))
+        return shard
+
+    def collection_exists(self, name: str) -> bool:
+        return name in self._shards or self._path(name).is_dir()
+
+    def list_collections(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def create_collection(self, name: str, vectors: list[VectorSpec]) -> None:
+        path = self._path(name)
+        config = qe.EdgeConfig(vectors={v.name: _vector_params(v) for v in vectors})
+        with self._write:
+            self._shards[name] = _call(qe.EdgeShard.create, str(path), config)
+
+    def delete_collection(self, name: str) -> None:
+        with self._write:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()
+            shutil.rmtree(self._path(name), ignore_errors=False)
+
+    def create_payload_index(self, name: str, key: str, kind: FieldKind) -> None:
+        self._update(name, qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]))
+
+    # --- points --------------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: list[PointData]) -> None:
+        edge_points = [
+            qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload) for p in points
+        ]
+        self._update(name, qe.UpdateOperation.upsert_points(edge_points))
+
+    def delete(self, name: str, where: Filter) -> None:
+        self._update(name, qe.UpdateOperation.delete_points_by_filter(_filter(where)))
+
+    def _update(self, name: str, operation) -> None:
+        with self._write:
+            _call(self._shard(name).update, operation)
+
+    def flush(self, name: str) -> None:
+        with self._write:
+            _call(self._shard(name).flush)
+
+    def query(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        using: str,
+        limit: int,
+        where: Filter | None = None,
+        prefetch: list[Prefetch] | None = None,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[Record]:
+        q = vector.tolist()
+        flt = _filter(where)
+        prefetches = [
+            qe.Prefetch(
+                limit=p.limit,
+                query=qe.Query.Nearest(q, using=p.using),
+                filter=flt,
+                params=qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None,
+            )
+            for p in prefetch or []
+        ]
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(q, using=using),
+            prefetches=prefetches or None,
+            filter=flt,
+            with_payload=True,
+            params=qe.SearchParams(exact=True) if exact else None,
+        )
+        hits = _call(self._shard(name).query, request)
+        return [Record(str(h.id), h.payload or {}, h.score) for h in hits]
+
+    def scroll(
+        self, name: str, where: Filter | None, limit: int, offset: str | None = None
+    ) -> tuple[list[Record], str | None]:
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=_filter(where), with_payload=True
+        )
+        records, next_offset = _call(self._shard(name).scroll, request)
+        return (
+            [Record(str(r.id), r.payload or {}) for r in records],
+            None if next_offset is None else str(next_offset),
+        )
+
+    def retrieve(self, name: str, ids: list[str]) -> list[Record]:
+        records = _call(self._shard(name).retrieve, ids, True, False)
+        return [Record(str(r.id), r.payload or {}) for r in records]
+
+    def count(self, name: str, where: Filter | None = None) -> int:
+        return _call(self._shard(name).count, qe.CountRequest(exact=True, filter=_filter(where)))
+
+    def optimize(self, name: str) -> None:
+        with self._write:
+            shard = self._shard(name)
+            _call(shard.optimize)
+            _call(shard.flush)
+
+    def close(self) -> None:
+        with self._write:
+            for shard in self._shards.values():
+                shard.flush()
+                shard.close()
+            self._shards.clear()
+            if not self._lock_file.closed:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                self._lock_file.close()
+
+
+def _call(fn, *args):
+    """Run an engine call; its errors (plain Exception/ValueError from Rust) become ours."""
+    try:
+        return fn(*args)
+    except (NotFound, StoreError):
+        raise
+    except Exception as exc:
+        message = str(exc)
+        if "WouldBlock" in message or ("WAL" in message and "lock" in message.lower()):
+            raise StoreLocked(
+                f"the embedded store is in use by another process ({message})"
+            ) from None
+        raise StoreError(f"embedded Qdrant: {message}") from exc
+
+
+def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
+    hnsw = (
+        qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1000)
+        if spec.hnsw
+        else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=1000)
+    )
+    return qe.EdgeVectorParams(
+        size=spec.size,
+        distance=qe.Distance.Dot,
+        multivector_config=(
+            qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if spec.multivector else None
+        ),
+        datatype=qe.VectorStorageDatatype.Float16 if spec.float16 else None,
+        hnsw_config=hnsw,
+        on_disk=spec.on_disk,
+    )
+
+
+def _filter(where: Filter | None) -> qe.Filter | None:
+    if where is None or not where.must:
+        return None
+    conditions = []
+    for c in where.must:
+        if isinstance(c, Match):
+            conditions.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.value)))
+        elif isinstance(c, MatchAny):
+            conditions.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
+        elif isinstance(c, Range):
+            rng = qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)
+            conditions.append(qe.FieldCondition(c.key, range=rng))
+        else:  # pragma: no cover - exhaustive over Condition
+            raise TypeError(c)
+    return qe.Filter(must=conditions)

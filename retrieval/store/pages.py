@@ -1,0 +1,365 @@
+"""Pages and documents in Qdrant, written once over either backend.
+
+Schema of a collection ``C`` (see README, "Storage"):
+
+- ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
+  float16, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, HNSW, in RAM) and,
+  optionally, ``cols``. Payload: provenance, model, and the caller's ``metadata``.
+- ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
+  collection's own schema, so a server deployment keeps everything in the cluster.
+
+A document is ``indexing`` until all its pages are stored, then ``indexed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import uuid
+from dataclasses import asdict
+from typing import Literal
+
+import numpy as np
+
+from retrieval.config import Settings
+from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from retrieval.store.backend import Backend
+from retrieval.store.model import Filter, Match, PointData, Prefetch, Record, VectorSpec
+from retrieval.types import CollectionInfo, DocumentRecord, Hit, PageRecord
+
+SearchMode = Literal["two_stage", "exact", "pooled"]
+POOLINGS = ("rows", "cols")
+FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
+CATALOG_SUFFIX = "__catalog"
+_NAMESPACE = uuid.UUID("6f1c2f4e-8a7b-4c1e-9e55-2b0c7d3a9f10")
+_COLLECTION_POINT = str(uuid.uuid5(_NAMESPACE, "collection"))
+_DUMMY = {"_": np.ones((1,), dtype=np.float32)}  # catalog points need a vector; it means nothing
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_SCROLL_PAGE = 256
+
+
+def page_point_id(doc_id: str, page_number: int) -> str:
+    """Deterministic: re-ingesting a page overwrites it."""
+    return str(uuid.uuid5(_NAMESPACE, f"page:{doc_id}:{page_number}"))
+
+
+def _document_point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"document:{doc_id}"))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class PageStore:
+    """Collections of page embeddings with their document catalog, and MaxSim search."""
+
+    def __init__(self, backend: Backend, *, prefetch: int = 200, write_batch: int = 32) -> None:
+        self.backend = backend
+        self.prefetch = prefetch
+        self.write_batch = write_batch
+        self._collections: dict[str, CollectionInfo] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PageStore:
+        return cls(open_backend(settings), prefetch=settings.prefetch)
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # --- collections ---------------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model: str,
+        max_visual_tokens: int,
+        dim: int = 128,
+        pooling: tuple[str, ...] = ("rows",),
+        filterable: dict[str, str] | None = None,
+    ) -> CollectionInfo:
+        _check_name(name)
+        if bad := [p for p in pooling if p not in POOLINGS]:
+            raise ConfigurationError(f"unknown pooling {bad}: use {POOLINGS}")
+        filterable = dict(filterable or {})
+        if bad := {k: v for k, v in filterable.items() if v not in FIELD_KINDS}:
+            raise ConfigurationError(f"unknown field kinds {bad}: use {FIELD_KINDS}")
+        if self.backend.collection_exists(name):
+            raise Conflict(f"collection '{name}' already exists")
+        vectors = [VectorSpec("original", dim, hnsw=False, on_disk=True)]
+        vectors += [VectorSpec(p, dim) for p in pooling]
+        info = CollectionInfo(
+            name=name,
+            model=model,
+            max_visual_tokens=max_visual_tokens,
+            dim=dim,
+            pooling=tuple(pooling),
+            filterable=filterable,
+            created_at=now(),
+        )
+        catalog = name + CATALOG_SUFFIX
+        if not self.backend.collection_exists(catalog):
+            self.backend.create_collection(
+                catalog, [VectorSpec("_", 1, multivector=False, hnsw=False, float16=False)]
+            )
+        self.backend.create_collection(name, vectors)
+        for key, kind in [("doc_id", "keyword"), ("source", "keyword"), ("page", "integer")]:
+            self.backend.create_payload_index(name, key, kind)
+        self.backend.create_payload_index(catalog, "kind", "keyword")
+        for key, kind in filterable.items():
+            self.backend.create_payload_index(name, f"metadata.{key}", kind)
+            self.backend.create_payload_index(catalog, f"metadata.{key}", kind)
+        # Written last: a collection without this record was not created completely.
+        payload = {"kind": "collection", **asdict(info)}
+        self.backend.upsert(catalog, [PointData(_COLLECTION_POINT, _DUMMY, payload)])
+        with self._lock:
+            self._collections[name] = info
+        return info
+
+    def ensure_collection(self, name: str, **schema) -> CollectionInfo:
+        """The collection ``name``, created with ``schema`` if it does not exist yet."""
+        try:
+            return self.collection(name)
+        except NotFound:
+            return self.create_collection(name, **schema)
+
+    def collection(self, name: str) -> CollectionInfo:
+        with self._lock:
+            cached = self._collections.get(name)
+        if cached is not None:
+            return cached
+        _check_name(name)
+        catalog = name + CATALOG_SUFFIX
+        if not (self.backend.collection_exists(name) and self.backend.collection_exists(catalog)):
+            raise NotFound(f"collection '{name}' does not exist")
+        records = self.backend.retrieve(catalog, [_COLLECTION_POINT])
+        if not records:
+            raise NotFound(f"collection '{name}' was not created completely; drop it and retry")
+        payload = {k: v for k, v in records[0].payload.items() if k != "kind"}
+        info = CollectionInfo(**{**payload, "pooling": tuple(payload["pooling"])})
+        with self._lock:
+            self._collections[name] = info
+        return info
+
+    def collections(self) -> list[CollectionInfo]:
+        names = [n for n in self.backend.list_collections() if not n.endswith(CATALOG_SUFFIX)]
+        out = []
+        for name in names:
+            try:
+                out.append(self.collection(name))
+            except NotFound:
+                continue  # not one of ours
+        return out
+
+    def drop_collection(self, name: str) -> None:
+        self.collection(name)  # NotFound if absent
+        with self._lock:
+            self._collections.pop(name, None)
+        self.backend.delete_collection(name)
+        self.backend.delete_collection(name + CATALOG_SUFFIX)
+
+    # --- documents -----------------------------------------------------------------------------
+
+    def put_document(self, collection: str, doc: DocumentRecord) -> DocumentRecord:
+        self.collection(collection)
+        doc.created_at = doc.created_at or now()
+        doc.updated_at = now()
+        payload = {"kind": "document", **asdict(doc)}
+        point = PointData(_document_point_id(doc.doc_id), _DUMMY, payload)
+        self.backend.upsert(collection + CATALOG_SUFFIX, [point])
+        return doc
+
+    def document(self, collection: str, doc_id: str) -> DocumentRecord:
+        self.collection(collection)
+        records = self.backend.retrieve(collection + CATALOG_SUFFIX, [_document_point_id(doc_id)])
+        if not records:
+            raise NotFound(f"document '{doc_id}' is not in collection '{collection}'")
+        return _document(records[0])
+
+    def documents(self, collection: str, where: Filter | None = None) -> list[DocumentRecord]:
+        """All documents (optionally filtered on metadata), oldest first."""
+        self.collection(collection)
+        records = self._scroll_all(
+            collection + CATALOG_SUFFIX, Filter((Match("kind", "document"),)) & where
+        )
+        return sorted((_document(r) for r in records), key=lambda d: (d.created_at, d.name))
+
+    def delete_document(self, collection: str, doc_id: str) -> None:
+        """Remove every page of the document, then its catalog record."""
+        self.document(collection, doc_id)  # NotFound if absent
+        self.backend.delete(collection, Filter((Match("doc_id", doc_id),)))
+        self.backend.delete(
+            collection + CATALOG_SUFFIX,
+            Filter((Match("kind", "document"), Match("doc_id", doc_id))),
+        )
+        self.backend.flush(collection)
+
+    # --- pages ---------------------------------------------------------------------------------
+
+    def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
+        """Store pages (batched, waited on). Raises ``StoreError`` if a write fails."""
+        info = self.collection(collection)
+        created_at = now()
+        points = [self._point(info, page, created_at) for page in pages]
+        for start in range(0, len(points), self.write_batch):
+            self.backend.upsert(collection, points[start : start + self.write_batch])
+
+    def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
+        emb = page.embedding
+        if emb.multivector.shape[1] != info.dim:
+            got = emb.multivector.shape[1]
+            raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
+        vectors = {"original": emb.multivector}
+        if "rows" in info.pooling:
+            vectors["rows"] = emb.pooled_rows
+        if "cols" in info.pooling:
+            vectors["cols"] = emb.pooled_cols
+        rows, cols = emb.grid
+        payload = {
+            "doc_id": page.doc_id,
+            "source": page.source,
+            "page": page.page_number,
+            "page_count": page.page_count,
+            "page_width_pt": page.size_pt[0],
+            "page_height_pt": page.size_pt[1],
+            "rotation": page.rotation,
+            "width_px": page.pixel_size[0],
+            "height_px": page.pixel_size[1],
+            "grid_rows": rows,
+            "grid_cols": cols,
+            "n_tokens": emb.n_tokens,
+            "model": info.model,
+            "max_visual_tokens": info.max_visual_tokens,
+            "created_at": created_at,
+            "metadata": page.metadata,
+        }
+        return PointData(page_point_id(page.doc_id, page.page_number), vectors, payload)
+
+    def stored_page_numbers(self, collection: str, doc_id: str) -> set[int]:
+        records = self._scroll_all(collection, Filter((Match("doc_id", doc_id),)))
+        return {int(r.payload["page"]) for r in records}
+
+    def page(self, collection: str, doc_id: str, page_number: int) -> dict:
+        self.collection(collection)
+        records = self.backend.retrieve(collection, [page_point_id(doc_id, page_number)])
+        if not records:
+            raise NotFound(f"page {page_number} of document '{doc_id}' is not stored")
+        return records[0].payload
+
+    def count_pages(self, collection: str, where: Filter | None = None) -> int:
+        self.collection(collection)
+        return self.backend.count(collection, where)
+
+    def flush(self, collection: str) -> None:
+        self.backend.flush(collection)
+        self.backend.flush(collection + CATALOG_SUFFIX)
+
+    def optimize(self, collection: str) -> None:
+        self.backend.optimize(collection)
+
+    def _scroll_all(self, name: str, where: Filter | None) -> list[Record]:
+        out: list[Record] = []
+        offset = None
+        while True:
+            records, offset = self.backend.scroll(name, where, _SCROLL_PAGE, offset)
+            out += records
+            if offset is None:
+                return out
+
+    # --- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        collection: str,
+        query: np.ndarray,
+        *,
+        top_k: int = 10,
+        where: Filter | None = None,
+        mode: SearchMode = "two_stage",
+        prefetch: int | None = None,
+    ) -> list[Hit]:
+        """MaxSim search with a query multivector (n_tokens, dim) float32.
+
+        ``two_stage``: candidates from the pooled vectors, reranked with ``original``;
+        ``exact``: MaxSim over ``original`` for every page that passes the filter;
+        ``pooled``: the first stage alone. Without pooled vectors every mode is ``exact``.
+        """
+        info = self.collection(collection)
+        if top_k < 1:
+            raise InvalidInput("top_k must be at least 1")
+        if query.ndim != 2 or query.shape[1] != info.dim:
+            raise InvalidInput(f"query must be (n_tokens, {info.dim}); got {query.shape}")
+        if mode not in ("two_stage", "exact", "pooled"):
+            raise InvalidInput(f"unknown search mode '{mode}': use two_stage, exact or pooled")
+        candidates = max(top_k, prefetch or self.prefetch)
+        if mode == "exact" or not info.pooling:
+            records = self.backend.query(
+                collection, query, using="original", limit=top_k, where=where, exact=True
+            )
+        elif mode == "pooled":
+            records = self.backend.query(
+                collection,
+                query,
+                using=info.pooling[0],
+                limit=top_k,
+                where=where,
+                hnsw_ef=candidates,
+            )
+        else:
+            records = self.backend.query(
+                collection,
+                query,
+                using="original",
+                limit=top_k,
+                where=where,
+                prefetch=[Prefetch(p, candidates) for p in info.pooling],
+                hnsw_ef=candidates,
+            )
+        return [
+            Hit(
+                r.payload["doc_id"],
+                r.payload["source"],
+                int(r.payload["page"]),
+                float(r.score or 0),
+                r.payload,
+            )
+            for r in records
+        ]
+
+
+def _document(record: Record) -> DocumentRecord:
+    return DocumentRecord(**{k: v for k, v in record.payload.items() if k != "kind"})
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name) or CATALOG_SUFFIX in name:
+        raise InvalidInput(
+            f"invalid collection name '{name}': 1-64 letters, digits, '-' or '_', "
+            f"not containing '{CATALOG_SUFFIX}'"
+        )
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The server backend when ``qdrant_url`` is set, else the embedded one in ``data_dir``."""
+    if settings.qdrant_url:
+        from retrieval.store.server import ServerBackend
+
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return ServerBackend(
+            settings.qdrant_url,
+            api_key=key,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            shard_number=settings.qdrant_shard_number,
+            replication_factor=settings.qdrant_replication_factor,
+            write_consistency_factor=settings.qdrant_write_consistency_factor,
+        )
+    from retrieval.store.edge import EdgeBackend
+
+    return EdgeBackend(settings.data_dir / "qdrant")

@@ -1,0 +1,281 @@
+"""Storage and search, run identically on both backends: the embedded engine (qdrant-edge) and
+the server code path (qdrant-client, in its in-process mode)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from colpali_engine.models import ColQwen2Processor
+
+from retrieval.errors import Conflict, InvalidInput, NotFound, StoreLocked
+from retrieval.store import PageStore, parse_filter
+from retrieval.store.edge import EdgeBackend
+from retrieval.store.server import ServerBackend
+from retrieval.types import DocumentRecord
+from tests.fakes import maxsim, page_embedding, page_record, unit
+
+N_DOCS, PAGES_PER_DOC = 6, 5
+
+
+def make_store(kind: str, tmp_path) -> PageStore:
+    backend = EdgeBackend(tmp_path / "qdrant") if kind == "embedded" else ServerBackend(":memory:")
+    return PageStore(backend, prefetch=50, write_batch=7)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def store(request, tmp_path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def corpus(store):
+    """A filled collection: 6 documents x 5 pages, metadata year/team."""
+    store.create_collection(
+        "docs",
+        model="test",
+        max_visual_tokens=768,
+        pooling=("rows", "cols"),
+        filterable={"year": "integer", "team": "keyword"},
+    )
+    rng = np.random.default_rng(0)
+    pages = {}
+    for d in range(N_DOCS):
+        doc_id = f"doc{d}"
+        meta = {"year": 2020 + d, "team": "finance" if d % 2 else "legal"}
+        store.put_document(
+            "docs", DocumentRecord(doc_id, f"{doc_id}.pdf", PAGES_PER_DOC, metadata=meta)
+        )
+        records = []
+        for p in range(1, PAGES_PER_DOC + 1):
+            emb = page_embedding(rng, rows=3 + p % 3, cols=2 + d % 3)
+            pages[(doc_id, p)] = emb
+            records.append(page_record(doc_id, p, emb, metadata=meta))
+        store.upsert_pages("docs", records)
+        store.put_document(
+            "docs",
+            DocumentRecord(doc_id, f"{doc_id}.pdf", PAGES_PER_DOC, status="indexed", metadata=meta),
+        )
+    return pages
+
+
+def queries(n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return [unit(rng.standard_normal((12, 128))) for _ in range(n)]
+
+
+def oracle(pages, q, keep=lambda key: True):
+    """Ranking by colpali-engine's score_multi_vector, one document per call (no padding)."""
+    scored = []
+    for key, emb in pages.items():
+        if keep(key):
+            ref = ColQwen2Processor.score_multi_vector(
+                [torch.from_numpy(q)], [torch.from_numpy(emb.multivector)], device="cpu"
+            )
+            scored.append((float(ref[0, 0]), key))
+    return sorted(scored, reverse=True)
+
+
+def test_exact_mode_equals_brute_force_maxsim(store, corpus):
+    for q in queries():
+        hits = store.search("docs", q, top_k=10, mode="exact")
+        expected = oracle(corpus, q)[:10]
+        assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
+        for hit, (score, _) in zip(hits, expected, strict=True):
+            assert hit.score == pytest.approx(score, abs=1e-2)  # float16 storage
+
+
+def test_two_stage_with_prefetch_covering_the_corpus_equals_exact(store, corpus):
+    for q in queries():
+        exact = store.search("docs", q, top_k=10, mode="exact")
+        two = store.search("docs", q, top_k=10, mode="two_stage", prefetch=len(corpus))
+        assert [(h.doc_id, h.page) for h in two] == [(h.doc_id, h.page) for h in exact]
+        assert [h.score for h in two] == pytest.approx([h.score for h in exact], abs=1e-4)
+
+
+def test_pooled_mode_scores_the_row_pooled_vectors(store, corpus):
+    q = queries(1)[0]
+    hits = store.search("docs", q, top_k=5, mode="pooled")
+    expected = sorted(((maxsim(q, e.pooled_rows), k) for k, e in corpus.items()), reverse=True)[:5]
+    assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
+    assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], abs=1e-2)
+
+
+def test_hits_carry_provenance_and_metadata(store, corpus):
+    [hit] = store.search("docs", queries(1)[0], top_k=1, mode="exact")
+    emb = corpus[(hit.doc_id, hit.page)]
+    assert hit.source == f"{hit.doc_id}.pdf"
+    assert (hit.payload["grid_rows"], hit.payload["grid_cols"]) == emb.grid
+    assert hit.payload["n_tokens"] == emb.n_tokens
+    assert hit.metadata["year"] == 2020 + int(hit.doc_id[-1])
+
+
+@pytest.mark.parametrize(
+    ("spec", "keep"),
+    [
+        ({"doc_id": "doc3"}, lambda k: k[0] == "doc3"),
+        ({"doc_id": ["doc1", "doc4"]}, lambda k: k[0] in ("doc1", "doc4")),
+        ({"source": "doc2.pdf"}, lambda k: k[0] == "doc2"),
+        ({"metadata": {"team": "finance"}}, lambda k: int(k[0][-1]) % 2 == 1),
+        ({"metadata.year": {"gte": 2022, "lt": 2025}}, lambda k: 2 <= int(k[0][-1]) < 5),
+        (
+            {"metadata": {"year": [2020, 2025]}, "page": {"lte": 2}},
+            lambda k: k[0] in ("doc0", "doc5") and k[1] <= 2,
+        ),
+    ],
+)
+def test_filters_never_leak_other_pages(store, corpus, spec, keep):
+    where = parse_filter(spec)
+    for mode in ("exact", "two_stage", "pooled"):
+        hits = store.search("docs", queries(1)[0], top_k=30, mode=mode, where=where)
+        assert hits and all(keep((h.doc_id, h.page)) for h in hits), mode
+    exact = store.search("docs", queries(1)[0], top_k=30, mode="exact", where=where)
+    assert len(exact) == sum(keep(k) for k in corpus)
+    assert store.count_pages("docs", where) == sum(keep(k) for k in corpus)
+
+
+def test_reupserting_a_document_changes_nothing(store, corpus):
+    q = queries(1)[0]
+    before = store.search("docs", q, top_k=10, mode="exact")
+    records = [
+        page_record("doc2", p, corpus[("doc2", p)], metadata={"year": 2022, "team": "legal"})
+        for p in range(1, 6)
+    ]
+    store.upsert_pages("docs", records)
+    after = store.search("docs", q, top_k=10, mode="exact")
+    assert store.count_pages("docs") == N_DOCS * PAGES_PER_DOC
+    assert [(h.doc_id, h.page, round(h.score, 4)) for h in after] == [
+        (h.doc_id, h.page, round(h.score, 4)) for h in before
+    ]
+
+
+def test_deleting_a_document_removes_every_page_and_its_record(store, corpus):
+    store.delete_document("docs", "doc1")
+    assert store.count_pages("docs") == (N_DOCS - 1) * PAGES_PER_DOC
+    assert store.stored_page_numbers("docs", "doc1") == set()
+    for mode in ("exact", "two_stage", "pooled"):
+        hits = store.search("docs", queries(1)[0], top_k=50, mode=mode)
+        assert "doc1" not in {h.doc_id for h in hits}
+    with pytest.raises(NotFound):
+        store.document("docs", "doc1")
+    assert [d.doc_id for d in store.documents("docs")] == ["doc0", "doc2", "doc3", "doc4", "doc5"]
+
+
+def test_catalog_lists_and_filters_documents(store, corpus):
+    docs = store.documents("docs")
+    assert [d.doc_id for d in docs] == [f"doc{i}" for i in range(N_DOCS)]
+    assert all(d.status == "indexed" and d.page_count == PAGES_PER_DOC for d in docs)
+    finance = store.documents("docs", parse_filter({"metadata": {"team": "finance"}}))
+    assert [d.doc_id for d in finance] == ["doc1", "doc3", "doc5"]
+    assert store.document("docs", "doc4").metadata == {"year": 2024, "team": "legal"}
+    assert store.stored_page_numbers("docs", "doc4") == {1, 2, 3, 4, 5}
+    assert store.page("docs", "doc4", 3)["page"] == 3
+
+
+def test_collection_without_pooling_searches_original(store):
+    store.create_collection("flat", model="test", max_visual_tokens=768, pooling=())
+    rng = np.random.default_rng(5)
+    pages = {("a", p): page_embedding(rng) for p in range(1, 9)}
+    store.upsert_pages("flat", [page_record(d, p, e) for (d, p), e in pages.items()])
+    q = queries(1)[0]
+    for mode in ("two_stage", "pooled", "exact"):
+        hits = store.search("flat", q, top_k=3, mode=mode)
+        assert [(h.doc_id, h.page) for h in hits] == [k for _, k in oracle(pages, q)[:3]]
+
+
+def test_collections_are_listed_and_dropped(store, corpus):
+    store.create_collection("other", model="test", max_visual_tokens=768)
+    assert [c.name for c in store.collections()] == ["docs", "other"]
+    assert store.collection("docs").pooling == ("rows", "cols")
+    assert store.collection("docs").filterable == {"year": "integer", "team": "keyword"}
+    with pytest.raises(Conflict):
+        store.create_collection("other", model="test", max_visual_tokens=768)
+    store.drop_collection("other")
+    assert [c.name for c in store.collections()] == ["docs"]
+    with pytest.raises(NotFound):
+        store.search("other", queries(1)[0])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"nope": 1},
+        {"metadata": {"x": 1.5}},
+        {"metadata": {"x": []}},
+        {"page": {"between": 1}},
+        {"metadata": {"a b": 1}},
+    ],
+)
+def test_bad_filters_are_clear_errors(spec):
+    with pytest.raises(InvalidInput):
+        parse_filter(spec)
+
+
+def test_bad_search_arguments_are_clear_errors(store, corpus):
+    with pytest.raises(InvalidInput, match="mode"):
+        store.search("docs", queries(1)[0], mode="fuzzy")
+    with pytest.raises(InvalidInput, match="query must be"):
+        store.search("docs", np.zeros((3, 64), np.float32))
+    with pytest.raises(InvalidInput, match="collection name"):
+        store.collection("../etc")
+
+
+def test_both_backends_give_the_same_results(tmp_path):
+    """Congruence: the same corpus and queries on both backends."""
+    results = {}
+    for kind in ("embedded", "server"):
+        store = make_store(kind, tmp_path / kind)
+        store.create_collection("c", model="test", max_visual_tokens=768)
+        rng = np.random.default_rng(9)
+        store.upsert_pages(
+            "c", [page_record(f"d{i // 4}", i % 4 + 1, page_embedding(rng)) for i in range(40)]
+        )
+        results[kind] = [
+            [(h.doc_id, h.page, h.score) for h in store.search("c", q, top_k=8, mode=mode)]
+            for q in queries(3)
+            for mode in ("exact", "two_stage", "pooled")
+        ]
+        store.close()
+    for a, b in zip(results["embedded"], results["server"], strict=True):
+        # Same pages with the same scores; float16 storage may swap near-ties (< 1e-3 apart).
+        assert {x[:2] for x in a} == {x[:2] for x in b}
+        assert [x[2] for x in a] == pytest.approx([x[2] for x in b], abs=1e-2)
+        score_b = {x[:2]: x[2] for x in b}
+        for x in a:
+            assert x[2] == pytest.approx(score_b[x[:2]], abs=1e-2)
+
+
+def test_embedded_store_survives_the_process_and_is_locked_while_open(tmp_path):
+    writer = textwrap.dedent(
+        f"""
+        import numpy as np
+        from retrieval.store import PageStore
+        from retrieval.store.edge import EdgeBackend
+        from tests.fakes import page_embedding, page_record
+        store = PageStore(EdgeBackend({str(tmp_path / "q")!r}))
+        store.create_collection("c", model="test", max_visual_tokens=768)
+        rng = np.random.default_rng(0)
+        store.upsert_pages("c", [page_record("d", p, page_embedding(rng)) for p in range(1, 4)])
+        import os; os._exit(0)  # no close(): as if the process died
+        """
+    )
+    subprocess.run([sys.executable, "-c", writer], check=True)
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    assert store.count_pages("c") == 3
+    assert store.stored_page_numbers("c", "d") == {1, 2, 3}
+    # While we hold it, another process gets a clear error.
+    other = f"from retrieval.store.edge import EdgeBackend; EdgeBackend({str(tmp_path / 'q')!r})"
+    result = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True)
+    assert result.returncode != 0 and "StoreLocked" in result.stderr and "in use" in result.stderr
+    store.close()
+    # Closed: it opens again, once.
+    first = EdgeBackend(tmp_path / "q")
+    with pytest.raises(StoreLocked, match="in use"):
+        EdgeBackend(tmp_path / "q")
+    first.close()

@@ -214,7 +214,7 @@ def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
         ),
         datatype=qe.VectorStorageDatatype.Float16 if spec.float16 else None,
         hnsw_config=hnsw,
-        on_disk=spec.on_disk,
+        memory=qe.Memory.Cold if spec.on_disk else qe.Memory.Cached,
     )
 
 

@@ -5,3 +5,7 @@ from __future__ import annotations
 from indexer.cli import app
 
 __all__ = ["app"]
+
+
+if __name__ == "__main__":
+    app()

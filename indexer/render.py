@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from indexer.sizing import target_grid
 from retrieval.errors import (
     InvalidDocument,
+    InvalidInput,
     PageTooLarge,
     PasswordRequired,
     UnsupportedFormat,
@@ -321,10 +322,10 @@ def parse_page_range(spec: str) -> list[int]:
         try:
             lo, hi = int(first), int(last or first)
         except ValueError:
-            raise ValueError(f"bad page range '{spec}': use e.g. 1-3,7") from None
+            raise InvalidInput(f"bad page range '{spec}': use e.g. 1-3,7") from None
         if lo < 1 or hi < lo:
-            raise ValueError(f"bad page range '{part}': pages start at 1 and ranges go up")
+            raise InvalidInput(f"bad page range '{part}': pages start at 1 and ranges go up")
         pages.extend(n for n in range(lo, hi + 1) if n not in pages)
     if not pages:
-        raise ValueError(f"bad page range '{spec}': no pages")
+        raise InvalidInput(f"bad page range '{spec}': no pages")
     return pages

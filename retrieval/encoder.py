@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,9 @@ class Encoder:
     ) -> Encoder:
         """Load a checkpoint: a hub id, a local model directory, or a local PEFT adapter directory
         (``adapter_config.json`` naming its base), always capped at ``max_visual_tokens``."""
+        import transformers
 
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
         resolved_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, resolved_device)
         net, processor = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
@@ -150,7 +153,12 @@ class Encoder:
         """CPU step: resize/patchify the images and build the left-padded page prompts."""
         if not images:
             raise InvalidInput("no images to embed")
-        return self.processor.process_images(list(images))
+        with warnings.catch_warnings():
+            # transformers warns on every call that ColQwen2Processor sets max_pixels its old way.
+            warnings.filterwarnings(
+                "ignore", message="Passing `min_pixels`", category=FutureWarning
+            )
+            return self.processor.process_images(list(images))
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""

@@ -18,7 +18,13 @@ from indexer.render_pool import (
     RenderRequest,
 )
 from indexer.sizing import target_grid, target_size
-from retrieval.errors import InvalidDocument, PageTooLarge, PasswordRequired, UnsupportedFormat
+from retrieval.errors import (
+    InvalidDocument,
+    InvalidInput,
+    PageTooLarge,
+    PasswordRequired,
+    UnsupportedFormat,
+)
 from tests.conftest import shared_pdfs
 from tests.documents import image_bytes, make_pdf, marked_image
 from tests.tiny_model import build_processor
@@ -179,7 +185,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_parse_page_range():
     assert parse_page_range("1-3,7,2") == [1, 2, 3, 7]
     for bad in ["", "0", "3-1", "a"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidInput, match="page range"):
             parse_page_range(bad)
 
 

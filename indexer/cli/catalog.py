@@ -1,0 +1,165 @@
+"""``colqwen docs`` and ``colqwen collections``: what is stored, and removing it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from indexer.cli.base import (
+    CollectionOpt,
+    JsonOpt,
+    app,
+    console,
+    open_store,
+    print_json,
+    settings_of,
+    user_errors,
+)
+
+docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
+collections_app = typer.Typer(help="Create, list and drop collections.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+app.add_typer(collections_app, name="collections")
+
+
+@docs_app.command("list")
+def docs_list(
+    ctx: typer.Context, collection: CollectionOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Every document: id, name, pages, status."""
+    settings = settings_of(ctx, collection=collection)
+    with user_errors(), open_store(settings) as store:
+        docs = store.documents(settings.collection)
+    if as_json:
+        print_json([asdict(d) for d in docs])
+        return
+    table = Table("doc id", "name", "pages", "status", "created")
+    for d in docs:
+        status = d.status if d.status != "failed" else f"[red]failed[/]: {d.error}"
+        table.add_row(d.doc_id[:12], d.name, str(d.page_count), status, d.created_at)
+    console.print(table)
+    console.print(f"{len(docs)} documents")
+
+
+@docs_app.command("show")
+def docs_show(
+    ctx: typer.Context,
+    doc_id: Annotated[str, typer.Argument(help="Document id (or a unique prefix of it).")],
+    collection: CollectionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One document's record and stored pages."""
+    settings = settings_of(ctx, collection=collection)
+    with user_errors(), open_store(settings) as store:
+        doc = _resolve(store, settings.collection, doc_id)
+        stored = sorted(store.stored_page_numbers(settings.collection, doc.doc_id))
+    data = {**asdict(doc), "pages_stored": len(stored)}
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        console.print(f"[bold]{key}[/]: {value}")
+
+
+@docs_app.command("delete")
+def docs_delete(
+    ctx: typer.Context,
+    doc_id: Annotated[str, typer.Argument(help="Document id (or a unique prefix of it).")],
+    collection: CollectionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a document: every page and its catalog record."""
+    settings = settings_of(ctx, collection=collection)
+    with user_errors(), open_store(settings) as store:
+        doc = _resolve(store, settings.collection, doc_id)
+        store.delete_document(settings.collection, doc.doc_id)
+    if as_json:
+        print_json({"deleted": doc.doc_id})
+    else:
+        console.print(f"deleted {doc.name} ({doc.doc_id})")
+
+
+def _resolve(store, collection: str, prefix: str):
+    from retrieval.errors import InvalidInput, NotFound
+
+    if len(prefix) == 64:
+        return store.document(collection, prefix)
+    matches = [d for d in store.documents(collection) if d.doc_id.startswith(prefix)]
+    if not matches:
+        raise NotFound(f"no document id starts with '{prefix}' in collection '{collection}'")
+    if len(matches) > 1:
+        raise InvalidInput(f"'{prefix}' matches {len(matches)} documents; give more characters")
+    return matches[0]
+
+
+@collections_app.command("list")
+def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Collections with their schema and size."""
+    settings = settings_of(ctx)
+    with user_errors(), open_store(settings) as store:
+        rows = [
+            (c, store.count_pages(c.name), len(store.documents(c.name)))
+            for c in store.collections()
+        ]
+    if as_json:
+        print_json([{**asdict(c), "pages": n, "documents": d} for c, n, d in rows])
+        return
+    table = Table("name", "documents", "pages", "pooling", "model", "max visual tokens")
+    for c, n, d in rows:
+        table.add_row(
+            c.name, str(d), str(n), ",".join(c.pooling) or "none", c.model, str(c.max_visual_tokens)
+        )
+    console.print(table)
+
+
+@collections_app.command("create")
+def collections_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Collection name.")],
+    pooling: Annotated[
+        str | None, typer.Option(help="rows, cols, rows,cols or none [COLQWEN_POOLING].")
+    ] = None,
+    index: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Filterable metadata key=kind (keyword, integer, float, bool, datetime)."
+        ),
+    ] = None,
+) -> None:
+    """Create a collection, declaring which metadata keys are filterable (indexed)."""
+    from retrieval.errors import ConfigurationError
+
+    settings = settings_of(ctx, pooling=pooling)
+    with user_errors(), open_store(settings) as store:
+        filterable = {}
+        for item in index or []:
+            key, sep, kind = item.partition("=")
+            if not sep:
+                raise ConfigurationError(f"bad --index '{item}': use key=kind, e.g. year=integer")
+            filterable[key] = kind
+        info = store.create_collection(
+            name,
+            model=settings.model,
+            max_visual_tokens=settings.max_visual_tokens,
+            pooling=settings.pooling_vectors,
+            filterable=filterable,
+        )
+    console.print(f"created collection {info.name} (pooling: {','.join(info.pooling) or 'none'})")
+
+
+@collections_app.command("drop")
+def collections_drop(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Collection to drop, with all its pages.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop a collection and everything in it."""
+    settings = settings_of(ctx)
+    if not yes:
+        typer.confirm(f"Drop collection '{name}' and all its pages?", abort=True)
+    with user_errors(), open_store(settings) as store:
+        store.drop_collection(name)
+    console.print(f"dropped collection {name}")

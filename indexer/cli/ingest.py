@@ -1,0 +1,173 @@
+"""``colqwen ingest``: folders of PDFs into a collection, resumable, with progress."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from indexer.cli.base import (
+    CollectionOpt,
+    JsonOpt,
+    app,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    settings_of,
+    user_errors,
+)
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="PDF files or directories.")],
+    collection: CollectionOpt = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into subdirectories.")
+    ] = False,
+    glob: Annotated[
+        list[str] | None, typer.Option(help="File patterns in directories [default: *.pdf].")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Take only shard I of N (I/N), for N machines.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Pages per forward pass [COLQWEN_BATCH_SIZE].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Render processes [COLQWEN_RENDER_WORKERS].")
+    ] = None,
+    password: Annotated[str | None, typer.Option(help="Password for encrypted PDFs.")] = None,
+    meta: Annotated[
+        list[str] | None, typer.Option(help="Metadata key=value for every document (repeatable).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a JSON report of every file here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render, embed and store every page of PATHS. Re-running skips what is already stored.
+
+    A sidecar FILE.json (or STEM.json) beside a PDF adds metadata to that document. Exit code 1
+    when any file failed; each failure is listed with its reason.
+    """
+    from indexer.sources import discover, iter_shard, parse_meta, parse_shard
+
+    settings = settings_of(
+        ctx, batch_size=batch_size, render_workers=workers, collection=collection
+    )
+    with user_errors():
+        shard_spec = parse_shard(shard) if shard else None
+        common_meta = parse_meta(meta or [])
+        sources = list(
+            iter_shard(discover(paths, globs=glob or ["*.pdf"], recursive=recursive), shard_spec)
+        )
+        for source in sources:
+            source.metadata = dict(common_meta)
+            source.password = password
+        result = _run(settings, sources, quiet=quiet or as_json)
+    data = result.to_dict()
+    if report:
+        report.write_text(json.dumps(data, indent=2))
+    if as_json:
+        print_json(data)
+    else:
+        _print_summary(result)
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+
+def _run(settings, sources, *, quiet: bool):
+    from indexer.pipeline import IngestPipeline
+    from indexer.render import RenderOptions
+    from retrieval.encoder import Encoder
+
+    with open_store(settings) as store:
+        with nullcontext() if quiet else console.status(f"loading {settings.model}"):
+            encoder = Encoder.from_settings(settings)
+        store.ensure_collection(
+            settings.collection,
+            model=settings.model,
+            max_visual_tokens=settings.max_visual_tokens,
+            dim=encoder.dim,
+            pooling=settings.pooling_vectors,
+        )
+        options = RenderOptions(
+            max_visual_tokens=settings.max_visual_tokens, supersample=settings.render_supersample
+        )
+        progress = _progress(quiet)
+        files_task = progress.add_task("files", total=len(sources))
+        pages_task = progress.add_task("pages", total=None)
+
+        def update(state) -> None:
+            progress.update(files_task, completed=state.files_done)
+            progress.update(pages_task, completed=state.pages_done, total=state.pages_total or None)
+
+        pipeline = IngestPipeline(
+            encoder,
+            store,
+            settings.collection,
+            render_options=options,
+            render_workers=settings.render_workers,
+            batch_size=settings.batch_size,
+            on_progress=update,
+        )
+        with progress:
+            result = pipeline.run(sources)
+            progress.update(files_task, completed=len(result.documents))
+        return result
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. '12.3/s'."""
+
+    def render(self, task) -> Text:
+        return Text(
+            "" if task.speed is None else f"{task.speed:.1f}/s", style="progress.data.speed"
+        )
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:>5}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+    )
+
+
+def _print_summary(result) -> None:
+    failed = [d for d in result.documents if d.status == "failed"]
+    if failed:
+        table = Table("failed file", "reason", title="Failures", title_justify="left")
+        for d in failed:
+            table.add_row(d.name, d.error or "")
+        console.print(table)
+    rate = result.pages_embedded / result.elapsed_s if result.elapsed_s else 0.0
+    console.print(
+        f"{result.count('indexed')} indexed, {result.count('skipped')} skipped (already stored), "
+        f"{result.count('failed')} failed; {result.pages_embedded} pages embedded in "
+        f"{result.elapsed_s:.1f} s ({rate:.1f} pages/s)"
+    )

@@ -1,0 +1,106 @@
+"""Commands to see what the model sees: ``render`` and ``embed``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from indexer.cli.base import app, console, settings_of, user_errors
+
+
+@app.command()
+def embed(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="PDFs or images to embed.")],
+    pages: Annotated[
+        str | None, typer.Option(help="Pages of each file, e.g. 1-3 (default all).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Pages per forward pass.")] = None,
+) -> None:
+    """Render and embed files, and print each page's token grid and vector counts."""
+    from indexer.render import RenderOptions, open_document, parse_page_range
+    from retrieval.encoder import Encoder
+
+    settings = settings_of(ctx, batch_size=batch_size)
+    options = RenderOptions(max_visual_tokens=settings.max_visual_tokens)
+    table = Table(
+        "file",
+        "page",
+        "image px",
+        "grid (rows x cols)",
+        "visual",
+        "tokens",
+        "pooled rows",
+        "pooled cols",
+    )
+    with user_errors():
+        wanted = parse_page_range(pages) if pages else None
+        rendered = []
+        for f in files:
+            with open_document(f, name=f.name, options=options) as document:
+                numbers = wanted or range(1, document.info.page_count + 1)
+                rendered += [
+                    (f, document.render(n - 1)) for n in numbers if n <= document.info.page_count
+                ]
+        with console.status(f"loading {settings.model}"):
+            encoder = Encoder.from_settings(settings)
+        embeddings = encoder.embed_pages([page.image for _, page in rendered])
+    for (f, page), emb in zip(rendered, embeddings, strict=True):
+        rows, cols = emb.grid
+        table.add_row(
+            f.name,
+            str(page.page_number),
+            f"{page.pixel_size[0]} x {page.pixel_size[1]}",
+            f"{rows} x {cols}",
+            str(rows * cols),
+            str(emb.n_tokens),
+            str(len(emb.pooled_rows)),
+            str(len(emb.pooled_cols)),
+        )
+    console.print(table)
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A PDF or an image (PNG, JPEG, TIFF, WebP).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write PNGs to.")],
+    pages: Annotated[
+        str | None, typer.Option(help="Pages to render, e.g. 1-3,7 (default all).")
+    ] = None,
+    password: Annotated[str | None, typer.Option(help="Password of an encrypted PDF.")] = None,
+    supersample: Annotated[
+        int, typer.Option(min=1, max=4, help="Render at k x then downsample.")
+    ] = 1,
+) -> None:
+    """Render pages exactly as the model will see them, and print each page's size and grid."""
+    from indexer.render import RenderOptions, parse_page_range
+    from indexer.render_pool import Renderer, RenderRequest
+
+    settings = settings_of(ctx)
+    with user_errors():
+        wanted = parse_page_range(pages) if pages else None
+    options = RenderOptions(max_visual_tokens=settings.max_visual_tokens, supersample=supersample)
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(
+        "page", "size (pt)", "rotation", "image (px)", "grid (rows x cols)", "tokens", "file"
+    )
+    request = RenderRequest(file, file.name, password=password, pages=wanted)
+    with user_errors(), Renderer(options, workers=settings.render_workers) as renderer:
+        for page in renderer.pages(request):
+            target = out / f"{file.stem}-p{page.page_number:04d}.png"
+            page.image.save(target)
+            rows, cols = page.grid
+            table.add_row(
+                str(page.page_number),
+                f"{page.size_pt[0]:g} x {page.size_pt[1]:g}",
+                str(page.rotation),
+                f"{page.pixel_size[0]} x {page.pixel_size[1]}",
+                f"{rows} x {cols}",
+                str(rows * cols),
+                str(target),
+            )
+    console.print(table)

@@ -1,0 +1,494 @@
+"""Ingestion: files -> rendered pages -> embeddings -> Qdrant, as overlapping stages.
+
+    render (process pool) -> batch + preprocess (CPU) -> forward (GPU) -> store
+
+Each stage is a thread joined to the next by a bounded queue, so the device never waits on
+rendering and memory stays flat however large the input. Batches are formed by visual-token
+budget, not page count, and may span documents. Messages keep their order end to end, so the
+store sees a document's ``open``, then its pages, then its ``end`` (or ``fail``).
+
+Safe to kill at any point: pages have deterministic ids (re-writing one overwrites it), a
+document is marked ``indexed`` only once all its pages are stored, and a re-run skips indexed
+documents by content hash before rendering and resumes the others from their missing pages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from indexer.render import RenderedPage, RenderOptions
+from indexer.render_pool import (
+    DocumentFailed,
+    DocumentOpened,
+    PageRendered,
+    Renderer,
+    RenderRequest,
+)
+from indexer.sources import SourceFile, sha256_file, sidecar_metadata
+from retrieval.encoder import Encoder
+from retrieval.errors import ColqwenError, Conflict, NotFound, StoreError
+from retrieval.store import PageStore
+from retrieval.store.model import Filter, Match
+from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = 11  # prompt tokens per page around the image (ColQwen2)
+_IDLE_FLUSH_S = 0.05  # flush a partial batch when no page arrived for this long
+
+
+@dataclass
+class DocumentResult:
+    name: str
+    doc_id: str | None
+    status: Literal["indexed", "skipped", "failed"]
+    pages: int = 0  # pages in the document
+    embedded: int = 0  # pages embedded by this run
+    error: str | None = None
+
+
+@dataclass
+class IngestProgress:
+    files_total: int
+    files_done: int = 0
+    pages_total: int = 0  # pages to embed, known as documents are opened
+    pages_done: int = 0
+    failed: int = 0
+
+
+@dataclass
+class IngestReport:
+    documents: list[DocumentResult]
+    elapsed_s: float
+    stage_s: dict[str, float]
+
+    def count(self, status: str) -> int:
+        return sum(d.status == status for d in self.documents)
+
+    @property
+    def pages_embedded(self) -> int:
+        return sum(d.embedded for d in self.documents)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": {
+                "files": len(self.documents),
+                "indexed": self.count("indexed"),
+                "skipped": self.count("skipped"),
+                "failed": self.count("failed"),
+                "pages_embedded": self.pages_embedded,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "pages_per_s": round(self.pages_embedded / self.elapsed_s, 2)
+                if self.elapsed_s
+                else 0,
+                "stage_busy_s": {k: round(v, 3) for k, v in self.stage_s.items()},
+            },
+            "documents": [asdict(d) for d in self.documents],
+        }
+
+
+@dataclass(eq=False)
+class _Doc:
+    """One document's state as it moves through the stages."""
+
+    source: SourceFile
+    doc_id: str | None = None
+    size: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    existing: DocumentRecord | None = None
+    page_count: int = 0
+    expected: int = 0  # pages this run set out to embed
+    embedded: int = 0
+
+
+@dataclass
+class _Msg:
+    kind: Literal["open", "page", "end", "fail", "skip", "done"]
+    doc: _Doc
+    page: RenderedPage | None = None
+    error: str | None = None
+    embedding: PageEmbedding | None = None
+    page_info: dict[str, Any] | None = None  # provenance kept once the image is freed
+
+
+@dataclass
+class _Work:
+    """Messages in order; ``inputs`` are the preprocessed images of its page messages."""
+
+    messages: list[_Msg]
+    inputs: Any = None
+
+    @property
+    def pages(self) -> list[_Msg]:
+        return [m for m in self.messages if m.kind == "page"]
+
+
+_END = object()
+
+
+class _Stop(Exception):
+    """Another stage failed or the run was interrupted."""
+
+
+class IngestPipeline:
+    """Ingests files into one collection. Reusable; not thread-safe (one ``run`` at a time)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        store: PageStore,
+        collection: str,
+        *,
+        render_options: RenderOptions | None = None,
+        render_workers: int | None = None,
+        batch_size: int | None = None,
+        preprocess_threads: int | None = None,
+        on_progress: Callable[[IngestProgress], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.store = store
+        self.collection = collection
+        self.render_options = render_options or RenderOptions(
+            max_visual_tokens=encoder.max_visual_tokens
+        )
+        self.render_workers = render_workers
+        self.batch_size = batch_size or encoder.batch_size
+        self.token_budget = self.batch_size * (
+            self.render_options.max_visual_tokens + SPECIAL_TOKENS
+        )
+        self.on_progress = on_progress
+        # The processor's CPU work (normalise, patchify) costs ~30 ms a page: at GPU speed it
+        # needs more than one core. Its torch ops release the GIL, so threads suffice.
+        self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
+        info = store.collection(collection)
+        if info.max_visual_tokens != self.render_options.max_visual_tokens:
+            raise Conflict(
+                f"collection '{collection}' was built with max_visual_tokens="
+                f"{info.max_visual_tokens}; this run uses {self.render_options.max_visual_tokens}"
+            )
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self, sources: Iterable[SourceFile]) -> IngestReport:
+        sources = list(sources)
+        self._progress = IngestProgress(files_total=len(sources))
+        self._results: list[DocumentResult] = []
+        self._busy = {"render": 0.0, "preprocess": 0.0, "encode": 0.0, "store": 0.0}
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        rendered: queue.Queue = queue.Queue(maxsize=2 * self.batch_size + 8)
+        batches: queue.Queue = queue.Queue(maxsize=2)
+        encoded: queue.Queue = queue.Queue(maxsize=2)
+        start = time.perf_counter()
+        with Renderer(self.render_options, workers=self.render_workers) as renderer:
+            stages = [
+                threading.Thread(
+                    target=self._guard,
+                    args=(self._render, renderer, sources, rendered),
+                    name="render",
+                ),
+                threading.Thread(
+                    target=self._guard, args=(self._batch, rendered, batches), name="batch"
+                ),
+                threading.Thread(
+                    target=self._guard, args=(self._encode, batches, encoded), name="encode"
+                ),
+                threading.Thread(target=self._guard, args=(self._write, encoded), name="store"),
+            ]
+            for t in stages:
+                t.daemon = True
+                t.start()
+            try:
+                for t in stages:
+                    while t.is_alive():
+                        t.join(timeout=0.2)
+            except BaseException:
+                self._stop.set()
+                raise
+        if self._error is not None:
+            raise self._error
+        self.store.flush(self.collection)
+        if self._progress.pages_done:
+            self.store.optimize(self.collection)
+        return IngestReport(self._results, time.perf_counter() - start, dict(self._busy))
+
+    def _guard(self, stage, *args) -> None:
+        try:
+            stage(*args)
+        except _Stop:
+            pass
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            self._stop.set()
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if wait <= 0:
+                raise queue.Empty
+            try:
+                return q.get(timeout=wait)
+            except queue.Empty:
+                continue
+
+    # --- stage 1: plan and render ----------------------------------------------------------
+
+    def _plan(self, sources: list[SourceFile], out: queue.Queue) -> Iterator[RenderRequest]:
+        """Skip indexed documents before rendering; resume partial ones from missing pages."""
+        for source in sources:
+            doc = _Doc(source)
+            try:
+                doc.metadata = {**source.metadata, **sidecar_metadata(source.path)}
+                doc.doc_id, doc.size = sha256_file(source.path)
+            except ColqwenError as exc:
+                self._put(out, _Msg("fail", doc, error=str(exc)))
+                continue
+            except OSError as exc:
+                self._put(
+                    out, _Msg("fail", doc, error=f"{source.name}: cannot be read ({exc.strerror})")
+                )
+                continue
+            try:
+                doc.existing = self.store.document(self.collection, doc.doc_id)
+            except NotFound:
+                doc.existing = None
+            pages = None
+            if doc.existing is not None:
+                if doc.existing.status == "indexed":
+                    self._put(out, _Msg("skip", doc))
+                    continue
+                if doc.existing.status == "indexing" and doc.existing.page_count:
+                    stored = self.store.stored_page_numbers(self.collection, doc.doc_id)
+                    pages = [n for n in range(1, doc.existing.page_count + 1) if n not in stored]
+                    if not pages:  # all pages were stored before the last run stopped
+                        doc.page_count = doc.existing.page_count
+                        self._put(out, _Msg("open", doc))
+                        self._put(out, _Msg("end", doc))
+                        continue
+            yield RenderRequest(
+                source.path, source.name, password=source.password, pages=pages, tag=doc
+            )
+
+    def _render(self, renderer: Renderer, sources: list[SourceFile], out: queue.Queue) -> None:
+        current: _Doc | None = None
+        events = renderer.stream(self._plan(sources, out))
+        while True:
+            t0 = time.perf_counter()
+            event = next(events, None)
+            self._busy["render"] += time.perf_counter() - t0
+            if event is None:
+                break
+            doc: _Doc = event.request.tag
+            if current is not None and doc is not current:
+                self._put(out, _Msg("end", current))
+                current = None
+            if isinstance(event, DocumentOpened):
+                doc.page_count = event.info.page_count
+                wanted = event.request.pages
+                doc.expected = len(wanted) if wanted else doc.page_count
+                self._progress.pages_total += doc.expected
+                current = doc
+                self._put(out, _Msg("open", doc))
+            elif isinstance(event, PageRendered):
+                self._put(out, _Msg("page", doc, page=event.page))
+            elif isinstance(event, DocumentFailed):
+                current = None
+                self._put(out, _Msg("fail", doc, error=str(event.error)))
+        if current is not None:
+            self._put(out, _Msg("end", current))
+        self._put(out, _END)
+
+    # --- stage 2: batch by token budget and preprocess -----------------------------------------
+
+    def _batch(self, inp: queue.Queue, out: queue.Queue) -> None:
+        """Cut batches by token budget; preprocess them on a few threads, keeping their order."""
+        with ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="preprocess") as pool:
+            in_flight: deque[Future] = deque()
+            for messages in self._batches(inp):
+                in_flight.append(pool.submit(self._prepare, messages))
+                while in_flight and (
+                    in_flight[0].done() or len(in_flight) > self.preprocess_threads
+                ):
+                    self._put(out, in_flight.popleft().result())
+            while in_flight:
+                self._put(out, in_flight.popleft().result())
+        self._put(out, _END)
+
+    def _batches(self, inp: queue.Queue) -> Iterator[list[_Msg]]:
+        work: list[_Msg] = []
+        tokens = 0
+        finished = False
+        while not finished:
+            try:
+                msg = self._get(inp, timeout=_IDLE_FLUSH_S if work else None)
+            except queue.Empty:
+                msg = None  # idle: send what we have
+            if msg is _END:
+                finished = True
+            elif msg is not None:
+                work.append(msg)
+                if msg.kind == "page":
+                    rows, cols = msg.page.grid
+                    tokens += rows * cols + SPECIAL_TOKENS
+                if tokens < self.token_budget:
+                    continue
+            if work:
+                yield work
+                work, tokens = [], 0
+
+    def _prepare(self, messages: list[_Msg]) -> _Work:
+        work = _Work(messages)
+        images = [m.page.image for m in work.pages]
+        if images:
+            t0 = time.perf_counter()
+            work.inputs = self.encoder.preprocess(images)
+            self._busy["preprocess"] += time.perf_counter() - t0
+        return work
+
+    # --- stage 3: forward pass -----------------------------------------------------------------
+
+    def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
+        while (work := self._get(inp)) is not _END:
+            pages = work.pages
+            if pages:
+                t0 = time.perf_counter()
+                embeddings = self._embed(work)
+                self._busy["encode"] += time.perf_counter() - t0
+                for msg, emb in zip(pages, embeddings, strict=True):
+                    page = msg.page
+                    msg.embedding = emb
+                    msg.page_info = {
+                        "page_number": page.page_number,
+                        "size_pt": page.size_pt,
+                        "rotation": page.rotation,
+                        "pixel_size": page.pixel_size,
+                    }
+                    msg.page = None  # the image is no longer needed: free it early
+            self._put(out, work)
+        self._put(out, _END)
+
+    def _embed(self, work: _Work) -> list[PageEmbedding]:
+        import torch
+
+        try:
+            return self.encoder.postprocess(work.inputs, self.encoder.forward(work.inputs))
+        except torch.cuda.OutOfMemoryError:
+            # Let the encoder find a batch size that fits (it halves and remembers).
+            torch.cuda.empty_cache()
+            return self.encoder.embed_pages(
+                [m.page.image for m in work.pages], len(work.pages) // 2
+            )
+
+    # --- stage 4: store ------------------------------------------------------------------------
+
+    def _write(self, inp: queue.Queue) -> None:
+        pending: list[tuple[_Doc, PageRecord]] = []
+        while (work := self._get(inp)) is not _END:
+            t0 = time.perf_counter()
+            for msg in work.messages:
+                if msg.kind == "page":
+                    pending.append((msg.doc, self._record(msg)))
+                    continue
+                if msg.kind == "end":
+                    self._flush(pending)
+                    pending = []
+                self._control(msg)
+            self._flush(pending)
+            pending = []
+            self._busy["store"] += time.perf_counter() - t0
+            if self.on_progress:
+                self.on_progress(self._progress)
+
+    def _record(self, msg: _Msg) -> PageRecord:
+        doc, page, emb = msg.doc, msg.page_info, msg.embedding
+        return PageRecord(
+            doc_id=doc.doc_id,
+            source=doc.source.name,
+            page_number=page["page_number"],
+            page_count=doc.page_count,
+            size_pt=page["size_pt"],
+            rotation=page["rotation"],
+            pixel_size=page["pixel_size"],
+            embedding=emb,
+            metadata=doc.metadata,
+        )
+
+    def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:
+        if pending:
+            self.store.upsert_pages(self.collection, [record for _, record in pending])
+            for doc, _ in pending:
+                doc.embedded += 1
+            self._progress.pages_done += len(pending)
+
+    def _control(self, msg: _Msg) -> None:
+        doc = msg.doc
+        if msg.kind == "skip":
+            self._finish(
+                DocumentResult(doc.source.name, doc.doc_id, "skipped", doc.existing.page_count)
+            )
+        elif msg.kind == "open":
+            self.store.put_document(self.collection, self._catalog(doc, "indexing"))
+        elif msg.kind == "end":
+            stored = self.store.count_pages(self.collection, Filter((Match("doc_id", doc.doc_id),)))
+            if stored != doc.page_count:
+                raise StoreError(
+                    f"{doc.source.name}: {stored} of {doc.page_count} pages stored at its end"
+                )
+            self.store.put_document(self.collection, self._catalog(doc, "indexed"))
+            self._finish(
+                DocumentResult(doc.source.name, doc.doc_id, "indexed", doc.page_count, doc.embedded)
+            )
+        elif msg.kind == "fail":
+            if doc.doc_id is not None:
+                # Nothing of a failed document stays searchable.
+                self.store.backend.delete(self.collection, Filter((Match("doc_id", doc.doc_id),)))
+                self.store.put_document(self.collection, self._catalog(doc, "failed", msg.error))
+            self._progress.failed += 1
+            self._progress.pages_total -= doc.expected - doc.embedded
+            self._finish(
+                DocumentResult(doc.source.name, doc.doc_id, "failed", doc.page_count, 0, msg.error)
+            )
+
+    def _catalog(self, doc: _Doc, status: str, error: str | None = None) -> DocumentRecord:
+        created = doc.existing.created_at if doc.existing else ""
+        return DocumentRecord(
+            doc_id=doc.doc_id,
+            name=doc.source.name,
+            page_count=doc.page_count,
+            status=status,
+            metadata=doc.metadata,
+            created_at=created,
+            error=error,
+            size_bytes=doc.size,
+        )
+
+    def _finish(self, result: DocumentResult) -> None:
+        self._results.append(result)
+        self._progress.files_done += 1

@@ -1,0 +1,111 @@
+"""Finding the files to ingest: paths and globs, sharding across machines, metadata sidecars,
+content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrieval.errors import ConfigurationError, InvalidDocument, InvalidInput
+
+DEFAULT_GLOBS = ("*.pdf",)
+
+
+@dataclass
+class SourceFile:
+    """A file to ingest, with the metadata it will carry."""
+
+    path: Path
+    name: str  # what search results call it: the path relative to the input root
+    metadata: dict[str, Any] = field(default_factory=dict)
+    password: str | None = None
+
+
+def discover(
+    paths: Iterable[Path], *, globs: Iterable[str] = DEFAULT_GLOBS, recursive: bool = False
+) -> list[SourceFile]:
+    """Files named directly, plus those matching ``globs`` in directories; sorted, unique."""
+    found: dict[Path, SourceFile] = {}
+    for root in paths:
+        root = Path(root)
+        if root.is_file():
+            found.setdefault(root.resolve(), SourceFile(root, root.name))
+        elif root.is_dir():
+            for pattern in globs:
+                matches = root.rglob(pattern) if recursive else root.glob(pattern)
+                for match in matches:
+                    if match.is_file() and not match.name.startswith("."):
+                        name = match.relative_to(root).as_posix()
+                        found.setdefault(match.resolve(), SourceFile(match, name))
+        else:
+            raise InvalidInput(f"{root}: no such file or directory")
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigurationError(f"bad shard '{spec}': use I/N, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigurationError(f"bad shard '{spec}': need 0 <= I < N")
+    return index, count
+
+
+def in_shard(source: SourceFile, index: int, count: int) -> bool:
+    """Deterministic by the file's name under its input root: the same split on every machine
+    that sees the same tree, whatever its mount point."""
+    digest = hashlib.sha1(source.name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count == index
+
+
+def sidecar_metadata(path: Path) -> dict[str, Any]:
+    """Metadata from ``FILE.json`` (e.g. report.pdf.json) or ``STEM.json`` beside the file."""
+    for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if candidate.is_file() and candidate != path:
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InvalidDocument(
+                    f"{candidate}: metadata sidecar is not valid JSON ({exc})"
+                ) from None
+            if not isinstance(data, dict):
+                raise InvalidDocument(f"{candidate}: metadata sidecar must be a JSON object")
+            return data
+    return {}
+
+
+def parse_meta(pairs: Iterable[str]) -> dict[str, Any]:
+    """['team=finance', 'year=2024'] -> {'team': 'finance', 'year': 2024} (JSON values parsed)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"bad --meta '{pair}': use key=value")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(hex digest, size in bytes), streamed."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def iter_shard(sources: list[SourceFile], shard: tuple[int, int] | None) -> Iterator[SourceFile]:
+    for source in sources:
+        if shard is None or in_shard(source, *shard):
+            yield source

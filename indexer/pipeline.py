@@ -221,8 +221,11 @@ class IngestPipeline:
         if self._error is not None:
             raise self._error
         self.store.flush(self.collection)
+        self._busy["stored_at"] = time.perf_counter() - start
         if self._progress.pages_done:
-            self.store.optimize(self.collection)
+            t0 = time.perf_counter()
+            self.store.optimize(self.collection)  # build the HNSW index of the new pages
+            self._busy["index"] = time.perf_counter() - t0
         return IngestReport(self._results, time.perf_counter() - start, dict(self._busy))
 
     def _guard(self, stage, *args) -> None:

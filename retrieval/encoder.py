@@ -150,15 +150,34 @@ class Encoder:
     # --- pages ---------------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
-        """CPU step: resize/patchify the images and build the left-padded page prompts."""
+        """Resize/normalise/patchify the images and build the left-padded page prompts.
+
+        colpali-engine's ``process_images``, plus one thing: on CUDA the image processor runs on
+        the GPU (~13 ms a page of CPU otherwise, which at ~40 pages/s needs more than a core).
+        """
+        import torch
+
         if not images:
             raise InvalidInput("no images to embed")
+        on_gpu = {"device": self.device} if self.device.startswith("cuda") else {}
         with warnings.catch_warnings():
             # transformers warns on every call that ColQwen2Processor sets max_pixels its old way.
             warnings.filterwarnings(
                 "ignore", message="Passing `min_pixels`", category=FutureWarning
             )
-            return self.processor.process_images(list(images))
+            batch = self.processor(
+                text=[self.processor.visual_prompt_prefix] * len(images),
+                images=[image.convert("RGB") for image in images],
+                padding="longest",
+                return_tensors="pt",
+                **on_gpu,
+            )
+        # As colpali-engine does: one padded row of patches per image.
+        grid = batch["image_grid_thw"]  # (batch, 3)
+        offsets = (grid[:, 1] * grid[:, 2]).tolist()
+        patches = torch.split(batch["pixel_values"], offsets)  # [(n_patches_i, patch_dim)]
+        batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True)
+        return batch
 
     def forward(self, batch: Any) -> torch.Tensor:
         """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""

@@ -98,6 +98,15 @@ def test_a4_page_stays_within_the_visual_token_budget(encoder, dpi):
     assert (rows, cols) in ((32, 23), (33, 23))
 
 
+def test_preprocess_equals_colpali_process_images(encoder):
+    images = [page_image(300, 200), page_image(644, 924, seed=1), page_image(80, 900, seed=2)]
+    ours = encoder.preprocess(images)
+    theirs = encoder.processor.process_images(images)
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
 def test_batching_does_not_change_embeddings(encoder):
     images = [
         page_image(*s, seed=i)

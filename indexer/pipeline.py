@@ -156,6 +156,7 @@ class IngestPipeline:
         render_workers: int | None = None,
         batch_size: int | None = None,
         preprocess_threads: int | None = None,
+        max_pages: int | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
     ) -> None:
         self.encoder = encoder
@@ -170,6 +171,7 @@ class IngestPipeline:
             self.render_options.max_visual_tokens + SPECIAL_TOKENS
         )
         self.on_progress = on_progress
+        self.max_pages = max_pages
         # The processor's CPU work (normalise, patchify) costs ~30 ms a page: at GPU speed it
         # needs more than one core. Its torch ops release the GIL, so threads suffice.
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
@@ -193,7 +195,9 @@ class IngestPipeline:
         batches: queue.Queue = queue.Queue(maxsize=2)
         encoded: queue.Queue = queue.Queue(maxsize=2)
         start = time.perf_counter()
-        with Renderer(self.render_options, workers=self.render_workers) as renderer:
+        with Renderer(
+            self.render_options, workers=self.render_workers, max_pages=self.max_pages
+        ) as renderer:
             stages = [
                 threading.Thread(
                     target=self._guard,
@@ -490,6 +494,7 @@ class IngestPipeline:
             created_at=created,
             error=error,
             size_bytes=doc.size,
+            source_path=str(doc.source.path.resolve()),
         )
 
     def _finish(self, result: DocumentResult) -> None:

@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from indexer.render import DocumentInfo, RenderedPage, RenderOptions, Source, open_document
-from retrieval.errors import ColqwenError, InvalidDocument, RendererUnavailable
+from retrieval.errors import ColqwenError, InvalidDocument, PageTooLarge, RendererUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,13 @@ class Renderer:
         workers: int | None = None,
         page_timeout_s: float = 120.0,
         memory_limit_mb: int | None = 3072,
+        max_pages: int | None = None,
     ) -> None:
         self.options = options or RenderOptions()
         self.workers = os.cpu_count() or 1 if workers is None else workers
         self.page_timeout_s = page_timeout_s
         self.memory_limit_mb = memory_limit_mb
+        self.max_pages = max_pages
         self._executor = self._new_executor()
         self._crashes = 0  # consecutive pool crashes, reset by any rendered page
 
@@ -260,6 +262,14 @@ class Renderer:
             except (BrokenProcessPool, FutureTimeout) as exc:
                 yield DocumentFailed(request, self._crash_error(_Pending(request, -1, future), exc))
                 self._restart([])
+                continue
+            if self.max_pages is not None and info.page_count > self.max_pages:
+                yield DocumentFailed(
+                    request,
+                    PageTooLarge(
+                        f"{request.name}: {info.page_count} pages; the limit is {self.max_pages}"
+                    ),
+                )
                 continue
             missing = [n for n in (request.pages or ()) if not 1 <= n <= info.page_count]
             if missing:

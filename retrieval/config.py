@@ -85,6 +85,34 @@ class Settings(BaseSettings):
         200, ge=1, le=10000, description="Candidates the pooled first stage passes to the rerank."
     )
 
+    # --- service ---------------------------------------------------------------------------
+    api_keys: str | None = Field(
+        None, description="Comma-separated API keys; when set, every endpoint but health needs one."
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS ('*' = any)."
+    )
+    max_upload_mb: int = Field(200, ge=1, description="Largest accepted upload, in MB.")
+    max_pages: int = Field(5000, ge=1, description="Most pages a document may have.")
+    job_lease_s: float = Field(
+        60.0, gt=0, description="A running job whose worker stops renewing this lease is resumed."
+    )
+    query_batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long the API collects concurrent queries into one forward pass."
+    )
+    query_batching: bool = Field(True, description="Batch concurrent queries (see above).")
+    max_pending_queries: int = Field(
+        256, ge=1, description="Queries waiting for the model beyond this get HTTP 429."
+    )
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
     @field_validator("pooling")
     @classmethod
     def _known_pooling(cls, value: str) -> str:

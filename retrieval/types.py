@@ -68,6 +68,7 @@ class DocumentRecord:
     updated_at: str = ""
     error: str | None = None
     size_bytes: int | None = None
+    source_path: str | None = None  # where the original file is kept, to render page images
 
 
 @dataclass

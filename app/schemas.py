@@ -1,0 +1,97 @@
+"""Request and response bodies of the REST API (pydantic): what the OpenAPI schema shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from retrieval.encoder import MAX_QUERY_CHARS
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="Machine-readable kind, e.g. not_found, invalid_input.")
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class UploadAccepted(BaseModel):
+    job_id: str
+    doc_id: str
+    status: Literal["queued", "running"]
+
+
+class DocumentPublic(BaseModel):
+    doc_id: str
+    name: str
+    collection: str
+    page_count: int
+    status: Literal["indexing", "indexed", "failed"]
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    error: str | None = None
+    size_bytes: int | None = None
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int = Field(description="Documents matching, over all pages of results.")
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    doc_id: str
+    collection: str
+    name: str
+    status: Literal["queued", "running", "done", "failed"]
+    pages_done: int
+    pages_total: int | None
+    error: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, description="Plain-language query."
+    )
+    top_k: int = Field(10, ge=1, le=100)
+    mode: Literal["two_stage", "exact", "pooled"] = "two_stage"
+    prefetch: int | None = Field(None, ge=1, le=10000, description="First-stage candidates.")
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='e.g. {"doc_id": "...", "source": "a.pdf", "page": {"lte": 3}, '
+        '"metadata": {"year": {"gte": 2020}, "team": ["a", "b"]}}',
+    )
+    collection: str | None = Field(None, min_length=1, max_length=64)
+
+
+class HitPublic(BaseModel):
+    doc_id: str
+    source: str
+    page: int
+    score: float
+    metadata: dict[str, Any]
+    image_url: str = Field(description="The page as the model saw it (PNG).")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str
+    collection: str
+    took_ms: float
+    hits: list[HitPublic]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    model: str
+    store: str
+    jobs_queued: int

@@ -1,0 +1,204 @@
+"""The durable ingestion queue: a job table in SQLite (WAL mode) under the data directory.
+
+An accepted upload is a row here (and its file in ``uploads/``) before the API answers, so
+nothing accepted is lost. Workers claim jobs atomically with a lease and renew it while they
+work; a job whose worker died is claimed again once its lease has expired, and resumes where
+the pipeline left it (stored pages are not embedded again).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from retrieval.errors import NotFound
+
+JobStatus = Literal["queued", "running", "done", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    password TEXT,
+    status TEXT NOT NULL DEFAULT 'queued',
+    pages_done INTEGER NOT NULL DEFAULT 0,
+    pages_total INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_doc ON jobs (doc_id, collection, status);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    doc_id: str
+    collection: str
+    name: str
+    path: str
+    metadata: dict[str, Any]
+    password: str | None
+    status: JobStatus
+    pages_done: int
+    pages_total: int | None
+    error: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> Job:
+        data = {k: row[k] for k in row.keys() if k not in ("lease_owner", "lease_expires")}  # noqa: SIM118 - a Row iterates values
+        data["metadata"] = json.loads(data["metadata"])
+        return cls(**data)
+
+
+class JobQueue:
+    """Thread-safe; several processes may share the file (SQLite locking)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an accepted job survives power loss
+            self._local.db = db
+        return db
+
+    def create(
+        self,
+        *,
+        doc_id: str,
+        collection: str,
+        name: str,
+        path: Path,
+        metadata: dict[str, Any],
+        password: str | None = None,
+    ) -> Job:
+        now = time.time()
+        job_id = uuid.uuid4().hex
+        self._db().execute(
+            "INSERT INTO jobs (id, doc_id, collection, name, path, metadata, password, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, doc_id, collection, name, str(path), json.dumps(metadata), password, now, now),
+        )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = self._db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job '{job_id}' does not exist")
+        return Job._from_row(row)
+
+    def active_for(self, doc_id: str, collection: str) -> Job | None:
+        """A queued or running job for this document, if any."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT * FROM jobs WHERE doc_id = ? AND collection = ?"
+                " AND status IN ('queued', 'running')"
+                " ORDER BY created_at LIMIT 1",
+                (doc_id, collection),
+            )
+            .fetchone()
+        )
+        return None if row is None else Job._from_row(row)
+
+    def claim(self, owner: str, lease_s: float) -> Job | None:
+        """Atomically take the oldest queued job, or a running one whose lease expired."""
+        now = time.time()
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE status = 'queued'"
+                " OR (status = 'running' AND lease_expires < ?) ORDER BY created_at LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                db.execute("COMMIT")
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (owner, now + lease_s, now, row["id"]),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return self.get(row["id"])
+
+    def renew(
+        self, job_id: str, owner: str, lease_s: float, pages_done: int, pages_total: int | None
+    ) -> bool:
+        """Extend the lease and record progress; False if the job is no longer ours."""
+        now = time.time()
+        cursor = self._db().execute(
+            "UPDATE jobs SET lease_expires = ?, pages_done = ?, pages_total = ?, updated_at = ?"
+            " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            (now + lease_s, pages_done, pages_total, now, job_id, owner),
+        )
+        return cursor.rowcount == 1
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        error: str | None = None,
+        pages_done: int = 0,
+        pages_total: int | None = None,
+    ) -> None:
+        status = "failed" if error else "done"
+        self._db().execute(
+            "UPDATE jobs SET status = ?, error = ?, pages_done = ?, pages_total = ?,"
+            " password = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
+            " WHERE id = ? AND lease_owner = ?",
+            (status, error, pages_done, pages_total, time.time(), job_id, owner),
+        )
+
+    def release_all_running(self) -> int:
+        """Requeue every running job: for a worker that knows it is the only one (embedded)."""
+        cursor = self._db().execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL"
+            " WHERE status = 'running'"
+        )
+        return cursor.rowcount
+
+    def count(self, status: JobStatus) -> int:
+        return (
+            self._db()
+            .execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,))
+            .fetchone()[0]
+        )
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -294,3 +294,44 @@ def test_killed_server_resumes_its_job_on_restart(tiny_model_dir, tmp_path):
         assert store.count_pages("pages") == 134  # no duplicates
     finally:
         store.close()
+
+
+def test_cli_ingests_through_the_server_when_the_store_is_locked(
+    tiny_model_dir, tmp_path, monkeypatch, encoder
+):
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli_app
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([(595, 842)] * (i + 1)))
+    (folder / "junk.pdf").write_bytes(b"not a pdf at all")
+    data = tmp_path / "data"
+    for key, value in {
+        "COLQWEN_MODEL": str(tiny_model_dir),
+        "COLQWEN_DEVICE": "cpu",
+        "COLQWEN_MAX_VISUAL_TOKENS": str(BUDGET),
+        "COLQWEN_DATA_DIR": str(data),
+    }.items():
+        monkeypatch.setenv(key, value)
+    with serving(create_app(settings_for(tiny_model_dir, data))) as base:
+        runner = CliRunner()
+        locked = runner.invoke(cli_app, ["ingest", str(folder)])
+        assert locked.exit_code == 1
+        assert "in use by another process" in locked.stderr and "--server" in locked.stderr
+        result = runner.invoke(cli_app, ["ingest", str(folder), "--server", base, "--json"])
+        assert result.exit_code == 1, result.output  # junk.pdf fails
+        report = json.loads(result.stdout)
+        assert report["summary"]["indexed"] == 3 and report["summary"]["failed"] == 1
+        assert [d["name"] for d in report["documents"] if d["status"] == "failed"] == ["junk.pdf"]
+        again = json.loads(
+            runner.invoke(cli_app, ["ingest", str(folder), "--server", base, "--json"]).stdout
+        )
+        assert again["summary"]["skipped"] == 3
+        with httpx.Client(base_url=base) as api:
+            hits = api.post("/v1/search", json={"query": "x", "top_k": 50}).json()["hits"]
+        assert len(hits) == 6

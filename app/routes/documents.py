@@ -25,7 +25,9 @@ from retrieval.errors import InvalidInput, NotFound, UnsupportedFormat
 from retrieval.store import parse_filter
 from retrieval.types import DocumentRecord
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+router = APIRouter(
+    prefix="/v1/documents", tags=["documents"], responses={422: {"model": ErrorBody}}
+)
 CollectionQuery = Annotated[
     str | None, Query(min_length=1, max_length=64, description="Default: COLQWEN_COLLECTION.")
 ]

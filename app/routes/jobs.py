@@ -9,7 +9,7 @@ from app.deps import ServicesDep
 from app.schemas import ErrorBody, JobPublic
 from indexer.jobs import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": ErrorBody}})
 
 
 def job_public(job: Job) -> JobPublic:

@@ -12,7 +12,7 @@ from app.deps import ServicesDep
 from app.schemas import ErrorBody, HitPublic, SearchRequest, SearchResponse
 from retrieval.store import parse_filter
 
-router = APIRouter(prefix="/v1/search", tags=["search"])
+router = APIRouter(prefix="/v1/search", tags=["search"], responses={422: {"model": ErrorBody}})
 
 
 @router.post(

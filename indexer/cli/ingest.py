@@ -61,6 +61,13 @@ def ingest(
         Path | None, typer.Option(help="Write a JSON report of every file here.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Send the files to a running `colqwen serve` at this URL instead."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key of the server (with --server).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render, embed and store every page of PATHS. Re-running skips what is already stored.
@@ -82,7 +89,10 @@ def ingest(
         for source in sources:
             source.metadata = dict(common_meta)
             source.password = password
-        result = _run(settings, sources, quiet=quiet or as_json)
+        if server:
+            result = _run_remote(server, settings, sources, api_key=api_key, quiet=quiet or as_json)
+        else:
+            result = _run(settings, sources, quiet=quiet or as_json)
     data = result.to_dict()
     if report:
         report.write_text(json.dumps(data, indent=2))
@@ -112,14 +122,7 @@ def _run(settings, sources, *, quiet: bool):
         options = RenderOptions(
             max_visual_tokens=settings.max_visual_tokens, supersample=settings.render_supersample
         )
-        progress = _progress(quiet)
-        files_task = progress.add_task("files", total=len(sources))
-        pages_task = progress.add_task("pages", total=None)
-
-        def update(state) -> None:
-            progress.update(files_task, completed=state.files_done)
-            progress.update(pages_task, completed=state.pages_done, total=state.pages_total or None)
-
+        progress, update = _progress(quiet, len(sources))
         pipeline = IngestPipeline(
             encoder,
             store,
@@ -130,9 +133,17 @@ def _run(settings, sources, *, quiet: bool):
             on_progress=update,
         )
         with progress:
-            result = pipeline.run(sources)
-            progress.update(files_task, completed=len(result.documents))
-        return result
+            return pipeline.run(sources)
+
+
+def _run_remote(server, settings, sources, *, api_key, quiet: bool):
+    from indexer.remote import ingest_remote
+
+    progress, update = _progress(quiet, len(sources))
+    with progress:
+        return ingest_remote(
+            server, sources, collection=settings.collection, api_key=api_key, on_progress=update
+        )
 
 
 class RateColumn(ProgressColumn):
@@ -144,8 +155,9 @@ class RateColumn(ProgressColumn):
         )
 
 
-def _progress(quiet: bool) -> Progress:
-    return Progress(
+def _progress(quiet: bool, files: int):
+    """A progress bar of files and pages, and the callback that moves it."""
+    progress = Progress(
         TextColumn("[bold]{task.description:>5}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -156,6 +168,14 @@ def _progress(quiet: bool) -> Progress:
         console=err_console,
         disable=quiet,
     )
+    files_task = progress.add_task("files", total=files)
+    pages_task = progress.add_task("pages", total=None)
+
+    def update(state) -> None:
+        progress.update(files_task, completed=state.files_done)
+        progress.update(pages_task, completed=state.pages_done, total=state.pages_total or None)
+
+    return progress, update
 
 
 def _print_summary(result) -> None:

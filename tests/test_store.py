@@ -279,3 +279,21 @@ def test_embedded_store_survives_the_process_and_is_locked_while_open(tmp_path):
     with pytest.raises(StoreLocked, match="in use"):
         EdgeBackend(tmp_path / "q")
     first.close()
+
+
+def test_long_writes_keep_the_embedded_wal_bounded(tmp_path, monkeypatch):
+    import retrieval.store.edge as edge
+
+    monkeypatch.setattr(edge, "WAL_FLUSH_FLOATS", 5_000_000)  # ~50 A4 pages
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    store.create_collection("c", model="test", max_visual_tokens=768)
+    rng = np.random.default_rng(0)
+    wal = tmp_path / "q" / "c" / "wal"
+    sizes = []
+    for batch in range(6):  # 6 x 60 A4-sized pages: ~180 MB of WAL if never flushed
+        pages = [page_embedding(rng, rows=32, cols=23) for _ in range(60)]
+        store.upsert_pages("c", [page_record(f"d{batch}", p + 1, e) for p, e in enumerate(pages)])
+        sizes.append(sum(f.stat().st_blocks * 512 for f in wal.rglob("*")))
+    assert store.count_pages("c") == 360
+    assert max(sizes) < 100 * 2**20, sizes  # flushed along the way instead of growing with the run
+    store.close()

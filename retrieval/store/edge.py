@@ -28,6 +28,7 @@ from retrieval.store.model import (
     VectorSpec,
 )
 
+WAL_FLUSH_FLOATS = 64_000_000  # ~650 pages, ~320 MB of WAL
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _SCHEMA = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -54,6 +55,7 @@ class EdgeBackend:
                 "`colqwen serve`?). Stop it, or send files to it: `colqwen ingest --server URL`."
             ) from None
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._unflushed: dict[str, int] = {}  # floats written since the last flush
         self._write = threading.Lock()
 
     # --- collections ---------------------------------------------------------------------------
@@ -103,6 +105,11 @@ class EdgeBackend:
             qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload) for p in points
         ]
         self._update(name, qe.UpdateOperation.upsert_points(edge_points))
+        # The WAL holds every write (~0.5 MB a page) until a flush: bound it on long runs.
+        floats = sum(v.size for p in points for v in p.vectors.values())
+        self._unflushed[name] = self._unflushed.get(name, 0) + floats
+        if self._unflushed[name] > WAL_FLUSH_FLOATS:
+            self.flush(name)
 
     def delete(self, name: str, where: Filter) -> None:
         self._update(name, qe.UpdateOperation.delete_points_by_filter(_filter(where)))
@@ -114,6 +121,7 @@ class EdgeBackend:
     def flush(self, name: str) -> None:
         with self._write:
             _call(self._shard(name).flush)
+            self._unflushed[name] = 0
 
     def query(
         self,

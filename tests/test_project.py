@@ -58,3 +58,11 @@ def test_imports_go_one_way():
                 if re.match(rf"\s*(from|import) ({'|'.join(forbidden)})\b", line):
                     offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
     assert offenders == []
+
+
+def test_readme_documents_every_setting():
+    from retrieval.config import Settings
+
+    text = (ROOT / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`COLQWEN_{n.upper()}`" not in text]
+    assert missing == []

@@ -39,5 +39,6 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tiny_model_dir, tmp_p
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -208,12 +208,23 @@ def main() -> None:
         "--float32", action="store_true", help="store `original` as float32 (default float16)"
     )
     parser.add_argument(
+        "--build-only", action="store_true", help="build the stores in --workdir, measure nothing"
+    )
+    parser.add_argument(
         "--workdir", type=Path, help="keep the stores here and reuse them on the next run"
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp())
     workdir.mkdir(parents=True, exist_ok=True)
     rows_latency, rows_recall, rows_size = [], [], []
+    if args.build_only:
+        for n in args.sizes:
+            path = workdir / f"store-{n}-{'f32' if args.float32 else 'f16'}"
+            store = PageStore(EdgeBackend(path), float16=not args.float32)
+            store.create_collection("bench", model="synthetic", max_visual_tokens=768)
+            print(f"built {n} pages in {build(store, Corpus(), n):.0f} s", flush=True)
+            store.close()
+        return
     for n in args.sizes:
         r = run_size(
             n,

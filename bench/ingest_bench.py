@@ -32,16 +32,13 @@ def full_size_encoder(device: str, batch_size: int) -> Encoder:
     """ColQwen2 at its real size (Qwen2-VL-2B), random weights, bf16."""
     import torch
     from colpali_engine.models import ColQwen2
-    from transformers import Qwen2VLConfig
 
-    from tests.tiny_model import SPECIAL_TOKENS, build_processor
+    from tests.tiny_model import build_processor, colqwen2_config
 
     processor = build_processor(max_visual_tokens=768)
-    ids = dict(
-        zip(SPECIAL_TOKENS, processor.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True)
-    )
-    config = Qwen2VLConfig(
-        text_config=dict(
+    config = colqwen2_config(
+        processor,
+        text=dict(
             vocab_size=151936,
             hidden_size=1536,
             intermediate_size=8960,
@@ -52,20 +49,7 @@ def full_size_encoder(device: str, batch_size: int) -> Encoder:
             rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
             rope_theta=1e6,
         ),
-        vision_config=dict(
-            depth=32,
-            embed_dim=1280,
-            hidden_size=1536,
-            num_heads=16,
-            mlp_ratio=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        vision=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4),
     )
     config._attn_implementation = "sdpa"
     torch.set_default_dtype(torch.bfloat16)

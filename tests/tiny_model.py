@@ -48,17 +48,40 @@ def build_processor(max_visual_tokens: int = 768):
     )
 
 
-def build_model(processor, seed: int = 0):
-    """A random ColQwen2: hidden 64, 2 text layers, vision depth 2, 128-d output."""
-    import torch
-    from colpali_engine.models import ColQwen2
+def colqwen2_config(processor, *, text: dict, vision: dict):
+    """A Qwen2-VL config for ColQwen2 whose special-token ids match ``processor``'s tokenizer."""
     from transformers import Qwen2VLConfig
 
     tok = processor.tokenizer
     ids = dict(zip(SPECIAL_TOKENS, tok.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True))
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tok),
+    return Qwen2VLConfig(
+        text_config={
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            **text,
+        },
+        vision_config={
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            **vision,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def build_model(processor, seed: int = 0):
+    """A random ColQwen2: hidden 64, 2 text layers, vision depth 2, 128-d output."""
+    import torch
+    from colpali_engine.models import ColQwen2
+
+    config = colqwen2_config(
+        processor,
+        text=dict(
+            vocab_size=len(processor.tokenizer),
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -67,25 +90,10 @@ def build_model(processor, seed: int = 0):
             max_position_embeddings=4096,
             # mrope_section must sum to head_dim / 2 = 64 / 4 / 2 = 8.
             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
             # NOTE: no pad_token_id: on a random model padded rows would become exactly 0 and the
             # L2 normalisation inside ColQwen2 would give NaN.
         ),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        vision=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
     )
     torch.manual_seed(seed)
     return ColQwen2(config).eval()

@@ -43,7 +43,7 @@ def create_app(
     app.include_router(documents.router, dependencies=guarded)
     app.include_router(jobs.router, dependencies=guarded)
     app.include_router(search.router, dependencies=guarded)
-    app.add_middleware(_LazyMetrics)
+    app.add_middleware(MetricsMiddleware)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -52,17 +52,3 @@ def create_app(
             allow_headers=["*"],
         )
     return app
-
-
-class _LazyMetrics(MetricsMiddleware):
-    """Metrics middleware that finds the app's metrics once the services have started."""
-
-    def __init__(self, app) -> None:
-        super().__init__(app, metrics=None)
-
-    async def dispatch(self, request, call_next):
-        services = getattr(request.app.state, "services", None)
-        if services is None:
-            return await call_next(request)
-        self.metrics = services.metrics
-        return await super().dispatch(request, call_next)

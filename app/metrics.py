@@ -51,15 +51,16 @@ class Metrics:
 
 
 class MetricsMiddleware(BaseHTTPMiddleware):
-    def __init__(self, app, metrics: Metrics) -> None:
-        super().__init__(app)
-        self.metrics = metrics
+    """Counts and times every request, by route template (not raw path) and status."""
 
     async def dispatch(self, request: Request, call_next):
+        services = getattr(request.app.state, "services", None)
+        if services is None:  # still starting up
+            return await call_next(request)
         start = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        self.metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        path = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics: Metrics = services.metrics
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
         return response

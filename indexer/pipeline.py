@@ -475,7 +475,7 @@ class IngestPipeline:
         elif msg.kind == "fail":
             if doc.doc_id is not None:
                 # Nothing of a failed document stays searchable.
-                self.store.backend.delete(self.collection, Filter((Match("doc_id", doc.doc_id),)))
+                self.store.delete_pages(self.collection, doc.doc_id)
                 self.store.put_document(self.collection, self._catalog(doc, "failed", msg.error))
             self._progress.failed += 1
             self._progress.pages_total -= doc.expected - doc.embedded

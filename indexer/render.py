@@ -26,6 +26,8 @@ from retrieval.errors import (
 if TYPE_CHECKING:
     from PIL import Image
 
+    from retrieval.config import Settings
+
 Source = Path | bytes
 Kind = Literal["pdf", "image"]
 
@@ -42,6 +44,12 @@ class RenderOptions:
     max_visual_tokens: int = 768
     supersample: int = 1
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RenderOptions:
+        return cls(
+            max_visual_tokens=settings.max_visual_tokens, supersample=settings.render_supersample
+        )
 
 
 @dataclass(frozen=True)

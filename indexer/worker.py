@@ -104,13 +104,7 @@ class Worker:
 
     def _process(self, job: Job, progress: IngestProgress) -> tuple[str | None, int]:
         settings = self.settings
-        self.store.ensure_collection(
-            job.collection,
-            model=settings.model,
-            max_visual_tokens=settings.max_visual_tokens,
-            dim=self.encoder.dim,
-            pooling=settings.pooling_vectors,
-        )
+        self.store.ensure_collection_for(job.collection, settings, self.encoder.dim)
         last = 0
 
         def on_progress(state: IngestProgress) -> None:
@@ -124,10 +118,7 @@ class Worker:
             self.encoder,
             self.store,
             job.collection,
-            render_options=RenderOptions(
-                max_visual_tokens=settings.max_visual_tokens,
-                supersample=settings.render_supersample,
-            ),
+            render_options=RenderOptions.from_settings(settings),
             render_workers=settings.render_workers,
             batch_size=settings.batch_size,
             max_pages=settings.max_pages,

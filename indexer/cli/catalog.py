@@ -55,7 +55,7 @@ def docs_show(
     settings = settings_of(ctx, collection=collection)
     with user_errors(), open_store(settings) as store:
         doc = _resolve(store, settings.collection, doc_id)
-        stored = sorted(store.stored_page_numbers(settings.collection, doc.doc_id))
+        stored = store.stored_page_numbers(settings.collection, doc.doc_id)
     data = {**asdict(doc), "pages_stored": len(stored)}
     if as_json:
         print_json(data)

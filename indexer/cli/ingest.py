@@ -112,16 +112,8 @@ def _run(settings, sources, *, quiet: bool):
     with open_store(settings) as store:
         with nullcontext() if quiet else console.status(f"loading {settings.model}"):
             encoder = Encoder.from_settings(settings)
-        store.ensure_collection(
-            settings.collection,
-            model=settings.model,
-            max_visual_tokens=settings.max_visual_tokens,
-            dim=encoder.dim,
-            pooling=settings.pooling_vectors,
-        )
-        options = RenderOptions(
-            max_visual_tokens=settings.max_visual_tokens, supersample=settings.render_supersample
-        )
+        store.ensure_collection_for(settings.collection, settings, encoder.dim)
+        options = RenderOptions.from_settings(settings)
         progress, update = _progress(quiet, len(sources))
         pipeline = IngestPipeline(
             encoder,

@@ -137,6 +137,16 @@ class PageStore:
             self._collections[name] = info
         return info
 
+    def ensure_collection_for(self, name: str, settings: Settings, dim: int) -> CollectionInfo:
+        """``ensure_collection`` with the schema the settings give new collections."""
+        return self.ensure_collection(
+            name,
+            model=settings.model,
+            max_visual_tokens=settings.max_visual_tokens,
+            dim=dim,
+            pooling=settings.pooling_vectors,
+        )
+
     def ensure_collection(self, name: str, **schema) -> CollectionInfo:
         """The collection ``name``, created with ``schema`` if it does not exist yet."""
         try:
@@ -208,7 +218,7 @@ class PageStore:
     def delete_document(self, collection: str, doc_id: str) -> None:
         """Remove every page of the document, then its catalog record."""
         self.document(collection, doc_id)  # NotFound if absent
-        self.backend.delete(collection, Filter((Match("doc_id", doc_id),)))
+        self.delete_pages(collection, doc_id)
         self.backend.delete(
             collection + CATALOG_SUFFIX,
             Filter((Match("kind", "document"), Match("doc_id", doc_id))),
@@ -216,6 +226,10 @@ class PageStore:
         self.backend.flush(collection)
 
     # --- pages ---------------------------------------------------------------------------------
+
+    def delete_pages(self, collection: str, doc_id: str) -> None:
+        """Remove every stored page of a document (its catalog record stays)."""
+        self.backend.delete(collection, Filter((Match("doc_id", doc_id),)))
 
     def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
         """Store pages (batched, waited on). Raises ``StoreError`` if a write fails."""

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrieval.types import Datatype
+
 ModelFamily = Literal["colqwen2", "colqwen2_5"]
 
 
@@ -71,13 +73,24 @@ class Settings(BaseSettings):
         None, ge=1, description="Replicas that must acknowledge a write (server default if unset)."
     )
     collection: str = Field("pages", description="Default collection name.")
-    store_float16: bool = Field(
-        True,
-        description="Store full multivectors as float16 (half the disk; rerank ~2.5x slower on "
-        "CPUs without f16 SIMD). Applies to new collections.",
+    original_dtype: Datatype = Field(
+        "float16",
+        description="Storage of the full multivectors of new collections: float16 (any Qdrant), "
+        "turbo16 (same disk, rerank ~2x faster, more exact; Qdrant with TurboQuant datatypes), "
+        "turbo8 (half the disk, scores within ~1e-2), float32 (twice the disk).",
     )
     pooling: str = Field(
         "rows", description="Pooled vectors of new collections: rows, rows,cols, or none."
+    )
+    hnsw_m: int = Field(
+        16, ge=4, le=128, description="HNSW graph degree of the pooled vectors (new collections)."
+    )
+    hnsw_ef_construct: int = Field(
+        100,
+        ge=4,
+        le=1000,
+        description="HNSW build beam of the pooled vectors (new collections): lower builds the "
+        "index faster at some first-stage recall (see BENCHMARKS.md).",
     )
 
     # --- search ----------------------------------------------------------------------------

@@ -11,6 +11,10 @@ import numpy as np
 
 from retrieval.pooling import pool_cols, pool_rows
 
+# How vectors are stored: float32, float16, or Qdrant's TurboQuant codes (16 or 8 bits an element).
+Datatype = Literal["float32", "float16", "turbo16", "turbo8"]
+DATATYPES: tuple[Datatype, ...] = ("float32", "float16", "turbo16", "turbo8")
+
 
 @dataclass(frozen=True, eq=False)
 class PageEmbedding:

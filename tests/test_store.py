@@ -12,7 +12,7 @@ import pytest
 import torch
 from colpali_engine.models import ColQwen2Processor
 
-from retrieval.errors import Conflict, InvalidInput, NotFound, StoreLocked
+from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StoreLocked
 from retrieval.store import PageStore, parse_filter
 from retrieval.store.edge import EdgeBackend
 from retrieval.store.server import ServerBackend
@@ -89,6 +89,33 @@ def test_exact_mode_equals_brute_force_maxsim(store, corpus):
         assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
         for hit, (score, _) in zip(hits, expected, strict=True):
             assert hit.score == pytest.approx(score, abs=1e-2)  # float16 storage
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("turbo16", 1e-3), ("turbo8", 2e-2)])
+@pytest.mark.parametrize("kind", ["embedded", "server"])
+def test_other_storage_datatypes_score_like_the_oracle(tmp_path, kind, dtype, tolerance):
+    backend = EdgeBackend(tmp_path / "qdrant") if kind == "embedded" else ServerBackend(":memory:")
+    store = PageStore(backend, original_dtype=dtype)
+    store.create_collection("docs", model="test", max_visual_tokens=768)
+    rng = np.random.default_rng(3)
+    pages = {("doc", p): page_embedding(rng, rows=4, cols=3) for p in range(1, 21)}
+    store.upsert_pages("docs", [page_record("doc", p, e) for (_, p), e in pages.items()])
+    errors = []
+    for q in queries():
+        expected = dict((key, score) for score, key in oracle(pages, q))
+        hits = store.search("docs", q, top_k=20, mode="exact")
+        assert len(hits) == 20
+        for hit in hits:  # every page, each scored within the datatype's precision
+            assert hit.score == pytest.approx(expected[(hit.doc_id, hit.page)], abs=tolerance)
+            errors.append(abs(hit.score - expected[(hit.doc_id, hit.page)]))
+    if kind == "embedded" and dtype == "turbo8":
+        assert max(errors) > 1e-4  # really stored as 8-bit codes (float32 errs < 1e-5)
+    store.close()
+
+
+def test_unknown_storage_datatype_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="unknown datatype 'int4'"):
+        PageStore(EdgeBackend(tmp_path / "qdrant"), original_dtype="int4")
 
 
 def test_two_stage_with_prefetch_covering_the_corpus_equals_exact(store, corpus):

@@ -30,6 +30,12 @@ from retrieval.store.model import (
 
 WAL_FLUSH_FLOATS = 64_000_000  # ~650 pages, ~320 MB of WAL
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_DATATYPE = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+    "turbo16": qe.VectorStorageDatatype.Turbo16,
+    "turbo8": qe.VectorStorageDatatype.Turbo8,
+}
 _SCHEMA = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -209,10 +215,8 @@ def _call(fn, *args):
 
 
 def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
-    hnsw = (
-        qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1000)
-        if spec.hnsw
-        else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=1000)
+    hnsw = qe.HnswIndexConfig(
+        m=spec.hnsw_m, ef_construct=spec.ef_construct, full_scan_threshold=1000
     )
     return qe.EdgeVectorParams(
         size=spec.size,
@@ -220,7 +224,7 @@ def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
         multivector_config=(
             qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if spec.multivector else None
         ),
-        datatype=qe.VectorStorageDatatype.Float16 if spec.float16 else None,
+        datatype=_DATATYPE[spec.datatype],
         hnsw_config=hnsw,
         memory=qe.Memory.Cold if spec.on_disk else qe.Memory.Cached,
     )

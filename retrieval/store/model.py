@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from retrieval.types import Datatype
+
 FieldKind = Literal["keyword", "integer", "float", "bool", "datetime"]
 
 
@@ -17,9 +19,10 @@ class VectorSpec:
     name: str
     size: int
     multivector: bool = True
-    hnsw: bool = True  # False: no graph (m=0), used only to rerank or scan
+    hnsw_m: int = 16  # HNSW graph degree; 0 = no graph: used only to rerank or scan
+    ef_construct: int = 100  # HNSW build beam: build time grows with it, graph quality too
     on_disk: bool = False
-    float16: bool = True
+    datatype: Datatype = "float32"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Schema of a collection ``C`` (see README, "Storage"):
 
 - ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
-  float16, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, HNSW, in RAM) and,
-  optionally, ``cols``. Payload: provenance, model, and the caller's ``metadata``.
+  float16 by default, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, HNSW, in
+  RAM) and, optionally, ``cols``. Payload: provenance, model, and the caller's ``metadata``.
 - ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
   collection's own schema, so a server deployment keeps everything in the cluster.
 
@@ -25,8 +25,15 @@ import numpy as np
 from retrieval.config import Settings
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from retrieval.store.backend import Backend
-from retrieval.store.model import Filter, Match, PointData, Prefetch, Record, VectorSpec
-from retrieval.types import CollectionInfo, DocumentRecord, Hit, PageRecord
+from retrieval.store.model import (
+    Filter,
+    Match,
+    PointData,
+    Prefetch,
+    Record,
+    VectorSpec,
+)
+from retrieval.types import DATATYPES, CollectionInfo, Datatype, DocumentRecord, Hit, PageRecord
 
 SearchMode = Literal["two_stage", "exact", "pooled"]
 POOLINGS = ("rows", "cols")
@@ -61,11 +68,17 @@ class PageStore:
         *,
         prefetch: int = 200,
         write_batch: int = 32,
-        float16: bool = True,
+        original_dtype: Datatype = "float16",
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 100,
     ) -> None:
         self.backend = backend
         self.prefetch = prefetch
-        self.float16 = float16
+        if original_dtype not in DATATYPES:
+            raise ConfigurationError(f"unknown datatype '{original_dtype}': use {DATATYPES}")
+        self.original_dtype = original_dtype
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construct = hnsw_ef_construct
         self.write_batch = write_batch
         self._collections: dict[str, CollectionInfo] = {}
         self._lock = threading.Lock()
@@ -75,7 +88,9 @@ class PageStore:
         return cls(
             open_backend(settings),
             prefetch=settings.prefetch,
-            float16=settings.store_float16,
+            original_dtype=settings.original_dtype,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construct=settings.hnsw_ef_construct,
         )
 
     @property
@@ -105,10 +120,15 @@ class PageStore:
             raise ConfigurationError(f"unknown field kinds {bad}: use {FIELD_KINDS}")
         if self.backend.collection_exists(name):
             raise Conflict(f"collection '{name}' already exists")
-        # NOTE: float16 halves the disk of `original` but its MaxSim runs ~2.5x slower on CPUs
-        # without f16 SIMD; the pooled vectors are small and searched most: keep them float32.
-        vectors = [VectorSpec("original", dim, hnsw=False, on_disk=True, float16=self.float16)]
-        vectors += [VectorSpec(p, dim, float16=False) for p in pooling]
+        # The pooled vectors are small and searched most: float32. `original` is most of the
+        # disk and only reranks: 2 bytes an element by default (BENCHMARKS.md compares).
+        vectors = [
+            VectorSpec("original", dim, hnsw_m=0, on_disk=True, datatype=self.original_dtype)
+        ]
+        vectors += [
+            VectorSpec(p, dim, hnsw_m=self.hnsw_m, ef_construct=self.hnsw_ef_construct)
+            for p in pooling
+        ]
         info = CollectionInfo(
             name=name,
             model=model,
@@ -121,7 +141,7 @@ class PageStore:
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
             self.backend.create_collection(
-                catalog, [VectorSpec("_", 1, multivector=False, hnsw=False, float16=False)]
+                catalog, [VectorSpec("_", 1, multivector=False, hnsw_m=0)]
             )
         self.backend.create_collection(name, vectors)
         for key, kind in [("doc_id", "keyword"), ("source", "keyword"), ("page", "integer")]:

@@ -197,8 +197,8 @@ def _vector_params(spec: VectorSpec) -> models.VectorParams:
             if spec.multivector
             else None
         ),
-        datatype=models.Datatype.FLOAT16 if spec.float16 else None,
-        hnsw_config=None if spec.hnsw else models.HnswConfigDiff(m=0),
+        datatype=models.Datatype(spec.datatype),
+        hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.ef_construct),
         on_disk=spec.on_disk,
     )
 

@@ -84,6 +84,7 @@ class CollectionInfo:
     max_visual_tokens: int
     dim: int = 128
     pooling: tuple[str, ...] = ("rows",)  # pooled vectors stored: "rows", "cols"
+    original_dtype: Datatype = "float16"  # storage of the full multivectors
     filterable: dict[str, str] = field(default_factory=dict)  # metadata key -> field kind
     created_at: str = ""
 

@@ -175,10 +175,12 @@ def test_docs_show_and_delete(env, small_corpus):
 
 
 def test_collections_create_list_drop(env, small_corpus):
-    cli("collections", "create", "papers", "--pooling", "rows,cols", "--index", "year=integer")
+    create = ["collections", "create", "papers", "--pooling", "rows,cols", "--dtype", "turbo16"]
+    cli(*create, "--index", "year=integer")
     cli("ingest", str(small_corpus), "--collection", "papers", "--meta", "year=2020", "--quiet")
     [info] = cli_json("collections", "list")
     assert info["name"] == "papers" and info["pooling"] == ["rows", "cols"] and info["pages"] == 11
+    assert info["original_dtype"] == "turbo16"
     hits = cli_json(
         "search", "x", "-c", "papers", "--filter", '{"metadata": {"year": {"gte": 2020}}}'
     )["hits"]
@@ -199,6 +201,10 @@ def test_user_errors_are_one_line_not_tracebacks(env, tmp_path):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
         assert message in result.stderr and "Traceback" not in result.output
+    for args in (["--pooling", "bogus"], ["--dtype", "int4"]):  # bad flag values: usage errors
+        result = CliRunner().invoke(app, ["collections", "create", "c", *args])
+        assert result.exit_code == 2 and "Invalid value" in result.stderr, result.output
+        assert "Traceback" not in result.output
 
 
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(env, tmp_path, monkeypatch):

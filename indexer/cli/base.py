@@ -63,7 +63,12 @@ def settings_of(ctx: typer.Context, **overrides: Any) -> Settings:
     root = ctx.find_root()
     settings: Settings = root.obj if isinstance(root.obj, Settings) else Settings()
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**{**settings.model_dump(), **changes}) if changes else settings
+    if not changes:
+        return settings
+    try:
+        return Settings(**{**settings.model_dump(), **changes})
+    except ValueError as exc:  # pydantic's ValidationError: a bad flag value
+        raise typer.BadParameter(str(exc)) from None
 
 
 @contextmanager

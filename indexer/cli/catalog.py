@@ -107,10 +107,11 @@ def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([{**asdict(c), "pages": n, "documents": d} for c, n, d in rows])
         return
-    table = Table("name", "documents", "pages", "pooling", "model", "max visual tokens")
+    table = Table("name", "documents", "pages", "pooling", "storage", "model", "max visual tokens")
     for c, n, d in rows:
+        pooling = ",".join(c.pooling) or "none"
         table.add_row(
-            c.name, str(d), str(n), ",".join(c.pooling) or "none", c.model, str(c.max_visual_tokens)
+            c.name, str(d), str(n), pooling, c.original_dtype, c.model, str(c.max_visual_tokens)
         )
     console.print(table)
 
@@ -122,6 +123,13 @@ def collections_create(
     pooling: Annotated[
         str | None, typer.Option(help="rows, cols, rows,cols or none [COLQWEN_POOLING].")
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Storage of the full multivectors: float16, turbo16, turbo8 or float32 "
+            "[COLQWEN_ORIGINAL_DTYPE]."
+        ),
+    ] = None,
     index: Annotated[
         list[str] | None,
         typer.Option(
@@ -132,7 +140,7 @@ def collections_create(
     """Create a collection, declaring which metadata keys are filterable (indexed)."""
     from retrieval.errors import ConfigurationError
 
-    settings = settings_of(ctx, pooling=pooling)
+    settings = settings_of(ctx, pooling=pooling, original_dtype=dtype)
     with user_errors(), open_store(settings) as store:
         filterable = {}
         for item in index or []:
@@ -147,7 +155,8 @@ def collections_create(
             pooling=settings.pooling_vectors,
             filterable=filterable,
         )
-    console.print(f"created collection {info.name} (pooling: {','.join(info.pooling) or 'none'})")
+    pooled = ",".join(info.pooling) or "none"
+    console.print(f"created collection {info.name} (pooling: {pooled}, {settings.original_dtype})")
 
 
 @collections_app.command("drop")

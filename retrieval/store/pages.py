@@ -135,6 +135,7 @@ class PageStore:
             max_visual_tokens=max_visual_tokens,
             dim=dim,
             pooling=tuple(pooling),
+            original_dtype=self.original_dtype,
             filterable=filterable,
             created_at=now(),
         )

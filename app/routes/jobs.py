@@ -13,19 +13,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": E
 
 
 def job_public(job: Job) -> JobPublic:
-    return JobPublic(
-        job_id=job.id,
-        doc_id=job.doc_id,
-        collection=job.collection,
-        name=job.name,
-        status=job.status,
-        pages_done=job.pages_done,
-        pages_total=job.pages_total,
-        error=job.error,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-    )
+    """The public fields of a job: those JobPublic declares (not its password or metadata)."""
+    fields = JobPublic.model_fields.keys() - {"job_id"}
+    return JobPublic(job_id=job.id, **{name: getattr(job, name) for name in fields})
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorBody}})

@@ -25,14 +25,7 @@ import numpy as np
 from retrieval.config import Settings
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from retrieval.store.backend import Backend
-from retrieval.store.model import (
-    Filter,
-    Match,
-    PointData,
-    Prefetch,
-    Record,
-    VectorSpec,
-)
+from retrieval.store.model import Filter, Match, PointData, Prefetch, Record, VectorSpec
 from retrieval.types import DATATYPES, CollectionInfo, Datatype, DocumentRecord, Hit, PageRecord
 
 SearchMode = Literal["two_stage", "exact", "pooled"]

@@ -35,12 +35,14 @@ class PageEmbedding:
 
     @cached_property
     def pooled_rows(self) -> np.ndarray:
-        """(rows + n_special, dim) float32: mean of each visual row, then ``special``."""
+        """(rows + n_special, dim) float32: unit-length mean of each visual row, then
+        ``special``."""
         return pool_rows(self.visual, self.special)
 
     @cached_property
     def pooled_cols(self) -> np.ndarray:
-        """(cols + n_special, dim) float32: mean of each visual column, then ``special``."""
+        """(cols + n_special, dim) float32: unit-length mean of each visual column, then
+        ``special``."""
         return pool_cols(self.visual, self.special)
 
 
@@ -85,6 +87,9 @@ class CollectionInfo:
     dim: int = 128
     pooling: tuple[str, ...] = ("rows",)  # pooled vectors stored: "rows", "cols"
     original_dtype: Datatype = "float16"  # storage of the full multivectors
+    # Pooled vectors scaled to unit length (retrieval.pooling). False only for collections made
+    # before pooling did that: their new pages keep raw means, so no collection mixes the two.
+    unit_pooled: bool = True
     filterable: dict[str, str] = field(default_factory=dict)  # metadata key -> field kind
     created_at: str = ""
 

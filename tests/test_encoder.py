@@ -74,16 +74,16 @@ def test_visual_tokens_are_the_raster_after_the_prompt_prefix(encoder, size):
     )
 
 
-def test_pooled_rows_and_cols_are_hand_computed_means(encoder):
+def test_pooled_rows_and_cols_are_hand_computed_unit_length_means(encoder):
     [page] = encoder.embed_pages([page_image(300, 200, seed=4)])
     rows, cols = page.grid
     assert (rows, cols) == (7, 11)  # 300x200 -> 308x196 px -> 22x14 patches -> 11x7 tokens
     for r in range(rows):
         mean = sum(page.visual[r, c] for c in range(cols)) / cols
-        np.testing.assert_allclose(page.pooled_rows[r], mean, atol=1e-6)
+        np.testing.assert_allclose(page.pooled_rows[r], mean / np.linalg.norm(mean), atol=1e-6)
     for c in range(cols):
         mean = sum(page.visual[r, c] for r in range(rows)) / rows
-        np.testing.assert_allclose(page.pooled_cols[c], mean, atol=1e-6)
+        np.testing.assert_allclose(page.pooled_cols[c], mean / np.linalg.norm(mean), atol=1e-6)
     np.testing.assert_array_equal(page.pooled_rows[rows:], page.special)
     np.testing.assert_array_equal(page.pooled_cols[cols:], page.special)
     assert page.pooled_rows.dtype == page.pooled_cols.dtype == np.float32

@@ -13,8 +13,11 @@ import torch
 from colpali_engine.models import ColQwen2Processor
 
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StoreLocked
+from retrieval.pooling import pool_rows
 from retrieval.store import PageStore, parse_filter
 from retrieval.store.edge import EdgeBackend
+from retrieval.store.model import PointData
+from retrieval.store.pages import _COLLECTION_POINT, _DUMMY, CATALOG_SUFFIX
 from retrieval.store.server import ServerBackend
 from retrieval.types import DocumentRecord
 from tests.fakes import maxsim, page_embedding, page_record, unit
@@ -132,6 +135,26 @@ def test_pooled_mode_scores_the_row_pooled_vectors(store, corpus):
     expected = sorted(((maxsim(q, e.pooled_rows), k) for k, e in corpus.items()), reverse=True)[:5]
     assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
     assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], abs=1e-2)
+
+
+def test_collections_made_before_unit_pooling_keep_raw_means(store):
+    """Collections recorded before pooled vectors were unit-length go on getting raw means, so
+    their first stage never compares the two kinds."""
+    store.create_collection("old", model="test", max_visual_tokens=768)
+    catalog = "old" + CATALOG_SUFFIX
+    [record] = store.backend.retrieve(catalog, [_COLLECTION_POINT])
+    assert record.payload["unit_pooled"] is True
+    legacy = {k: v for k, v in record.payload.items() if k != "unit_pooled"}
+    store.backend.upsert(catalog, [PointData(_COLLECTION_POINT, _DUMMY, legacy)])
+    reopened = PageStore(store.backend)  # reads the record afresh, as after a restart
+    assert reopened.collection("old").unit_pooled is False
+    rng = np.random.default_rng(5)
+    pages = {("d", p): page_embedding(rng) for p in (1, 2, 3)}
+    reopened.upsert_pages("old", [page_record(d, p, e) for (d, p), e in pages.items()])
+    q = queries(1)[0]
+    raw = {k: maxsim(q, pool_rows(e.visual, e.special, normalize=False)) for k, e in pages.items()}
+    hits = reopened.search("old", q, top_k=3, mode="pooled")
+    assert [h.score for h in hits] == pytest.approx(sorted(raw.values(), reverse=True), abs=1e-2)
 
 
 def test_hits_carry_provenance_and_metadata(store, corpus):

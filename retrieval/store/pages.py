@@ -3,8 +3,8 @@
 Schema of a collection ``C`` (see README, "Storage"):
 
 - ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
-  float16 by default, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, HNSW, in
-  RAM) and, optionally, ``cols``. Payload: provenance, model, and the caller's ``metadata``.
+  float16 by default, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, unit-length,
+  HNSW, in RAM) and, optionally, ``cols``. Payload: provenance, model, the caller's ``metadata``.
 - ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
   collection's own schema, so a server deployment keeps everything in the cluster.
 
@@ -24,12 +24,14 @@ import numpy as np
 
 from retrieval.config import Settings
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from retrieval.pooling import pool_cols, pool_rows
 from retrieval.store.backend import Backend
 from retrieval.store.model import Filter, Match, PointData, Prefetch, Record, VectorSpec
 from retrieval.types import DATATYPES, CollectionInfo, Datatype, DocumentRecord, Hit, PageRecord
 
 SearchMode = Literal["two_stage", "exact", "pooled"]
-POOLINGS = ("rows", "cols")
+_POOL = {"rows": pool_rows, "cols": pool_cols}
+POOLINGS = tuple(_POOL)
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
 _NAMESPACE = uuid.UUID("6f1c2f4e-8a7b-4c1e-9e55-2b0c7d3a9f10")
@@ -181,6 +183,7 @@ class PageStore:
         if not records:
             raise NotFound(f"collection '{name}' was not created completely; drop it and retry")
         payload = {k: v for k, v in records[0].payload.items() if k != "kind"}
+        payload.setdefault("unit_pooled", False)  # recorded since pooled vectors are unit-length
         info = CollectionInfo(**{**payload, "pooling": tuple(payload["pooling"])})
         with self._lock:
             self._collections[name] = info
@@ -259,10 +262,8 @@ class PageStore:
             got = emb.multivector.shape[1]
             raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
         vectors = {"original": emb.multivector}
-        if "rows" in info.pooling:
-            vectors["rows"] = emb.pooled_rows
-        if "cols" in info.pooling:
-            vectors["cols"] = emb.pooled_cols
+        for name in info.pooling:
+            vectors[name] = _POOL[name](emb.visual, emb.special, normalize=info.unit_pooled)
         rows, cols = emb.grid
         payload = {
             "doc_id": page.doc_id,

@@ -16,19 +16,10 @@ import argparse
 import numpy as np
 
 from bench.common import header, table
-from bench.search_bench import Corpus
+from bench.search_bench import Corpus, maxsim_scores
 from retrieval.pooling import pool_rows
 
 PREFETCH = (25, 50, 100, 200, 400)
-
-
-def maxsim_scores(queries: list[np.ndarray], pages: list[np.ndarray]) -> np.ndarray:
-    """(n_queries, n_pages) MaxSim scores, every query against every page."""
-    stacked = np.concatenate(queries)
-    bounds = np.cumsum([0] + [len(q) for q in queries])[:-1]
-    sims = stacked @ np.concatenate(pages).T
-    per_page = sims.reshape(len(stacked), len(pages), -1).max(axis=2)
-    return np.add.reduceat(per_page, bounds, axis=0)
 
 
 def main() -> None:

@@ -146,19 +146,24 @@ def ram_per_page_kb(path: Path, n: int) -> tuple[float, float]:
     return anon * 1024 / n, file * 1024 / n
 
 
+def maxsim_scores(queries: list[np.ndarray], pages: list[np.ndarray]) -> np.ndarray:
+    """(n_queries, n_pages) float32 MaxSim of every query against every page; the pages must
+    all have the same number of vectors."""
+    stacked = np.concatenate(queries)  # (sum of query tokens, DIM)
+    bounds = np.cumsum([0] + [len(q) for q in queries])[:-1]
+    sims = stacked @ np.concatenate(pages).T  # (tokens, pages x vectors)
+    per_page = sims.reshape(len(stacked), len(pages), -1).max(axis=2)  # (tokens, pages)
+    return np.add.reduceat(per_page, bounds, axis=0)
+
+
 def brute_force_top10(corpus: Corpus, n: int, queries: list[np.ndarray]) -> list[set]:
     """The oracle: float32 MaxSim of every query against every page, in one pass over the
     corpus (pages are regenerated in chunks, so memory stays flat at any size)."""
-    stacked = np.concatenate(queries)  # (sum of query tokens, DIM)
-    bounds = np.cumsum([0] + [len(q) for q in queries])
     scores = np.empty((len(queries), n), dtype=np.float32)
     chunk = 64
     for first in range(0, n, chunk):
         pages = [corpus.page(p).multivector for p in range(first, min(n, first + chunk))]
-        sims = stacked @ np.concatenate(pages).T  # (tokens, chunk pages x 747)
-        per_page = sims.reshape(len(stacked), len(pages), -1).max(axis=2)  # (tokens, pages)
-        sums = np.add.reduceat(per_page, bounds[:-1], axis=0)  # (queries, pages)
-        scores[:, first : first + len(pages)] = sums
+        scores[:, first : first + len(pages)] = maxsim_scores(queries, pages)
     return [{f"doc{p // 50}:{p % 50 + 1}" for p in np.argsort(-row)[:10]} for row in scores]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import header, table
+from retrieval.muvera import FdeParams
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
 from retrieval.types import DATATYPES, PageEmbedding, PageRecord
@@ -74,9 +75,71 @@ class Corpus:
         return np.concatenate([words, self.augment])  # (25, DIM)
 
 
-def build(store: PageStore, corpus: Corpus, n: int, batch: int = 256) -> float:
+N_TOPICS, TOPIC_CONCEPTS, BACKGROUNDS = 150, 24, 3
+
+
+class HardCorpus(Corpus):
+    """Pages as real ones are: mostly background, in topical clusters, some near-duplicates.
+
+    Per page ~85% of the patches are one of three near-identical background vectors (white page,
+    grey band, margin); the content is 6 blocks of 1-3 rows x 3-10 columns, each one concept of
+    the page's topic (150 topics of 24 concepts, so pages of a topic share their vocabulary);
+    5% of pages are a noisy copy of an earlier page. A query is 14 tokens about 3 of the
+    target page's concepts and 6 generic tokens that look like background, as stop words do.
+    Row means dilute each block by the background around it, which is where pooling fails.
+    """
+
+    def __init__(self, seed: int = 1) -> None:
+        super().__init__(seed)
+        rng = np.random.default_rng(seed + 1)
+        self.concepts = unit(rng.standard_normal((N_TOPICS * TOPIC_CONCEPTS, DIM)))
+        self.background = unit(rng.standard_normal((BACKGROUNDS, DIM)))
+        generic = 0.5 * self.background[0] + 0.5 * unit(rng.standard_normal((6, DIM)))
+        self.generic = unit(generic)
+
+    def _source(self, page: int) -> int:
+        rng = np.random.default_rng(20_000_003 + page)
+        return int(rng.integers(0, page)) if page > 0 and rng.random() < 0.05 else page
+
+    def page_concepts(self, page: int) -> np.ndarray:
+        """(6,) concepts of the page's blocks, and their rectangles (6, 4): row, col, h, w."""
+        rng = np.random.default_rng(30_000_001 + self._source(page))
+        topic = int(rng.integers(0, N_TOPICS))
+        return topic * TOPIC_CONCEPTS + rng.choice(TOPIC_CONCEPTS, size=6, replace=False)
+
+    def _blocks(self, page: int) -> np.ndarray:
+        rng = np.random.default_rng(40_000_003 + self._source(page))
+        h, w = rng.integers(1, 4, size=6), rng.integers(3, 11, size=6)
+        return np.stack([rng.integers(0, ROWS - h + 1), rng.integers(0, COLS - w + 1), h, w], 1)
+
+    def page(self, page: int) -> PageEmbedding:
+        rng = np.random.default_rng(page)
+        grid = np.where(np.arange(COLS) < 2, 2, 0)[None, :].repeat(ROWS, 0)  # margins
+        grid[rng.integers(0, ROWS, size=3)] = 1  # a few grey bands
+        centers = self.background[grid]  # (ROWS, COLS, DIM)
+        noise = np.full((ROWS, COLS, 1), 0.3)
+        for concept, (r, c, h, w) in zip(self.page_concepts(page), self._blocks(page), strict=True):
+            centers[r : r + h, c : c + w] = self.concepts[concept]
+            noise[r : r + h, c : c + w] = 0.6
+        visual = unit(centers + noise * rng.standard_normal((ROWS, COLS, DIM)) / np.sqrt(DIM))
+        special = unit(self.prompt + 0.1 * rng.standard_normal(self.prompt.shape))
+        tokens = np.concatenate([special[:PREFIX], visual.reshape(-1, DIM), special[PREFIX:]])
+        return PageEmbedding(tokens, (ROWS, COLS), visual, special)
+
+    def query(self, target_page: int, rng: np.random.Generator) -> np.ndarray:
+        chosen = rng.choice(self.page_concepts(target_page), size=3, replace=False)
+        words = self.concepts[np.repeat(chosen, 5)[:14]]
+        words = unit(words + 0.8 * rng.standard_normal(words.shape) / np.sqrt(DIM))
+        return np.concatenate([words, self.generic])  # (20, DIM)
+
+
+CORPORA = {"regions": Corpus, "hard": HardCorpus}
+
+
+def build(store: PageStore, corpus: Corpus, pages: range, batch: int = 256) -> tuple[float, float]:
+    """Upsert ``pages``, then index them: (upload s, index s)."""
     start = time.perf_counter()
-    for first in range(0, n, batch):
+    for first in range(pages.start, pages.stop, batch):
         records = [
             PageRecord(
                 f"doc{p // 50}",
@@ -88,11 +151,13 @@ def build(store: PageStore, corpus: Corpus, n: int, batch: int = 256) -> float:
                 (644, 896),
                 corpus.page(p),
             )
-            for p in range(first, min(n, first + batch))
+            for p in range(first, min(pages.stop, first + batch))
         ]
         store.upsert_pages("bench", records)
+    store.flush("bench")
+    uploaded = time.perf_counter()
     store.optimize("bench")
-    return time.perf_counter() - start
+    return uploaded - start, time.perf_counter() - uploaded
 
 
 def du(path: Path) -> int:
@@ -121,23 +186,23 @@ def pct(values: list[float], q: float) -> str:
 RAM_PROBE = """
 import sys, numpy as np
 from pathlib import Path
-from bench.search_bench import Corpus, rss_mb
+from bench.search_bench import CORPORA, rss_mb
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
 before = rss_mb("RssAnon"), rss_mb("RssFile")
 store = PageStore(EdgeBackend(Path(sys.argv[1])))
-corpus, rng = Corpus(), np.random.default_rng(7)
+corpus, rng = CORPORA[sys.argv[3]](), np.random.default_rng(7)
 for _ in range(20):
     store.search("bench", corpus.query(int(rng.integers(0, int(sys.argv[2]))), rng), top_k=10)
 print(rss_mb("RssAnon") - before[0], rss_mb("RssFile") - before[1])
 """
 
 
-def ram_per_page_kb(path: Path, n: int) -> tuple[float, float]:
+def ram_per_page_kb(path: Path, n: int, corpus: str) -> tuple[float, float]:
     """Memory a fresh process adds by opening the store and serving two-stage queries:
     (anonymous, file-backed) KB per page."""
     out = subprocess.run(
-        [sys.executable, "-c", RAM_PROBE, str(path), str(n)],
+        [sys.executable, "-c", RAM_PROBE, str(path), str(n), corpus],
         capture_output=True,
         text=True,
         check=True,
@@ -167,32 +232,50 @@ def brute_force_top10(corpus: Corpus, n: int, queries: list[np.ndarray]) -> list
     return [{f"doc{p // 50}:{p % 50 + 1}" for p in np.argsort(-row)[:10]} for row in scores]
 
 
-def store_name(n: int, dtype: str, m: int, ef_construct: int) -> str:
-    name = f"store-{n}-{dtype.replace('float', 'f')}"
-    return name if (m, ef_construct) == (16, 100) else f"{name}-m{m}-ef{ef_construct}"
+# The first stages compared. "rows-graph" is the schema before FDEs, with the faster-building
+# ef_construct 32 that the 50k-page measurement used.
+CONFIGS = {
+    "rows-graph": {"first_stage": "rows", "pooling": ("rows",), "hnsw_ef_construct": 32},
+    "fde": {"first_stage": "fde", "pooling": ()},
+    "fde+rows": {"first_stage": "fde", "pooling": ("rows",)},
+    "fde+buckets": {"first_stage": "fde", "pooling": ("buckets",)},
+}
 
 
-def open_new(path: Path, dtype: str, m: int, ef_construct: int) -> PageStore:
+def open_store(path: Path, args: argparse.Namespace, config: str | None = None) -> PageStore:
+    """The store at ``path``; created with ``config``'s schema when given."""
+    schema = dict(CONFIGS[config]) if config else {}
+    pooling = schema.pop("pooling", ("rows",))
     store = PageStore(
-        EdgeBackend(path), original_dtype=dtype, hnsw_m=m, hnsw_ef_construct=ef_construct
+        EdgeBackend(path),
+        original_dtype=args.dtype,
+        fde=FdeParams(*args.fde),
+        fde_binary=None if args.binary == "none" else args.binary,
+        pooled_dtype=args.pooled_dtype,
+        **schema,
     )
-    store.create_collection("bench", model="synthetic", max_visual_tokens=768)
+    if config:
+        store.create_collection("bench", model="synthetic", max_visual_tokens=768, pooling=pooling)
     return store
 
 
-def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
-    corpus = Corpus()
-    path = workdir / store_name(n, args.dtype, args.m, args.ef_construct)
-    build_s = float("nan")
-    if not (path / "bench").is_dir():  # reuse a store built by an earlier run in --workdir
-        store = open_new(path, args.dtype, args.m, args.ef_construct)
-        build_s = build(store, corpus, n)
+def store_path(workdir: Path, corpus: str, n: int, config: str, args) -> Path:
+    fde = "" if config == "rows-graph" else "-fde" + "x".join(map(str, args.fde)) + args.binary
+    pooled = f"-{args.pooled_dtype}" if "+" in config else ""
+    return workdir / f"{corpus}-{n}-{config}-{args.dtype}{fde}{pooled}"
+
+
+def run(corpus_name: str, n: int, config: str, args: argparse.Namespace, workdir: Path) -> list:
+    """Build (or reuse) one store and measure it: rows of the latency and size tables."""
+    corpus = CORPORA[corpus_name]()
+    path = store_path(workdir, corpus_name, n, config, args)
+    upload_s = index_s = float("nan")
+    if not (path / "bench").is_dir() and not (path / "bench__v2").is_dir():
+        store = open_store(path, args, config)
+        upload_s, index_s = build(store, corpus, range(n))
         store.close()
-    # Reopen, as a server would after a restart.
-    reopen_start = time.perf_counter()
-    store = PageStore(EdgeBackend(path))
-    store.count_pages("bench")
-    reopen_s = time.perf_counter() - reopen_start
+        print(f"built {corpus_name} {n} {config}: {upload_s:.0f} + {index_s:.0f} s", flush=True)
+    store = open_store(path, args)  # reopened, as after a restart
     rng = np.random.default_rng(123)
     queries = [corpus.query(int(rng.integers(0, n)), rng) for _ in range(args.queries)]
     truth = brute_force_top10(corpus, n, queries[: args.recall_queries])
@@ -202,75 +285,120 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
 
     for q in queries[:3]:  # warm caches
         store.search("bench", q, top_k=10, mode="two_stage")
-    exact_ms, exact_recall = [], []
-    for i, q in enumerate(queries[: args.exact_queries]):
-        hits, ms = timed(lambda q=q: store.search("bench", q, top_k=10, mode="exact"))
-        exact_ms.append(ms)
-        if i < len(truth):
-            exact_recall.append(recall(hits, i))
-    # Ceiling of the first stage: exact MaxSim over the pooled vectors (no HNSW), ranked once.
-    ceiling = []
-    for q in queries[: len(truth)]:
-        records = store.backend.query(
-            "bench", q, using="rows", limit=max(args.prefetch), exact=True
+    latency = []
+    middle = bool(store.collection("bench").pooling) and config != "rows-graph"
+    for oversampling in args.oversampling if config != "rows-graph" else [None]:
+        store.oversampling = oversampling
+        for limit in args.first_stage_limit if middle else [None]:
+            store.first_stage_limit = limit or 0
+            for k in args.prefetch:
+                first_ms, first_recall, times, recalls = [], [], [], []
+                for i, q in enumerate(queries):
+                    # The first stage alone: the candidates the next stage would see.
+                    depth = limit or k
+                    hits, ms = timed(
+                        lambda q=q, d=depth: store.search("bench", q, top_k=d, mode="pooled")
+                    )
+                    first_ms.append(ms)
+                    if i < len(truth):
+                        first_recall.append(recall(hits, i))
+                    hits, ms = timed(
+                        lambda q=q, k=k: store.search("bench", q, top_k=10, prefetch=k)
+                    )
+                    times.append(ms)
+                    if i < len(truth):
+                        recalls.append(recall(hits, i))
+                latency.append(
+                    [
+                        corpus_name,
+                        n,
+                        config,
+                        oversampling or "-",
+                        limit or "-",
+                        k,
+                        pct(first_ms, 50),
+                        f"{statistics.mean(first_recall):.3f}",
+                        pct(times, 50),
+                        pct(times, 95),
+                        f"{statistics.mean(recalls):.3f}",
+                    ]
+                )
+                print(" | ".join(map(str, latency[-1])), flush=True)
+    exact_ms = [
+        timed(lambda q=q: store.search("bench", q, top_k=10, mode="exact"))[1]
+        for q in queries[: args.exact_queries]
+    ]
+    disk = du(path) / n / 1024
+    grow = "-"
+    if args.grow and config != "rows-graph":
+        # New pages in an indexed collection: searchable at once, indexed in seconds.
+        upload, index = build(store, corpus, range(n, n + args.grow))
+        probe = corpus.query(n + args.grow - 1, np.random.default_rng(5))
+        hits = store.search("bench", probe, top_k=10)
+        found = any(h.doc_id == f"doc{(n + args.grow - 1) // 50}" for h in hits)
+        # ... and deleted again (the store stays as built, for the next run in --workdir).
+        start = time.perf_counter()
+        for doc in range(n // 50, (n + args.grow - 1) // 50 + 1):
+            store.delete_pages("bench", f"doc{doc}")
+        store.flush("bench")
+        store.optimize("bench")
+        gone = store.count_pages("bench") == n
+        grow = (
+            f"{upload:.1f} + {index:.1f} s (a new page found: {found}); deleted again in "
+            f"{time.perf_counter() - start:.1f} s (count back to {n}: {gone})"
         )
-        ceiling.append([f"{r.payload['doc_id']}:{r.payload['page']}" for r in records])
-    results = {
-        "n": n,
-        "build_s": build_s,
-        "reopen_s": reopen_s,
-        "exact": (exact_ms, statistics.mean(exact_recall) if exact_recall else float("nan")),
-        "two_stage": {},
-    }
-    for k in args.prefetch:
-        first_ms, first_recall, times, recalls = [], [], [], []
-        for i, q in enumerate(queries):
-            # First stage alone: the k candidates the rerank would see.
-            hits, ms = timed(lambda q=q, k=k: store.search("bench", q, top_k=k, mode="pooled"))
-            first_ms.append(ms)
-            if i < len(truth):
-                first_recall.append(recall(hits, i))
-            hits, ms = timed(lambda q=q, k=k: store.search("bench", q, top_k=10, prefetch=k))
-            times.append(ms)
-            if i < len(truth):
-                recalls.append(recall(hits, i))
-        results["two_stage"][k] = {
-            "ceiling": statistics.mean(
-                len(set(c[:k]) & t) / 10 for c, t in zip(ceiling, truth, strict=True)
-            ),
-            "first_ms": first_ms,
-            "candidate_recall": statistics.mean(first_recall),
-            "ms": times,
-            "recall": statistics.mean(recalls),
-        }
-    results["disk_per_page_kb"] = du(path) / n / 1024
     store.close()
-    results["ram_per_page_kb"] = ram_per_page_kb(path, n)
+    anon, mapped = ram_per_page_kb(path, n, corpus_name)
+    size = [
+        corpus_name,
+        n,
+        config,
+        f"{upload_s:.0f}",
+        f"{index_s:.0f}",
+        f"{disk:.0f}",
+        f"{anon:.1f}",
+        f"{mapped:.1f}",
+        pct(exact_ms, 50) if exact_ms else "-",
+        grow,
+    ]
     if args.workdir is None:
         shutil.rmtree(path)
-    return results
+    return latency, size
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--queries", type=int, default=50, help="timed two_stage queries")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
+    parser.add_argument("--corpora", nargs="+", choices=list(CORPORA), default=list(CORPORA))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--queries", type=int, default=40, help="timed queries")
     parser.add_argument(
-        "--recall-queries", type=int, default=20, help="queries scored against the oracle"
+        "--recall-queries", type=int, default=40, help="queries scored against the oracle"
     )
     parser.add_argument(
-        "--exact-queries", type=int, default=5, help="timed exact queries (~1 ms a page each)"
+        "--exact-queries", type=int, default=1, help="timed exact queries (~1 ms a page each)"
     )
-    parser.add_argument("--prefetch", type=int, nargs="+", default=[25, 50, 100, 200, 400])
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument(
+        "--first-stage-limit",
+        type=int,
+        nargs="+",
+        default=[200, 400, 800],
+        help="FDE candidates the pooled middle stage narrows (fde+rows, fde+buckets)",
+    )
+    parser.add_argument("--oversampling", type=float, nargs="+", default=[4.0])
+    parser.add_argument(
+        "--fde", type=int, nargs=3, default=[4, 32, 20], metavar=("K_SIM", "DIM_PROJ", "R_REPS")
+    )
+    parser.add_argument("--binary", choices=["1", "1.5", "2", "none"], default="1")
     parser.add_argument(
         "--dtype", choices=DATATYPES, default="float16", help="storage of `original`"
     )
-    parser.add_argument("--m", type=int, default=16, help="HNSW degree of the pooled vectors")
     parser.add_argument(
-        "--ef-construct", type=int, default=100, help="HNSW build beam of the pooled vectors"
+        "--pooled-dtype", choices=DATATYPES, default="float16", help="storage of the middle stage"
     )
     parser.add_argument(
-        "--build-only", action="store_true", help="build the stores in --workdir, measure nothing"
+        "--grow", type=int, default=1000, help="pages added to the indexed store at the end"
     )
     parser.add_argument(
         "--workdir", type=Path, help="keep the stores here and reuse them on the next run"
@@ -279,81 +407,52 @@ def main() -> None:
     args.recall_queries = min(args.recall_queries, args.queries)
     workdir = args.workdir or Path(tempfile.mkdtemp())
     workdir.mkdir(parents=True, exist_ok=True)
-    if args.build_only:
+    latency, sizes = [], []
+    for corpus in args.corpora:
         for n in args.sizes:
-            store = open_new(
-                workdir / store_name(n, args.dtype, args.m, args.ef_construct),
-                args.dtype,
-                args.m,
-                args.ef_construct,
-            )
-            print(f"built {n} pages in {build(store, Corpus(), n):.0f} s", flush=True)
-            store.close()
-        return
-    rows_latency, rows_size = [], []
-    for n in args.sizes:
-        r = run_size(n, args, workdir)
-        ex, ex_recall = r["exact"]
-        rows_latency.append(
-            [n, "exact", "-", "-", "-", "-", f"{pct(ex, 50)}", f"{pct(ex, 95)}", f"{ex_recall:.3f}"]
-        )
-        for k, t in r["two_stage"].items():
-            rows_latency.append(
-                [
-                    n,
-                    "two_stage",
-                    k,
-                    pct(t["first_ms"], 50),
-                    f"{t['candidate_recall']:.3f}",
-                    f"{t['ceiling']:.3f}",
-                    pct(t["ms"], 50),
-                    pct(t["ms"], 95),
-                    f"{t['recall']:.3f}",
-                ]
-            )
-        rows_size.append(
-            [
-                n,
-                f"{r['disk_per_page_kb']:.0f}",
-                f"{r['ram_per_page_kb'][0]:.1f}",
-                f"{r['ram_per_page_kb'][1]:.1f}",
-                f"{r['build_s']:.0f}",
-                f"{r['reopen_s']:.2f}",
-            ]
-        )
-        print(f"done {n}", flush=True)
+            for config in args.configs:
+                rows, size = run(corpus, n, config, args, workdir)
+                latency += rows
+                sizes.append(size)
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
-    title = f"Search, embedded backend, `original` in {args.dtype}, HNSW m={args.m} "
-    print(header(title + f"ef_construct={args.ef_construct}", "bench.search_bench"))
+    title = f"Search, embedded backend, `original` in {args.dtype}, FDE {args.fde}"
+    title += f" binary {args.binary}, pooled vectors in {args.pooled_dtype}"
+    print(header(title, "bench.search_bench"))
     print(
         table(
             [
+                "corpus",
                 "pages",
-                "mode",
+                "first stage",
+                "oversampling",
+                "FDE candidates",
                 "prefetch",
                 "first stage p50 ms",
                 "candidate recall",
-                "same, exact pooled",
-                "p50 ms",
+                "two_stage p50 ms",
                 "p95 ms",
                 "recall@10",
             ],
-            rows_latency,
+            latency,
         )
     )
     print()
     print(
         table(
             [
+                "corpus",
                 "pages",
+                "first stage",
+                "upload s",
+                "index s",
                 "disk KB/page",
                 "heap KB/page",
-                "mmap'd KB/page (page cache)",
-                "build s",
-                "reopen s",
+                "mmap'd KB/page",
+                "exact p50 ms",
+                "+1000 pages: upload + index; their deletion",
             ],
-            rows_size,
+            sizes,
         )
     )
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retrieval.types import Datatype
+from retrieval.types import Datatype, FirstStage
 
 ModelFamily = Literal["colqwen2", "colqwen2_5"]
 
@@ -79,23 +79,49 @@ class Settings(BaseSettings):
         "turbo16 (same disk, rerank ~2x faster, more exact; Qdrant with TurboQuant datatypes), "
         "turbo8 (half the disk, scores within ~1e-2), float32 (twice the disk).",
     )
+    first_stage: FirstStage = Field(
+        "fde",
+        description="How new collections find candidates: fde (one MUVERA vector a page, HNSW "
+        "over binary codes; builds in seconds) or rows (HNSW over the row-pooled multivectors, "
+        "as collections made before FDEs; builds for an hour at 50k pages).",
+    )
     pooling: str = Field(
-        "rows", description="Pooled vectors of new collections: rows, rows,cols, or none."
+        "buckets",
+        description="Pooled vectors of new collections: buckets (SimHash groups of similar "
+        "tokens), rows, cols, a comma-separated mix, or none. With the fde first stage the "
+        "first of them reranks its candidates before the full multivectors do.",
     )
     hnsw_m: int = Field(
-        16, ge=4, le=128, description="HNSW graph degree of the pooled vectors (new collections)."
+        16, ge=4, le=128, description="HNSW graph degree of the first stage (new collections)."
     )
     hnsw_ef_construct: int = Field(
         100,
         ge=4,
         le=1000,
-        description="HNSW build beam of the pooled vectors (new collections): lower builds the "
+        description="HNSW build beam of the first stage (new collections): lower builds the "
         "index faster at some first-stage recall (see BENCHMARKS.md).",
     )
 
     # --- search ----------------------------------------------------------------------------
     prefetch: int = Field(
-        200, ge=1, le=10000, description="Candidates the pooled first stage passes to the rerank."
+        200,
+        ge=1,
+        le=10000,
+        description="Candidates the full multivectors rerank (the last stage of two_stage).",
+    )
+    first_stage_limit: int = Field(
+        400,
+        ge=1,
+        le=100000,
+        description="FDE candidates the pooled vectors narrow to `prefetch` (fde collections "
+        "with pooled vectors).",
+    )
+    fde_oversampling: float = Field(
+        4.0,
+        ge=1.0,
+        le=64.0,
+        description="The FDE graph search fetches this many times its candidates by binary "
+        "codes, then rescores them with the stored FDEs.",
     )
 
     # --- service ---------------------------------------------------------------------------
@@ -130,8 +156,11 @@ class Settings(BaseSettings):
     @classmethod
     def _known_pooling(cls, value: str) -> str:
         parts = [p.strip() for p in value.split(",") if p.strip()]
-        if parts != ["none"] and (not parts or any(p not in ("rows", "cols") for p in parts)):
-            raise ValueError("pooling must be 'rows', 'cols', 'rows,cols' or 'none'")
+        known = ("rows", "cols", "buckets")
+        if parts != ["none"] and (not parts or any(p not in known for p in parts)):
+            raise ValueError(
+                "pooling must be 'none' or a comma-separated mix of " + ", ".join(known)
+            )
         return ",".join(parts)
 
     @property

@@ -14,6 +14,7 @@ from retrieval.pooling import pool_cols, pool_rows
 # How vectors are stored: float32, float16, or Qdrant's TurboQuant codes (16 or 8 bits an element).
 Datatype = Literal["float32", "float16", "turbo16", "turbo8"]
 DATATYPES: tuple[Datatype, ...] = ("float32", "float16", "turbo16", "turbo8")
+FirstStage = Literal["fde", "rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +93,17 @@ class CollectionInfo:
     unit_pooled: bool = True
     filterable: dict[str, str] = field(default_factory=dict)  # metadata key -> field kind
     created_at: str = ""
+    # What finds the candidates: "fde", one MUVERA vector a page in an HNSW graph (the pooled
+    # vectors, if any, rerank its candidates before the full multivectors do), or "rows", an
+    # HNSW graph over the pooled multivectors (collections made before FDEs; `colqwen
+    # collections upgrade` converts them).
+    first_stage: FirstStage = "rows"
+    fde: dict[str, int] | None = None  # retrieval.muvera.FdeParams of the "fde" first stage
+    points: str = ""  # the Qdrant collection holding the pages, when not `name` (after upgrade)
+
+    @property
+    def points_collection(self) -> str:
+        return self.points or self.name
 
 
 @dataclass(frozen=True)

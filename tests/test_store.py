@@ -13,6 +13,7 @@ import torch
 from colpali_engine.models import ColQwen2Processor
 
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StoreLocked
+from retrieval.muvera import FdeParams, Muvera
 from retrieval.pooling import pool_rows
 from retrieval.store import PageStore, parse_filter
 from retrieval.store.edge import EdgeBackend
@@ -25,9 +26,9 @@ from tests.fakes import maxsim, page_embedding, page_record, unit
 N_DOCS, PAGES_PER_DOC = 6, 5
 
 
-def make_store(kind: str, tmp_path) -> PageStore:
+def make_store(kind: str, tmp_path, **options) -> PageStore:
     backend = EdgeBackend(tmp_path / "qdrant") if kind == "embedded" else ServerBackend(":memory:")
-    return PageStore(backend, prefetch=50, write_batch=7)
+    return PageStore(backend, **{"prefetch": 50, "write_batch": 7, **options})
 
 
 @pytest.fixture(params=["embedded", "server"])
@@ -129,18 +130,62 @@ def test_two_stage_with_prefetch_covering_the_corpus_equals_exact(store, corpus)
         assert [h.score for h in two] == pytest.approx([h.score for h in exact], abs=1e-4)
 
 
-def test_pooled_mode_scores_the_row_pooled_vectors(store, corpus):
+def test_pooled_mode_scores_the_fde_first_stage(store, corpus):
+    """The first stage alone: the dot product of the query's and each page's FDE (our encoder,
+    which tests/test_muvera.py proves equal to fastembed's)."""
+    muvera = Muvera(128, FdeParams(**store.collection("docs").fde))
     q = queries(1)[0]
     hits = store.search("docs", q, top_k=5, mode="pooled")
-    expected = sorted(((maxsim(q, e.pooled_rows), k) for k, e in corpus.items()), reverse=True)[:5]
+    fde = muvera.encode_query(q)
+    expected = sorted(
+        ((float(fde @ muvera.encode_document(e.multivector)), k) for k, e in corpus.items()),
+        reverse=True,
+    )[:5]
+    assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
+    assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], rel=1e-2)
+
+
+@pytest.mark.parametrize("pooling", [("buckets",), ("rows",), ()])
+@pytest.mark.parametrize("kind", ["embedded", "server"])
+def test_two_stage_covering_the_corpus_equals_exact_for_every_middle_stage(tmp_path, kind, pooling):
+    store = make_store(kind, tmp_path, prefetch=40, first_stage_limit=40)
+    store.create_collection("c", model="test", max_visual_tokens=768, pooling=pooling)
+    rng = np.random.default_rng(2)
+    pages = {("d", p): page_embedding(rng, rows=5, cols=4) for p in range(1, 41)}
+    store.upsert_pages("c", [page_record(d, p, e) for (d, p), e in pages.items()])
+    store.optimize("c")
+    for q in queries():
+        expected = oracle(pages, q)[:10]
+        hits = store.search("c", q, top_k=10)
+        assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
+        assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], abs=1e-2)
+    store.close()
+
+
+def test_collections_before_fdes_search_the_rows_graph(tmp_path):
+    """Collections made before FDEs keep their schema: candidates from the graph over the
+    row-pooled vectors, which pooled mode scores by MaxSim."""
+    store = make_store("embedded", tmp_path, first_stage="rows")
+    info = store.create_collection("old", model="test", max_visual_tokens=768, pooling=("rows",))
+    assert info.first_stage == "rows" and info.fde is None
+    rng = np.random.default_rng(8)
+    pages = {("d", p): page_embedding(rng) for p in range(1, 13)}
+    store.upsert_pages("old", [page_record(d, p, e) for (d, p), e in pages.items()])
+    q = queries(1)[0]
+    hits = store.search("old", q, top_k=5, mode="pooled")
+    expected = sorted(((maxsim(q, e.pooled_rows), k) for k, e in pages.items()), reverse=True)[:5]
     assert [(h.doc_id, h.page) for h in hits] == [k for _, k in expected]
     assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], abs=1e-2)
+    two = store.search("old", q, top_k=5, prefetch=12)
+    assert [(h.doc_id, h.page) for h in two] == [k for _, k in oracle(pages, q)[:5]]
+    store.close()
 
 
-def test_collections_made_before_unit_pooling_keep_raw_means(store):
+def test_collections_made_before_unit_pooling_keep_raw_means(tmp_path):
     """Collections recorded before pooled vectors were unit-length go on getting raw means, so
     their first stage never compares the two kinds."""
-    store.create_collection("old", model="test", max_visual_tokens=768)
+    store = make_store("embedded", tmp_path, first_stage="rows")
+    store.create_collection("old", model="test", max_visual_tokens=768, pooling=("rows",))
     catalog = "old" + CATALOG_SUFFIX
     [record] = store.backend.retrieve(catalog, [_COLLECTION_POINT])
     assert record.payload["unit_pooled"] is True
@@ -155,6 +200,7 @@ def test_collections_made_before_unit_pooling_keep_raw_means(store):
     raw = {k: maxsim(q, pool_rows(e.visual, e.special, normalize=False)) for k, e in pages.items()}
     hits = reopened.search("old", q, top_k=3, mode="pooled")
     assert [h.score for h in hits] == pytest.approx(sorted(raw.values(), reverse=True), abs=1e-2)
+    store.close()
 
 
 def test_hits_carry_provenance_and_metadata(store, corpus):
@@ -228,7 +274,10 @@ def test_catalog_lists_and_filters_documents(store, corpus):
     assert store.page("docs", "doc4", 3)["page"] == 3
 
 
-def test_collection_without_pooling_searches_original(store):
+@pytest.mark.parametrize("kind", ["embedded", "server"])
+def test_old_collection_without_pooling_searches_original(tmp_path, kind):
+    """Before FDEs a collection without pooled vectors had no first stage: every mode is exact."""
+    store = make_store(kind, tmp_path, first_stage="rows")
     store.create_collection("flat", model="test", max_visual_tokens=768, pooling=())
     rng = np.random.default_rng(5)
     pages = {("a", p): page_embedding(rng) for p in range(1, 9)}
@@ -237,6 +286,7 @@ def test_collection_without_pooling_searches_original(store):
     for mode in ("two_stage", "pooled", "exact"):
         hits = store.search("flat", q, top_k=3, mode=mode)
         assert [(h.doc_id, h.page) for h in hits] == [k for _, k in oracle(pages, q)[:3]]
+    store.close()
 
 
 def test_collections_are_listed_and_dropped(store, corpus):
@@ -250,6 +300,75 @@ def test_collections_are_listed_and_dropped(store, corpus):
     assert [c.name for c in store.collections()] == ["docs"]
     with pytest.raises(NotFound):
         store.search("other", queries(1)[0])
+
+
+def test_pages_are_searchable_at_once_and_growing_an_indexed_collection_is_cheap(store):
+    """Pages are found as soon as they are stored, before and after the index is built; adding
+    to or deleting from an indexed collection needs no rebuild to be searched correctly."""
+    store.create_collection("c", model="test", max_visual_tokens=768)
+    rng = np.random.default_rng(6)
+    pages = {("old", p): page_embedding(rng, rows=6, cols=5) for p in range(1, 31)}
+    store.upsert_pages("c", [page_record(d, p, e) for (d, p), e in pages.items()])
+    store.optimize("c")
+    new = {("new", p): page_embedding(rng, rows=6, cols=5) for p in range(1, 6)}
+    store.upsert_pages("c", [page_record(d, p, e) for (d, p), e in new.items()])  # no optimize
+    for key, emb in new.items():
+        [hit] = store.search("c", emb.multivector[4:14], top_k=1, prefetch=5)
+        assert (hit.doc_id, hit.page) == key
+    store.delete_pages("c", "old")
+    hits = store.search("c", queries(1)[0], top_k=10)
+    assert {h.doc_id for h in hits} == {"new"} and len(hits) == 5
+    store.optimize("c")
+    assert store.count_pages("c") == 5
+
+
+@pytest.mark.parametrize("kind", ["embedded", "server"])
+def test_upgrade_gives_an_old_collection_the_fde_schema_with_the_same_results(tmp_path, kind):
+    old = make_store(kind, tmp_path, first_stage="rows")
+    old.create_collection("c", model="test", max_visual_tokens=768, filterable={"year": "integer"})
+    rng = np.random.default_rng(12)
+    pages = {(f"d{i % 4}", i // 4 + 1): page_embedding(rng, rows=5, cols=4) for i in range(36)}
+    records = [page_record(d, p, e, metadata={"year": 2000 + p}) for (d, p), e in pages.items()]
+    old.upsert_pages("c", records)
+    qs = queries(3)
+    where = parse_filter({"metadata": {"year": {"gte": 2003}}})
+    before = [old.search("c", q, top_k=8, mode="exact", where=where) for q in qs]
+
+    store = PageStore(old.backend, prefetch=36, first_stage_limit=36)  # after the update
+    calls = []
+
+    def interrupt(done, total):
+        calls.append((done, total))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stopped it after the first batch
+
+    with pytest.raises(KeyboardInterrupt):
+        store.upgrade_collection("c", progress=interrupt, batch=10)
+    assert store.collection("c").first_stage == "rows"  # not switched: still searchable
+    assert store.search("c", qs[0], top_k=3)
+    progress = []
+    info = store.upgrade_collection("c", progress=lambda d, t: progress.append((d, t)), batch=10)
+    assert progress[0] == (10, 36) and progress[-1] == (36, 36)  # resumed, not restarted
+    assert info.first_stage == "fde" and info.pooling == ("buckets",)
+    assert info.points_collection == "c__v2" and not store.backend.collection_exists("c")
+    reopened = PageStore(store.backend, prefetch=36, first_stage_limit=36)
+    assert reopened.collection("c").first_stage == "fde"
+    assert reopened.count_pages("c") == 36
+    assert [c.name for c in reopened.collections()] == ["c"]
+    for q, expected in zip(qs, before, strict=True):
+        for mode in ("exact", "two_stage"):
+            got = reopened.search("c", q, top_k=8, mode=mode, where=where)
+            assert [(h.doc_id, h.page) for h in got] == [(h.doc_id, h.page) for h in expected]
+            assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-3)
+    # New pages go to the upgraded collection and are found; a second upgrade is a no-op.
+    extra = page_embedding(rng, rows=5, cols=4)
+    reopened.upsert_pages("c", [page_record("d9", 1, extra, metadata={"year": 2010})])
+    [hit] = reopened.search("c", extra.multivector[4:12], top_k=1)
+    assert (hit.doc_id, hit.page) == ("d9", 1)
+    assert reopened.upgrade_collection("c").points_collection == "c__v2"
+    reopened.drop_collection("c")
+    assert reopened.backend.list_collections() == []
+    reopened.close()
 
 
 @pytest.mark.parametrize(

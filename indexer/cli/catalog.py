@@ -20,7 +20,9 @@ from indexer.cli.base import (
 )
 
 docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
-collections_app = typer.Typer(help="Create, list and drop collections.", no_args_is_help=True)
+collections_app = typer.Typer(
+    help="Create, list, upgrade and drop collections.", no_args_is_help=True
+)
 app.add_typer(docs_app, name="docs")
 app.add_typer(collections_app, name="collections")
 
@@ -107,11 +109,28 @@ def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([{**asdict(c), "pages": n, "documents": d} for c, n, d in rows])
         return
-    table = Table("name", "documents", "pages", "pooling", "storage", "model", "max visual tokens")
+    table = Table(
+        "name",
+        "documents",
+        "pages",
+        "first stage",
+        "pooling",
+        "storage",
+        "model",
+        "max visual tokens",
+    )
     for c, n, d in rows:
         pooling = ",".join(c.pooling) or "none"
+        stage = c.first_stage if c.first_stage == "fde" else "rows [dim](upgrade it)[/]"
         table.add_row(
-            c.name, str(d), str(n), pooling, c.original_dtype, c.model, str(c.max_visual_tokens)
+            c.name,
+            str(d),
+            str(n),
+            stage,
+            pooling,
+            c.original_dtype,
+            c.model,
+            str(c.max_visual_tokens),
         )
     console.print(table)
 
@@ -121,7 +140,8 @@ def collections_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Collection name.")],
     pooling: Annotated[
-        str | None, typer.Option(help="rows, cols, rows,cols or none [COLQWEN_POOLING].")
+        str | None,
+        typer.Option(help="buckets, rows, cols, a comma-separated mix, or none [COLQWEN_POOLING]."),
     ] = None,
     dtype: Annotated[
         str | None,
@@ -172,3 +192,36 @@ def collections_drop(
     with user_errors(), open_store(settings) as store:
         store.drop_collection(name)
     console.print(f"dropped collection {name}")
+
+
+@collections_app.command("upgrade")
+def collections_upgrade(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Collection made before FDE search.")],
+) -> None:
+    """Give a collection made before FDEs the fast first stage, from its stored vectors.
+
+    No model and no GPU: each page's FDE and pooled vectors are computed from the token
+    vectors already stored. Searches keep working meanwhile; stop ingesting into the collection
+    until it is done. Resumable: run it again after an interruption.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    settings = settings_of(ctx)
+    with user_errors(), open_store(settings) as store:
+        if store.collection(name).first_stage == "fde":
+            store.upgrade_collection(name)  # finishes an upgrade stopped after its switch
+            console.print(f"collection {name} already has the FDE first stage")
+            return
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(f"upgrading {name}", total=None)
+            store.upgrade_collection(
+                name, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    console.print(f"upgraded collection {name}: FDE first stage, bucket-pooled middle stage")

@@ -42,12 +42,21 @@ class Backend(Protocol):
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        oversampling: float | None = None,
     ) -> list[Record]:
-        """MaxSim of ``vector`` (n, dim) against ``using``, optionally reranking prefetches."""
+        """Score ``vector`` against ``using``: MaxSim for a multivector (n, dim), a dot product
+        for a single vector (dim,); reranking the prefetches' results if given. ``where``
+        applies to every stage."""
 
     def scroll(
-        self, name: str, where: Filter | None, limit: int, offset: str | None = None
-    ) -> tuple[list[Record], str | None]: ...
+        self,
+        name: str,
+        where: Filter | None,
+        limit: int,
+        offset: str | None = None,
+        vectors: list[str] | None = None,
+    ) -> tuple[list[Record], str | None]:
+        """A page of points in id order, with the named ``vectors`` if given."""
 
     def retrieve(self, name: str, ids: list[str]) -> list[Record]: ...
 

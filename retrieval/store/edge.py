@@ -36,6 +36,11 @@ _DATATYPE = {
     "turbo16": qe.VectorStorageDatatype.Turbo16,
     "turbo8": qe.VectorStorageDatatype.Turbo8,
 }
+_BINARY = {
+    "1": qe.BinaryQuantizationEncoding.OneBit,
+    "1.5": qe.BinaryQuantizationEncoding.OneAndHalfBits,
+    "2": qe.BinaryQuantizationEncoding.TwoBits,
+}
 _SCHEMA = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -140,38 +145,49 @@ class EdgeBackend:
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        oversampling: float | None = None,
     ) -> list[Record]:
         q = vector.tolist()
         flt = _filter(where)
-        prefetches = [
-            qe.Prefetch(
+
+        def stage(p: Prefetch) -> qe.Prefetch:
+            return qe.Prefetch(
                 limit=p.limit,
-                query=qe.Query.Nearest(q, using=p.using),
+                query=qe.Query.Nearest(q if p.vector is None else p.vector.tolist(), using=p.using),
+                prefetches=[stage(inner) for inner in p.prefetch] or None,
                 filter=flt,
-                params=qe.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None,
+                params=_params(p.hnsw_ef, p.oversampling),
             )
-            for p in prefetch or []
-        ]
+
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(q, using=using),
-            prefetches=prefetches or None,
+            prefetches=[stage(p) for p in prefetch or []] or None,
             filter=flt,
             with_payload=True,
-            params=qe.SearchParams(exact=True) if exact else None,
+            params=qe.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling),
         )
         hits = _call(self._shard(name).query, request)
         return [Record(str(h.id), h.payload or {}, h.score) for h in hits]
 
     def scroll(
-        self, name: str, where: Filter | None, limit: int, offset: str | None = None
+        self,
+        name: str,
+        where: Filter | None,
+        limit: int,
+        offset: str | None = None,
+        vectors: list[str] | None = None,
     ) -> tuple[list[Record], str | None]:
         request = qe.ScrollRequest(
-            offset=offset, limit=limit, filter=_filter(where), with_payload=True
+            offset=offset,
+            limit=limit,
+            filter=_filter(where),
+            with_payload=True,
+            with_vector=list(vectors) if vectors else False,
         )
         records, next_offset = _call(self._shard(name).scroll, request)
         return (
-            [Record(str(r.id), r.payload or {}) for r in records],
+            [Record(str(r.id), r.payload or {}, None, _vectors(r.vector)) for r in records],
             None if next_offset is None else str(next_offset),
         )
 
@@ -214,6 +230,23 @@ def _call(fn, *args):
         raise StoreError(f"embedded Qdrant: {message}") from exc
 
 
+def _params(hnsw_ef: int | None, oversampling: float | None) -> qe.SearchParams | None:
+    if hnsw_ef is None and oversampling is None:
+        return None
+    quantization = (
+        qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+        if oversampling
+        else None
+    )
+    return qe.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
+
+
+def _vectors(vector) -> dict[str, np.ndarray] | None:
+    if not vector:
+        return None
+    return {k: np.asarray(v, dtype=np.float32) for k, v in vector.items()}
+
+
 def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
     hnsw = qe.HnswIndexConfig(
         m=spec.hnsw_m, ef_construct=spec.ef_construct, full_scan_threshold=1000
@@ -227,6 +260,15 @@ def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
         datatype=_DATATYPE[spec.datatype],
         hnsw_config=hnsw,
         memory=qe.Memory.Cold if spec.on_disk else qe.Memory.Cached,
+        quantization_config=(
+            qe.BinaryQuantizationConfig(
+                encoding=_BINARY[spec.binary],
+                query_encoding=qe.BinaryQuantizationQueryEncoding.Scalar8Bits,
+                memory=qe.Memory.Pinned,
+            )
+            if spec.binary
+            else None
+        ),
     )
 
 

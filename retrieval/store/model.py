@@ -10,11 +10,14 @@ import numpy as np
 from retrieval.types import Datatype
 
 FieldKind = Literal["keyword", "integer", "float", "bool", "datetime"]
+# Binary quantization: bits per dimension of the codes kept in RAM for the graph search.
+BinaryBits = Literal["1", "1.5", "2"]
 
 
 @dataclass(frozen=True)
 class VectorSpec:
-    """One named vector of a collection. All ours are 128-d MaxSim multivectors (dot product)."""
+    """One named vector of a collection, scored by dot product: a MaxSim multivector (token
+    vectors, pooled vectors) or a single vector (the page's FDE)."""
 
     name: str
     size: int
@@ -23,6 +26,8 @@ class VectorSpec:
     ef_construct: int = 100  # HNSW build beam: build time grows with it, graph quality too
     on_disk: bool = False
     datatype: Datatype = "float32"
+    # Binary codes held in RAM for the graph search, rescored from the stored vectors.
+    binary: BinaryBits | None = None
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,19 @@ class Record:
     id: str
     payload: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
+    vectors: dict[str, np.ndarray] | None = None  # only when asked for (scroll)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prefetch:
+    """One stage of a multi-stage query: the ``limit`` best points by ``using``, scored with
+    ``vector`` (default: the query's own vector), among the results of ``prefetch`` if given.
+    ``hnsw_ef`` widens the graph search; ``oversampling`` fetches that many times ``limit``
+    by the quantized codes before rescoring with the stored vectors."""
+
     using: str
     limit: int
+    vector: np.ndarray | None = None
+    prefetch: tuple[Prefetch, ...] = ()
+    hnsw_ef: int | None = None
+    oversampling: float | None = None

@@ -3,10 +3,17 @@
 Schema of a collection ``C`` (see README, "Storage"):
 
 - ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
-  float16 by default, no HNSW graph, on disk: used to rerank), ``rows`` (row-pooled, unit-length,
-  HNSW, in RAM) and, optionally, ``cols``. Payload: provenance, model, the caller's ``metadata``.
+  float16 by default, no HNSW graph, on disk: the final rerank), ``fde`` (one MUVERA encoding a
+  page, HNSW over its binary-quantized codes held in RAM: finds the candidates), and optionally
+  ``rows`` / ``cols`` (unit-length pooled multivectors, no graph: rerank the FDE candidates
+  cheaply before ``original`` does). Payload: provenance, model, the caller's ``metadata``.
 - ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
   collection's own schema, so a server deployment keeps everything in the cluster.
+
+Collections made before FDEs find candidates with an HNSW graph over ``rows``
+(``first_stage="rows"``); they keep searching that way until ``upgrade_collection`` copies their
+pages into ``C__v2`` with FDEs computed from the stored ``original`` vectors, and the schema
+record then names ``C__v2`` as the collection holding the pages.
 
 A document is ``indexing`` until all its pages are stored, then ``indexed``.
 """
@@ -17,23 +24,41 @@ import datetime as dt
 import re
 import threading
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import Literal
 
 import numpy as np
 
 from retrieval.config import Settings
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
-from retrieval.pooling import pool_cols, pool_rows
+from retrieval.muvera import FdeParams, Muvera
+from retrieval.pooling import pool_buckets, pool_cols, pool_rows
 from retrieval.store.backend import Backend
-from retrieval.store.model import Filter, Match, PointData, Prefetch, Record, VectorSpec
-from retrieval.types import DATATYPES, CollectionInfo, Datatype, DocumentRecord, Hit, PageRecord
+from retrieval.store.model import (
+    BinaryBits,
+    Filter,
+    Match,
+    PointData,
+    Prefetch,
+    Record,
+    VectorSpec,
+)
+from retrieval.types import (
+    DATATYPES,
+    CollectionInfo,
+    Datatype,
+    DocumentRecord,
+    FirstStage,
+    Hit,
+    PageRecord,
+)
 
 SearchMode = Literal["two_stage", "exact", "pooled"]
-_POOL = {"rows": pool_rows, "cols": pool_cols}
-POOLINGS = tuple(_POOL)
+POOLINGS = ("rows", "cols", "buckets")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
+UPGRADED_SUFFIX = "__v2"  # the pages of an upgraded collection
 _NAMESPACE = uuid.UUID("6f1c2f4e-8a7b-4c1e-9e55-2b0c7d3a9f10")
 _COLLECTION_POINT = str(uuid.uuid5(_NAMESPACE, "collection"))
 _DUMMY = {"_": np.ones((1,), dtype=np.float32)}  # catalog points need a vector; it means nothing
@@ -55,7 +80,13 @@ def now() -> str:
 
 
 class PageStore:
-    """Collections of page embeddings with their document catalog, and MaxSim search."""
+    """Collections of page embeddings with their document catalog, and MaxSim search.
+
+    ``prefetch`` is how many candidates the full multivectors rerank; with pooled vectors in an
+    FDE collection, the first stage passes ``first_stage_limit`` candidates to the pooled
+    vectors, which keep the best ``prefetch``. ``oversampling`` fetches that many times the
+    candidates by the FDEs' binary codes, then rescores them with the stored FDEs.
+    """
 
     def __init__(
         self,
@@ -66,16 +97,32 @@ class PageStore:
         original_dtype: Datatype = "float16",
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
+        first_stage: FirstStage = "fde",
+        first_stage_limit: int = 400,
+        oversampling: float = 4.0,
+        fde: FdeParams = FdeParams(),
+        fde_binary: BinaryBits | None = "1",
+        pooled_dtype: Datatype = "float16",
     ) -> None:
         self.backend = backend
         self.prefetch = prefetch
-        if original_dtype not in DATATYPES:
-            raise ConfigurationError(f"unknown datatype '{original_dtype}': use {DATATYPES}")
+        for dtype in (original_dtype, pooled_dtype):
+            if dtype not in DATATYPES:
+                raise ConfigurationError(f"unknown datatype '{dtype}': use {DATATYPES}")
+        if first_stage not in ("fde", "rows"):
+            raise ConfigurationError(f"unknown first stage '{first_stage}': use fde or rows")
         self.original_dtype = original_dtype
+        self.pooled_dtype = pooled_dtype
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construct = hnsw_ef_construct
+        self.first_stage = first_stage
+        self.first_stage_limit = first_stage_limit
+        self.oversampling = oversampling
+        self.fde = fde
+        self.fde_binary = fde_binary
         self.write_batch = write_batch
         self._collections: dict[str, CollectionInfo] = {}
+        self._encoders: dict[tuple[int, FdeParams], Muvera] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -86,6 +133,9 @@ class PageStore:
             original_dtype=settings.original_dtype,
             hnsw_m=settings.hnsw_m,
             hnsw_ef_construct=settings.hnsw_ef_construct,
+            first_stage=settings.first_stage,
+            first_stage_limit=settings.first_stage_limit,
+            oversampling=settings.fde_oversampling,
         )
 
     @property
@@ -104,10 +154,10 @@ class PageStore:
         model: str,
         max_visual_tokens: int,
         dim: int = 128,
-        pooling: tuple[str, ...] = ("rows",),
+        pooling: tuple[str, ...] = ("buckets",),
         filterable: dict[str, str] | None = None,
     ) -> CollectionInfo:
-        _check_name(name)
+        _check_name(name, new=True)
         if bad := [p for p in pooling if p not in POOLINGS]:
             raise ConfigurationError(f"unknown pooling {bad}: use {POOLINGS}")
         filterable = dict(filterable or {})
@@ -115,15 +165,6 @@ class PageStore:
             raise ConfigurationError(f"unknown field kinds {bad}: use {FIELD_KINDS}")
         if self.backend.collection_exists(name):
             raise Conflict(f"collection '{name}' already exists")
-        # The pooled vectors are small and searched most: float32. `original` is most of the
-        # disk and only reranks: 2 bytes an element by default (BENCHMARKS.md compares).
-        vectors = [
-            VectorSpec("original", dim, hnsw_m=0, on_disk=True, datatype=self.original_dtype)
-        ]
-        vectors += [
-            VectorSpec(p, dim, hnsw_m=self.hnsw_m, ef_construct=self.hnsw_ef_construct)
-            for p in pooling
-        ]
         info = CollectionInfo(
             name=name,
             model=model,
@@ -133,25 +174,73 @@ class PageStore:
             original_dtype=self.original_dtype,
             filterable=filterable,
             created_at=now(),
+            first_stage=self.first_stage,
+            fde=self.fde.to_dict() if self.first_stage == "fde" else None,
         )
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
             self.backend.create_collection(
                 catalog, [VectorSpec("_", 1, multivector=False, hnsw_m=0)]
             )
+        self._create_points(name, info)
+        self.backend.create_payload_index(catalog, "kind", "keyword")
+        for key, kind in filterable.items():
+            self.backend.create_payload_index(catalog, f"metadata.{key}", kind)
+        # Written last: a collection without this record was not created completely.
+        self._write_schema(info)
+        return info
+
+    def _create_points(self, name: str, info: CollectionInfo) -> None:
+        """The collection holding the pages, with ``info``'s vectors and payload indexes."""
+        # `original` is most of the disk and only reranks: 2 bytes an element by default
+        # (BENCHMARKS.md compares). The first stage is the only graph.
+        vectors = [
+            VectorSpec("original", info.dim, hnsw_m=0, on_disk=True, datatype=info.original_dtype)
+        ]
+        if info.first_stage == "fde":
+            size = self._muvera(info).size
+            vectors.append(
+                VectorSpec(
+                    "fde",
+                    size,
+                    multivector=False,
+                    hnsw_m=self.hnsw_m,
+                    ef_construct=self.hnsw_ef_construct,
+                    on_disk=True,  # rescoring reads a few hundred; the graph walks the codes
+                    datatype="float16",
+                    binary=self.fde_binary,
+                )
+            )
+            vectors += [
+                VectorSpec(p, info.dim, hnsw_m=0, datatype=self.pooled_dtype) for p in info.pooling
+            ]
+        else:
+            vectors += [
+                VectorSpec(p, info.dim, hnsw_m=self.hnsw_m, ef_construct=self.hnsw_ef_construct)
+                for p in info.pooling
+            ]
         self.backend.create_collection(name, vectors)
         for key, kind in [("doc_id", "keyword"), ("source", "keyword"), ("page", "integer")]:
             self.backend.create_payload_index(name, key, kind)
-        self.backend.create_payload_index(catalog, "kind", "keyword")
-        for key, kind in filterable.items():
+        for key, kind in info.filterable.items():
             self.backend.create_payload_index(name, f"metadata.{key}", kind)
-            self.backend.create_payload_index(catalog, f"metadata.{key}", kind)
-        # Written last: a collection without this record was not created completely.
+
+    def _write_schema(self, info: CollectionInfo) -> None:
         payload = {"kind": "collection", **asdict(info)}
-        self.backend.upsert(catalog, [PointData(_COLLECTION_POINT, _DUMMY, payload)])
+        self.backend.upsert(
+            info.name + CATALOG_SUFFIX, [PointData(_COLLECTION_POINT, _DUMMY, payload)]
+        )
         with self._lock:
-            self._collections[name] = info
-        return info
+            self._collections[info.name] = info
+
+    def _muvera(self, info: CollectionInfo) -> Muvera:
+        params = FdeParams(**(info.fde or {}))
+        key = (info.dim, params)
+        with self._lock:
+            encoder = self._encoders.get(key)
+            if encoder is None:
+                encoder = self._encoders[key] = Muvera(info.dim, params)
+        return encoder
 
     def ensure_collection_for(self, name: str, settings: Settings, dim: int) -> CollectionInfo:
         """``ensure_collection`` with the schema the settings give new collections."""
@@ -177,7 +266,7 @@ class PageStore:
             return cached
         _check_name(name)
         catalog = name + CATALOG_SUFFIX
-        if not (self.backend.collection_exists(name) and self.backend.collection_exists(catalog)):
+        if not self.backend.collection_exists(catalog):
             raise NotFound(f"collection '{name}' does not exist")
         records = self.backend.retrieve(catalog, [_COLLECTION_POINT])
         if not records:
@@ -185,26 +274,92 @@ class PageStore:
         payload = {k: v for k, v in records[0].payload.items() if k != "kind"}
         payload.setdefault("unit_pooled", False)  # recorded since pooled vectors are unit-length
         info = CollectionInfo(**{**payload, "pooling": tuple(payload["pooling"])})
+        if not self.backend.collection_exists(info.points_collection):
+            raise NotFound(f"collection '{name}' was not created completely; drop it and retry")
         with self._lock:
             self._collections[name] = info
         return info
 
+    def _points(self, collection: str) -> str:
+        """The Qdrant collection holding the pages of ``collection``."""
+        return self.collection(collection).points_collection
+
     def collections(self) -> list[CollectionInfo]:
-        names = [n for n in self.backend.list_collections() if not n.endswith(CATALOG_SUFFIX)]
+        names = [
+            n.removesuffix(CATALOG_SUFFIX)
+            for n in self.backend.list_collections()
+            if n.endswith(CATALOG_SUFFIX)
+        ]
         out = []
         for name in names:
             try:
                 out.append(self.collection(name))
-            except NotFound:
+            except (NotFound, InvalidInput):
                 continue  # not one of ours
         return out
 
     def drop_collection(self, name: str) -> None:
-        self.collection(name)  # NotFound if absent
+        info = self.collection(name)  # NotFound if absent
         with self._lock:
             self._collections.pop(name, None)
-        self.backend.delete_collection(name)
+        for points in {info.points_collection, name, name + UPGRADED_SUFFIX}:
+            if self.backend.collection_exists(points):
+                self.backend.delete_collection(points)
         self.backend.delete_collection(name + CATALOG_SUFFIX)
+
+    def upgrade_collection(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None, batch: int = 64
+    ) -> CollectionInfo:
+        """Give a collection made before FDEs the FDE first stage, from its stored vectors.
+
+        Copies every page into ``<name>__v2`` with its FDE and bucket-pooled vectors computed
+        from the stored ``original`` (no re-embedding: the schema of new collections, built on
+        the CPU), then switches the schema record to it and drops the old points. Searches keep
+        working on the old points until the switch. Resumable: pages already copied are
+        skipped. Stop ingesting into the collection while it runs. ``progress(done, total)``
+        after each batch.
+        """
+        info = self.collection(name)
+        if info.first_stage == "fde":
+            if info.points_collection != name and self.backend.collection_exists(name):
+                self.backend.delete_collection(name)  # stopped between the switch and the drop
+            return info
+        target = name + UPGRADED_SUFFIX
+        new = replace(
+            info, first_stage="fde", fde=self.fde.to_dict(), points=target, pooling=("buckets",)
+        )
+        if not self.backend.collection_exists(target):
+            self._create_points(target, new)
+        source, encoder = info.points_collection, self._muvera(new)
+        total, done = self.backend.count(source), self.backend.count(target)
+        if progress:
+            progress(done, total)
+        offset = None
+        while True:
+            records, offset = self.backend.scroll(source, None, batch, offset, vectors=["original"])
+            copied = {r.id for r in self.backend.retrieve(target, [r.id for r in records])}
+            points = []
+            for r in records:
+                if r.id in copied or not r.vectors:
+                    continue
+                original = r.vectors["original"]
+                vectors = {
+                    "original": original,
+                    "fde": encoder.encode_document(original),
+                    "buckets": pool_buckets(original),
+                }
+                points.append(PointData(r.id, vectors, r.payload))
+            if points:
+                self.backend.upsert(target, points)
+                done += len(points)
+                if progress:
+                    progress(done, total)
+            if offset is None:
+                break
+        self.backend.optimize(target)
+        self._write_schema(new)  # the switch: from here on the pages are read from `target`
+        self.backend.delete_collection(source)
+        return new
 
     # --- documents -----------------------------------------------------------------------------
 
@@ -240,13 +395,13 @@ class PageStore:
             collection + CATALOG_SUFFIX,
             Filter((Match("kind", "document"), Match("doc_id", doc_id))),
         )
-        self.backend.flush(collection)
+        self.backend.flush(self._points(collection))
 
     # --- pages ---------------------------------------------------------------------------------
 
     def delete_pages(self, collection: str, doc_id: str) -> None:
         """Remove every stored page of a document (its catalog record stays)."""
-        self.backend.delete(collection, Filter((Match("doc_id", doc_id),)))
+        self.backend.delete(self._points(collection), Filter((Match("doc_id", doc_id),)))
 
     def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
         """Store pages (batched, waited on). Raises ``StoreError`` if a write fails."""
@@ -254,7 +409,7 @@ class PageStore:
         created_at = now()
         points = [self._point(info, page, created_at) for page in pages]
         for start in range(0, len(points), self.write_batch):
-            self.backend.upsert(collection, points[start : start + self.write_batch])
+            self.backend.upsert(info.points_collection, points[start : start + self.write_batch])
 
     def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
         emb = page.embedding
@@ -262,8 +417,14 @@ class PageStore:
             got = emb.multivector.shape[1]
             raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
         vectors = {"original": emb.multivector}
+        if info.first_stage == "fde":
+            vectors["fde"] = self._muvera(info).encode_document(emb.multivector)
         for name in info.pooling:
-            vectors[name] = _POOL[name](emb.visual, emb.special, normalize=info.unit_pooled)
+            if name == "buckets":
+                vectors[name] = pool_buckets(emb.multivector)
+            else:
+                pool = pool_rows if name == "rows" else pool_cols
+                vectors[name] = pool(emb.visual, emb.special, normalize=info.unit_pooled)
         rows, cols = emb.grid
         payload = {
             "doc_id": page.doc_id,
@@ -286,26 +447,27 @@ class PageStore:
         return PointData(page_point_id(page.doc_id, page.page_number), vectors, payload)
 
     def stored_page_numbers(self, collection: str, doc_id: str) -> set[int]:
-        records = self._scroll_all(collection, Filter((Match("doc_id", doc_id),)))
+        records = self._scroll_all(self._points(collection), Filter((Match("doc_id", doc_id),)))
         return {int(r.payload["page"]) for r in records}
 
     def page(self, collection: str, doc_id: str, page_number: int) -> dict:
-        self.collection(collection)
-        records = self.backend.retrieve(collection, [page_point_id(doc_id, page_number)])
+        points = self._points(collection)
+        records = self.backend.retrieve(points, [page_point_id(doc_id, page_number)])
         if not records:
             raise NotFound(f"page {page_number} of document '{doc_id}' is not stored")
         return records[0].payload
 
     def count_pages(self, collection: str, where: Filter | None = None) -> int:
-        self.collection(collection)
-        return self.backend.count(collection, where)
+        return self.backend.count(self._points(collection), where)
 
     def flush(self, collection: str) -> None:
-        self.backend.flush(collection)
+        self.backend.flush(self._points(collection))
         self.backend.flush(collection + CATALOG_SUFFIX)
 
     def optimize(self, collection: str) -> None:
-        self.backend.optimize(collection)
+        """Index what was written since the last call (the embedded engine has no background
+        optimizer). Pages are searchable before: unindexed ones are scanned."""
+        self.backend.optimize(self._points(collection))
 
     def _scroll_all(self, name: str, where: Filter | None) -> list[Record]:
         out: list[Record] = []
@@ -330,9 +492,11 @@ class PageStore:
     ) -> list[Hit]:
         """MaxSim search with a query multivector (n_tokens, dim) float32.
 
-        ``two_stage``: candidates from the pooled vectors, reranked with ``original``;
-        ``exact``: MaxSim over ``original`` for every page that passes the filter;
-        ``pooled``: the first stage alone. Without pooled vectors every mode is ``exact``.
+        ``two_stage``: candidates from the first stage (FDE graph, then the pooled vectors if
+        stored; or the pooled vectors' graph in collections made before FDEs), reranked with
+        ``original``; ``exact``: MaxSim over ``original`` for every page that passes the filter;
+        ``pooled``: the first stage alone. With neither FDEs nor pooled vectors every mode is
+        ``exact``. Every stage runs inside Qdrant: no vector leaves it.
         """
         info = self.collection(collection)
         if top_k < 1:
@@ -342,28 +506,43 @@ class PageStore:
         if mode not in ("two_stage", "exact", "pooled"):
             raise InvalidInput(f"unknown search mode '{mode}': use two_stage, exact or pooled")
         candidates = max(top_k, prefetch or self.prefetch)
-        if mode == "exact" or not info.pooling:
+        points = info.points_collection
+        if mode == "exact" or (info.first_stage == "rows" and not info.pooling):
             records = self.backend.query(
-                collection, query, using="original", limit=top_k, where=where, exact=True
+                points, query, using="original", limit=top_k, where=where, exact=True
             )
+        elif info.first_stage == "fde":
+            fde = self._muvera(info).encode_query(query)
+            if mode == "pooled":
+                records = self.backend.query(
+                    points,
+                    fde,
+                    using="fde",
+                    limit=top_k,
+                    where=where,
+                    oversampling=self.oversampling,
+                )
+            else:
+                records = self.backend.query(
+                    points,
+                    query,
+                    using="original",
+                    limit=top_k,
+                    where=where,
+                    prefetch=[self._fde_stages(info, fde, candidates)],
+                )
         elif mode == "pooled":
             records = self.backend.query(
-                collection,
-                query,
-                using=info.pooling[0],
-                limit=top_k,
-                where=where,
-                hnsw_ef=candidates,
+                points, query, using=info.pooling[0], limit=top_k, where=where, hnsw_ef=candidates
             )
         else:
             records = self.backend.query(
-                collection,
+                points,
                 query,
                 using="original",
                 limit=top_k,
                 where=where,
-                prefetch=[Prefetch(p, candidates) for p in info.pooling],
-                hnsw_ef=candidates,
+                prefetch=[Prefetch(p, candidates, hnsw_ef=candidates) for p in info.pooling],
             )
         return [
             Hit(
@@ -376,16 +555,29 @@ class PageStore:
             for r in records
         ]
 
+    def _fde_stages(self, info: CollectionInfo, fde: np.ndarray, candidates: int) -> Prefetch:
+        """FDE candidates, narrowed by the pooled vectors (if stored) to ``candidates``."""
+        if not info.pooling:
+            return Prefetch("fde", candidates, vector=fde, oversampling=self.oversampling)
+        first = Prefetch(
+            "fde",
+            max(candidates, self.first_stage_limit),
+            vector=fde,
+            oversampling=self.oversampling,
+        )
+        return Prefetch(info.pooling[0], candidates, prefetch=(first,))
+
 
 def _document(record: Record) -> DocumentRecord:
     return DocumentRecord(**{k: v for k, v in record.payload.items() if k != "kind"})
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.match(name) or CATALOG_SUFFIX in name:
+def _check_name(name: str, *, new: bool = False) -> None:
+    """``new``: names of new collections may not contain '__', which marks our own collections
+    (catalogs, upgraded pages); older collections may."""
+    if not _NAME.match(name) or CATALOG_SUFFIX in name or (new and "__" in name):
         raise InvalidInput(
-            f"invalid collection name '{name}': 1-64 letters, digits, '-' or '_', "
-            f"not containing '{CATALOG_SUFFIX}'"
+            f"invalid collection name '{name}': 1-64 letters, digits, '-' or '_', without '__'"
         )
 
 

@@ -24,6 +24,11 @@ from retrieval.store.model import (
 )
 
 REQUEST_BUDGET_BYTES = 16 * 1024 * 1024  # half of Qdrant's default 32 MB REST limit
+_BINARY = {
+    "1": models.BinaryQuantizationEncoding.ONE_BIT,
+    "1.5": models.BinaryQuantizationEncoding.ONE_AND_HALF_BITS,
+    "2": models.BinaryQuantizationEncoding.TWO_BITS,
+}
 _SCHEMA = {
     "keyword": models.PayloadSchemaType.KEYWORD,
     "integer": models.PayloadSchemaType.INTEGER,
@@ -115,40 +120,55 @@ class ServerBackend:
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        oversampling: float | None = None,
     ) -> list[Record]:
         q = vector.tolist()
         flt = _filter(where)
-        prefetches = [
-            models.Prefetch(
-                query=q,
+
+        def stage(p: Prefetch) -> models.Prefetch:
+            return models.Prefetch(
+                query=q if p.vector is None else p.vector.tolist(),
                 using=p.using,
                 limit=p.limit,
+                prefetch=[stage(inner) for inner in p.prefetch] or None,
                 filter=flt,
-                params=models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None,
+                params=_params(p.hnsw_ef, p.oversampling),
             )
-            for p in prefetch or []
-        ]
+
         response = _call(
             self.client.query_points,
             name,
             query=q,
             using=using,
-            prefetch=prefetches or None,
+            prefetch=[stage(p) for p in prefetch or []] or None,
             query_filter=flt,
-            search_params=models.SearchParams(exact=True) if exact else None,
+            search_params=(
+                models.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling)
+            ),
             limit=limit,
             with_payload=True,
         )
         return [Record(str(p.id), p.payload or {}, p.score) for p in response.points]
 
     def scroll(
-        self, name: str, where: Filter | None, limit: int, offset: str | None = None
+        self,
+        name: str,
+        where: Filter | None,
+        limit: int,
+        offset: str | None = None,
+        vectors: list[str] | None = None,
     ) -> tuple[list[Record], str | None]:
         records, next_offset = _call(
-            self.client.scroll, name, _filter(where), limit, offset=offset, with_payload=True
+            self.client.scroll,
+            name,
+            _filter(where),
+            limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=list(vectors) if vectors else False,
         )
         return (
-            [Record(str(r.id), r.payload or {}) for r in records],
+            [Record(str(r.id), r.payload or {}, None, _vectors(r.vector)) for r in records],
             None if next_offset is None else str(next_offset),
         )
 
@@ -188,6 +208,23 @@ def _call(fn, *args, **kwargs):
         raise
 
 
+def _params(hnsw_ef: int | None, oversampling: float | None) -> models.SearchParams | None:
+    if hnsw_ef is None and oversampling is None:
+        return None
+    quantization = (
+        models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+        if oversampling
+        else None
+    )
+    return models.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
+
+
+def _vectors(vector) -> dict[str, np.ndarray] | None:
+    if not isinstance(vector, dict) or not vector:
+        return None
+    return {k: np.asarray(v, dtype=np.float32) for k, v in vector.items()}
+
+
 def _vector_params(spec: VectorSpec) -> models.VectorParams:
     return models.VectorParams(
         size=spec.size,
@@ -200,6 +237,17 @@ def _vector_params(spec: VectorSpec) -> models.VectorParams:
         datatype=models.Datatype(spec.datatype),
         hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.ef_construct),
         on_disk=spec.on_disk,
+        quantization_config=(
+            models.BinaryQuantization(
+                binary=models.BinaryQuantizationConfig(
+                    always_ram=True,
+                    encoding=_BINARY[spec.binary],
+                    query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS,
+                )
+            )
+            if spec.binary
+            else None
+        ),
     )
 
 

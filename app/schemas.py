@@ -59,8 +59,15 @@ class SearchRequest(BaseModel):
         min_length=1, max_length=MAX_QUERY_CHARS, description="Plain-language query."
     )
     top_k: int = Field(10, ge=1, le=100)
-    mode: Literal["two_stage", "exact", "pooled"] = "two_stage"
-    prefetch: int | None = Field(None, ge=1, le=10000, description="First-stage candidates.")
+    mode: Literal["two_stage", "exact", "pooled"] = Field(
+        "two_stage",
+        description="two_stage: fast candidates reranked by every token vector; exact: every "
+        "page scored by every token vector (slow on large collections); pooled: the fast "
+        "first stage alone.",
+    )
+    prefetch: int | None = Field(
+        None, ge=1, le=10000, description="Candidates the full token vectors rerank."
+    )
     filter: dict[str, Any] | None = Field(
         None,
         description='e.g. {"doc_id": "...", "source": "a.pdf", "page": {"lte": 3}, '

@@ -283,8 +283,8 @@ def run(corpus_name: str, n: int, config: str, args: argparse.Namespace, workdir
     def recall(hits: list, i: int) -> float:
         return len({f"{h.doc_id}:{h.page}" for h in hits} & truth[i]) / 10
 
-    for q in queries[:3]:  # warm caches
-        store.search("bench", q, top_k=10, mode="two_stage")
+    for q in queries:  # warm the page cache, as a serving process would be
+        store.search("bench", q, top_k=10, prefetch=max(args.prefetch))
     latency = []
     middle = bool(store.collection("bench").pooling) and config != "rows-graph"
     for oversampling in args.oversampling if config != "rows-graph" else [None]:
@@ -395,7 +395,7 @@ def main() -> None:
         "--dtype", choices=DATATYPES, default="float16", help="storage of `original`"
     )
     parser.add_argument(
-        "--pooled-dtype", choices=DATATYPES, default="float16", help="storage of the middle stage"
+        "--pooled-dtype", choices=DATATYPES, default="turbo8", help="storage of the middle stage"
     )
     parser.add_argument(
         "--grow", type=int, default=1000, help="pages added to the indexed store at the end"

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "tokens), rows, cols, a comma-separated mix, or none. With the fde first stage the "
         "first of them reranks its candidates before the full multivectors do.",
     )
+    pooled_dtype: Datatype = Field(
+        "turbo8",
+        description="Storage of the pooled vectors of new fde collections: turbo8 (a byte an "
+        "element; needs a Qdrant with TurboQuant datatypes) or float16 (any Qdrant, 8 KB more "
+        "a page).",
+    )
     hnsw_m: int = Field(
         16, ge=4, le=128, description="HNSW graph degree of the first stage (new collections)."
     )

@@ -191,6 +191,28 @@ def test_collections_create_list_drop(env, small_corpus):
     assert result.exit_code == 1 and "collection 'papers' does not exist" in result.stderr
 
 
+def test_collections_upgrade_gives_an_old_collection_the_fde_first_stage(
+    env, small_corpus, monkeypatch
+):
+    monkeypatch.setenv("COLQWEN_FIRST_STAGE", "rows")  # as collections were made before FDEs
+    cli("collections", "create", "old", "--pooling", "rows")
+    cli("ingest", str(small_corpus), "--collection", "old", "--quiet")
+    monkeypatch.delenv("COLQWEN_FIRST_STAGE")
+    [info] = cli_json("collections", "list")
+    assert info["first_stage"] == "rows"
+    exact = cli_json("search", "x", "-c", "old", "--mode", "exact", "-k", "11")["hits"]
+    output = cli("collections", "upgrade", "old")
+    assert "upgraded collection old" in output and "11/11" in output  # the progress bar
+    [info] = cli_json("collections", "list")
+    assert info["first_stage"] == "fde" and info["pooling"] == ["buckets"] and info["pages"] == 11
+    after = cli_json("search", "x", "-c", "old", "--mode", "exact", "-k", "11")["hits"]
+    two_stage = cli_json("search", "x", "-c", "old", "-k", "11")["hits"]
+    scores = {(h["doc_id"], h["page"]): h["score"] for h in exact}  # the tiny model ties pages
+    for hits in (after, two_stage):
+        assert {(h["doc_id"], h["page"]): h["score"] for h in hits} == pytest.approx(scores)
+    assert "already has the FDE first stage" in cli("collections", "upgrade", "old")
+
+
 def test_user_errors_are_one_line_not_tracebacks(env, tmp_path):
     for args, message in [
         (["ingest", str(tmp_path / "missing")], "no such file or directory"),

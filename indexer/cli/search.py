@@ -31,7 +31,8 @@ def search(
     ] = 10,
     mode: Annotated[str, typer.Option(help="two_stage, exact or pooled.")] = "two_stage",
     prefetch: Annotated[
-        int | None, typer.Option(help="First-stage candidates [COLQWEN_PREFETCH].")
+        int | None,
+        typer.Option(help="Candidates the full token vectors rerank [COLQWEN_PREFETCH]."),
     ] = None,
     filter_json: Annotated[
         str | None,

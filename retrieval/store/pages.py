@@ -102,7 +102,7 @@ class PageStore:
         oversampling: float = 4.0,
         fde: FdeParams = FdeParams(),
         fde_binary: BinaryBits | None = "1",
-        pooled_dtype: Datatype = "float16",
+        pooled_dtype: Datatype = "turbo8",
     ) -> None:
         self.backend = backend
         self.prefetch = prefetch
@@ -136,6 +136,7 @@ class PageStore:
             first_stage=settings.first_stage,
             first_stage_limit=settings.first_stage_limit,
             oversampling=settings.fde_oversampling,
+            pooled_dtype=settings.pooled_dtype,
         )
 
     @property

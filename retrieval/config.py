@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     original_dtype: Datatype = Field(
         "float16",
         description="Storage of the full multivectors of new collections: float16 (any Qdrant), "
-        "turbo16 (same disk, rerank ~2x faster, more exact; Qdrant with TurboQuant datatypes), "
-        "turbo8 (half the disk, scores within ~1e-2), float32 (twice the disk).",
+        "turbo16 (same disk, more exact), turbo8 (half the disk, scores within ~1e-2, reranks no "
+        "faster), both on a Qdrant with TurboQuant datatypes; float32 (twice the disk).",
     )
     first_stage: FirstStage = Field(
         "fde",
@@ -110,20 +110,20 @@ class Settings(BaseSettings):
 
     # --- search ----------------------------------------------------------------------------
     prefetch: int = Field(
-        200,
+        150,
         ge=1,
         le=10000,
         description="Candidates the full multivectors rerank (the last stage of two_stage).",
     )
     first_stage_limit: int = Field(
-        400,
+        800,
         ge=1,
         le=100000,
         description="FDE candidates the pooled vectors narrow to `prefetch` (fde collections "
         "with pooled vectors).",
     )
     fde_oversampling: float = Field(
-        4.0,
+        2.0,
         ge=1.0,
         le=64.0,
         description="The FDE graph search fetches this many times its candidates by binary "

@@ -134,6 +134,7 @@ def test_pooled_mode_scores_the_fde_first_stage(store, corpus):
     """The first stage alone: the dot product of the query's and each page's FDE (our encoder,
     which tests/test_muvera.py proves equal to fastembed's)."""
     muvera = Muvera(128, FdeParams(**store.collection("docs").fde))
+    store.oversampling = 10  # rescore every page: the engine's codes then decide nothing
     q = queries(1)[0]
     hits = store.search("docs", q, top_k=5, mode="pooled")
     fde = muvera.encode_query(q)
@@ -411,11 +412,21 @@ def test_both_backends_give_the_same_results(tmp_path):
             for mode in ("exact", "two_stage", "pooled")
         ]
         store.close()
-    for a, b in zip(results["embedded"], results["server"], strict=True):
-        # Same pages with the same scores; float16 storage may swap near-ties (< 1e-3 apart).
-        assert {x[:2] for x in a} == {x[:2] for x in b}
-        assert [x[2] for x in a] == pytest.approx([x[2] for x in b], abs=1e-2)
+    modes = ("exact", "two_stage", "pooled") * 3
+    for mode, a, b in zip(modes, results["embedded"], results["server"], strict=True):
         score_b = {x[:2]: x[2] for x in b}
+        if mode == "pooled":
+            # The FDE stage alone is approximate on the engine (binary codes pick the pages
+            # it rescores), exact in qdrant-client's local mode: the pages the engine returns
+            # carry the same scores, and it finds most of the same pages.
+            assert len({x[:2] for x in a} & set(score_b)) >= 6
+            for x in a:
+                if x[:2] in score_b:
+                    assert x[2] == pytest.approx(score_b[x[:2]], rel=1e-3)
+            continue
+        # Same pages with the same scores; float16 storage may swap near-ties (< 1e-3 apart).
+        assert {x[:2] for x in a} == set(score_b)
+        assert [x[2] for x in a] == pytest.approx([x[2] for x in b], abs=1e-2)
         for x in a:
             assert x[2] == pytest.approx(score_b[x[:2]], abs=1e-2)
 

@@ -4,9 +4,10 @@ Schema of a collection ``C`` (see README, "Storage"):
 
 - ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
   float16 by default, no HNSW graph, on disk: the final rerank), ``fde`` (one MUVERA encoding a
-  page, HNSW over its binary-quantized codes held in RAM: finds the candidates), and optionally
-  ``rows`` / ``cols`` (unit-length pooled multivectors, no graph: rerank the FDE candidates
-  cheaply before ``original`` does). Payload: provenance, model, the caller's ``metadata``.
+  page, HNSW over its binary-quantized codes held in RAM: finds the candidates), and pooled
+  multivectors, ``buckets`` by default (or ``rows`` / ``cols``; no graph: they narrow the FDE
+  candidates cheaply before ``original`` reranks). Payload: provenance, model, the caller's
+  ``metadata``.
 - ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
   collection's own schema, so a server deployment keeps everything in the cluster.
 
@@ -92,14 +93,14 @@ class PageStore:
         self,
         backend: Backend,
         *,
-        prefetch: int = 200,
+        prefetch: int = 150,
         write_batch: int = 32,
         original_dtype: Datatype = "float16",
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
         first_stage: FirstStage = "fde",
-        first_stage_limit: int = 400,
-        oversampling: float = 4.0,
+        first_stage_limit: int = 800,
+        oversampling: float = 2.0,
         fde: FdeParams = FdeParams(),
         fde_binary: BinaryBits | None = "1",
         pooled_dtype: Datatype = "turbo8",

@@ -246,7 +246,9 @@ def test_killed_server_resumes_its_job_on_restart(tiny_model_dir, tmp_path):
         "COLQWEN_DATA_DIR": str(tmp_path / "data"),
         "COLQWEN_RENDER_WORKERS": "1",
         "COLQWEN_BATCH_SIZE": "4",
-        "COLQWEN_JOB_LEASE_S": "3",
+        # Progress reaches the job table with each lease renewal (a third of the lease): often
+        # enough to see the job part-way through the 134 pages even on a fast run.
+        "COLQWEN_JOB_LEASE_S": "1.5",
     }
     port = free_port()
     base = f"http://127.0.0.1:{port}"

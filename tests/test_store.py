@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -459,6 +460,22 @@ def test_embedded_store_survives_the_process_and_is_locked_while_open(tmp_path):
     with pytest.raises(StoreLocked, match="in use"):
         EdgeBackend(tmp_path / "q")
     first.close()
+
+
+def test_concurrent_first_requests_open_the_embedded_store_once(tmp_path):
+    """Right after a start, many requests open the same collection at once: all must succeed
+    (the second opener of a shard used to fail on its WAL lock)."""
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    store.create_collection("c", model="test", max_visual_tokens=768)
+    rng = np.random.default_rng(0)
+    store.upsert_pages("c", [page_record("d", p, page_embedding(rng)) for p in range(1, 4)])
+    store.close()
+    for _ in range(3):
+        reopened = PageStore(EdgeBackend(tmp_path / "q"))
+        with ThreadPoolExecutor(16) as pool:
+            counts = list(pool.map(lambda _: reopened.count_pages("c"), range(16)))
+        assert counts == [3] * 16
+        reopened.close()
 
 
 def test_long_writes_keep_the_embedded_wal_bounded(tmp_path, monkeypatch):

@@ -68,6 +68,7 @@ class EdgeBackend:
         self._shards: dict[str, qe.EdgeShard] = {}
         self._unflushed: dict[str, int] = {}  # floats written since the last flush
         self._write = threading.Lock()
+        self._open = threading.Lock()
 
     # --- collections ---------------------------------------------------------------------------
 
@@ -81,10 +82,15 @@ class EdgeBackend:
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
         if shard is None:
-            path = self._path(name)
-            if not path.is_dir():
-                raise NotFound(f"collection '{name}' does not exist")
-            shard = self._shards[name] = _call(qe.EdgeShard.load, str(path))
+            # One opener at a time: two threads loading the same shard would both try to take
+            # its WAL lock, and the second would fail ("Can't init WAL: WouldBlock").
+            with self._open:
+                shard = self._shards.get(name)
+                if shard is None:
+                    path = self._path(name)
+                    if not path.is_dir():
+                        raise NotFound(f"collection '{name}' does not exist")
+                    shard = self._shards[name] = _call(qe.EdgeShard.load, str(path))
         return shard
 
     def collection_exists(self, name: str) -> bool:

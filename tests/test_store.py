@@ -473,7 +473,7 @@ def test_concurrent_first_requests_open_the_embedded_store_once(tmp_path):
     for _ in range(3):
         reopened = PageStore(EdgeBackend(tmp_path / "q"))
         with ThreadPoolExecutor(16) as pool:
-            counts = list(pool.map(lambda _: reopened.count_pages("c"), range(16)))
+            counts = list(pool.map(lambda _, s=reopened: s.count_pages("c"), range(16)))
         assert counts == [3] * 16
         reopened.close()
 

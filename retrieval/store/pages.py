@@ -513,26 +513,11 @@ class PageStore:
             records = self.backend.query(
                 points, query, using="original", limit=top_k, where=where, exact=True
             )
-        elif info.first_stage == "fde":
+        elif mode == "pooled" and info.first_stage == "fde":
             fde = self._muvera(info).encode_query(query)
-            if mode == "pooled":
-                records = self.backend.query(
-                    points,
-                    fde,
-                    using="fde",
-                    limit=top_k,
-                    where=where,
-                    oversampling=self.oversampling,
-                )
-            else:
-                records = self.backend.query(
-                    points,
-                    query,
-                    using="original",
-                    limit=top_k,
-                    where=where,
-                    prefetch=[self._fde_stages(info, fde, candidates)],
-                )
+            records = self.backend.query(
+                points, fde, using="fde", limit=top_k, where=where, oversampling=self.oversampling
+            )
         elif mode == "pooled":
             records = self.backend.query(
                 points, query, using=info.pooling[0], limit=top_k, where=where, hnsw_ef=candidates
@@ -544,7 +529,7 @@ class PageStore:
                 using="original",
                 limit=top_k,
                 where=where,
-                prefetch=[Prefetch(p, candidates, hnsw_ef=candidates) for p in info.pooling],
+                prefetch=self._candidate_stages(info, query, candidates),
             )
         return [
             Hit(
@@ -557,17 +542,24 @@ class PageStore:
             for r in records
         ]
 
-    def _fde_stages(self, info: CollectionInfo, fde: np.ndarray, candidates: int) -> Prefetch:
-        """FDE candidates, narrowed by the pooled vectors (if stored) to ``candidates``."""
+    def _candidate_stages(
+        self, info: CollectionInfo, query: np.ndarray, candidates: int
+    ) -> list[Prefetch]:
+        """The stages that find the ``candidates`` pages ``original`` reranks: FDE candidates
+        narrowed by the pooled vectors (if stored), or, in collections made before FDEs, the
+        pooled vectors' graph."""
+        if info.first_stage != "fde":
+            return [Prefetch(p, candidates, hnsw_ef=candidates) for p in info.pooling]
+        fde = self._muvera(info).encode_query(query)
         if not info.pooling:
-            return Prefetch("fde", candidates, vector=fde, oversampling=self.oversampling)
+            return [Prefetch("fde", candidates, vector=fde, oversampling=self.oversampling)]
         first = Prefetch(
             "fde",
             max(candidates, self.first_stage_limit),
             vector=fde,
             oversampling=self.oversampling,
         )
-        return Prefetch(info.pooling[0], candidates, prefetch=(first,))
+        return [Prefetch(info.pooling[0], candidates, prefetch=(first,))]
 
 
 def _document(record: Record) -> DocumentRecord:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import signal
 import threading
 from typing import Annotated
@@ -32,15 +32,20 @@ def serve(
     """Run the REST API (OpenAPI docs at /docs), with the ingestion worker in-process."""
     import uvicorn
 
+    from app import logs
     from app.main import create_app
 
     settings = settings_of(ctx)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level)
+    os.umask(0o077)  # uploads, the job table and the store: readable by this user only
     with user_errors():
         uvicorn.run(
-            create_app(settings, run_worker=worker), host=host, port=port, log_level=log_level
+            create_app(settings, run_worker=worker),
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=None,  # ours (app.logs): request ids on every line
+            access_log=False,  # ours too: quiet for polls, with the request id
         )
 
 
@@ -50,14 +55,14 @@ def worker_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run an ingestion worker alone: it takes jobs that `serve --no-worker` accepted."""
-    from indexer.worker import Worker, job_queue
+    from app import logs
+    from indexer.worker import Worker, document_service, job_queue
     from retrieval.encoder import Encoder
     from retrieval.store import PageStore
 
     settings = settings_of(ctx)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level)
+    os.umask(0o077)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -66,7 +71,8 @@ def worker_command(
         try:
             encoder = Encoder.from_settings(settings)
             console.print(f"worker ready: {settings.model} on {encoder.device}, store {store.kind}")
-            Worker(settings, encoder, store, job_queue(settings)).run_forever(stop)
+            documents = document_service(settings, store, job_queue(settings))
+            Worker(settings, encoder, documents).run_forever(stop)
         finally:
             store.close()
 

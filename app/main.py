@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import errors
 from app.deps import require_api_key
-from app.metrics import MetricsMiddleware
+from app.middleware import RequestContext
 from app.routes import documents, health, jobs, search
+from app.schemas import errors as errors_of
 from app.services import Services
 from retrieval.config import Settings, get_settings
-from retrieval.encoder import Encoder
+
+if TYPE_CHECKING:
+    from retrieval.encoder import Encoder
 
 
 def create_app(
     settings: Settings | None = None, *, run_worker: bool = True, encoder: Encoder | None = None
 ) -> FastAPI:
-    """The API. ``run_worker``: also ingest uploads in this process (the embedded default)."""
+    """The API. ``run_worker``: also ingest uploads in this process (the embedded default).
+
+    It serves as soon as the store is open; the model loads in the background (``/readyz``)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services = await Services.start(settings, run_worker=run_worker, encoder=encoder)
+        services = Services.open(settings, run_worker=run_worker)
         app.state.services = services
+        services.start_loading(encoder)
         try:
             yield
         finally:
@@ -38,17 +45,18 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    guarded = [Depends(require_api_key)]
+    guarded = {"dependencies": [Depends(require_api_key)], "responses": errors_of(401)}
     app.include_router(health.router)
-    app.include_router(documents.router, dependencies=guarded)
-    app.include_router(jobs.router, dependencies=guarded)
-    app.include_router(search.router, dependencies=guarded)
-    app.add_middleware(MetricsMiddleware)
+    app.include_router(documents.router, **guarded)
+    app.include_router(jobs.router, **guarded)
+    app.include_router(search.router, **guarded)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["*"],
             allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(RequestContext)  # outermost: every answer gets an id, errors as JSON
     return app

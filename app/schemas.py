@@ -14,6 +14,27 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="Machine-readable kind, e.g. not_found, invalid_input.")
     detail: str = Field(description="What went wrong and what to do about it.")
+    request_id: str = Field(
+        description="This request's id (also in the X-Request-ID header and the server log)."
+    )
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: a body that cannot be parsed, or a setting that does not apply.",
+    401: "Missing or invalid API key.",
+    404: "No such collection, document, page or job.",
+    409: "Conflicts with the current state.",
+    413: "Upload or page too large.",
+    415: "Unsupported file type or content type.",
+    422: "Invalid input: the detail names the field.",
+    429: "Too many queries waiting for the model; retry shortly.",
+    503: "The model is loading or unavailable, or the store cannot be reached.",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` entries for error statuses, all with the ``ErrorBody`` shape."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
 class UploadAccepted(BaseModel):
@@ -45,7 +66,7 @@ class JobPublic(BaseModel):
     doc_id: str
     collection: str
     name: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
     pages_done: int
     pages_total: int | None
     error: str | None

@@ -1,22 +1,32 @@
-"""What the API runs on: the store, the model, the job queue, the query embedder, the worker.
+"""What the API runs on: the store, the job queue, the documents, and (once loaded) the model,
+the query embedder and the ingestion worker.
 
-Built once at startup (``start``) and torn down at shutdown (``stop``); routes reach it through
-``app.deps``.
+``open`` is quick (no model), so the process answers ``/healthz`` within a second of its
+start; ``load_model`` then runs in the background (importing torch alone takes seconds) and
+``/readyz`` turns ready when it is done. Routes reach the services through ``app.deps``;
+those that need the model wait for it with a 503 and ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.batching import DirectEmbedder, QueryBatcher
+from app.errors import NotReady
 from app.metrics import Metrics
+from indexer.documents import DocumentService
 from indexer.jobs import JobQueue
-from indexer.worker import Worker, job_queue
+from indexer.worker import Worker, document_service, job_queue
 from retrieval.config import Settings
-from retrieval.encoder import Encoder
+from retrieval.errors import ColqwenError, ModelLoadError
 from retrieval.store import PageStore
+
+if TYPE_CHECKING:
+    from retrieval.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -25,55 +35,98 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     store: PageStore
-    encoder: Encoder
     jobs: JobQueue
-    embedder: QueryBatcher | DirectEmbedder
+    documents: DocumentService
     metrics: Metrics
-    render_lock: threading.Lock = field(default_factory=threading.Lock)  # PDFium: one at a time
+    run_worker: bool = True
+    encoder: Encoder | None = None
+    embedder: QueryBatcher | DirectEmbedder | None = None
+    load_error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _worker: threading.Thread | None = None
+    _loading: asyncio.Task | None = None
 
     @classmethod
-    async def start(
-        cls, settings: Settings, *, run_worker: bool, encoder: Encoder | None = None
-    ) -> Services:
-        store = PageStore.from_settings(settings)  # StoreLocked if another process holds it
+    def open(cls, settings: Settings, *, run_worker: bool) -> Services:
+        """Everything but the model; raises ``StoreLocked`` if another process holds the store."""
+        store = PageStore.from_settings(settings)
         try:
-            encoder = encoder or Encoder.from_settings(settings)
-            metrics = Metrics()
             jobs = job_queue(settings)
+            documents = document_service(settings, store, jobs)
+            if store.kind == "embedded":  # this process alone writes uploads: none is in flight
+                documents.uploads.clean_partial()
+            else:
+                documents.uploads.clean_partial(older_than_s=24 * 3600)
+            metrics = Metrics()
             metrics.track_queue(lambda: jobs.count("queued"))
-
-            def on_batch(size: int, seconds: float) -> None:
-                metrics.query_batch.observe(size)
-                metrics.query_encode.observe(seconds)
-
-            embedder = (
-                QueryBatcher(
-                    encoder.embed_queries,
-                    max_batch=settings.query_batch_size,
-                    wait_ms=settings.query_batch_wait_ms,
-                    max_pending=settings.max_pending_queries,
-                    on_batch=on_batch,
-                )
-                if settings.query_batching
-                else DirectEmbedder(encoder.embed_queries, on_batch=on_batch)
-            )
-            await embedder.start()
         except BaseException:
             store.close()
             raise
-        services = cls(settings, store, encoder, jobs, embedder, metrics)
-        if run_worker:
-            services._start_worker()
-        return services
+        return cls(settings, store, jobs, documents, metrics, run_worker=run_worker)
+
+    def start_loading(self, encoder: Encoder | None = None) -> None:
+        """Load the model in the background, then start the embedder and the worker."""
+        self._loading = asyncio.create_task(self._load(encoder), name="load-model")
+
+    async def wait_ready(self) -> None:
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    @property
+    def ready(self) -> bool:
+        return self.embedder is not None
+
+    def require_model(self) -> QueryBatcher | DirectEmbedder:
+        if self.embedder is None:
+            if self.load_error:
+                raise ModelLoadError(self.load_error)
+            raise NotReady(f"the model ({self.settings.model}) is still loading; retry shortly")
+        return self.embedder
+
+    async def _load(self, encoder: Encoder | None) -> None:
+        try:
+            if encoder is None:
+                from retrieval.encoder import Encoder
+
+                encoder = await asyncio.to_thread(Encoder.from_settings, self.settings)
+        except ColqwenError as exc:
+            self.load_error = str(exc)
+            log.error("the model cannot be loaded, searches will fail: %s", exc)
+            return
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the model cannot be loaded, searches will fail")
+            return
+        metrics = self.metrics
+
+        def on_batch(size: int, seconds: float) -> None:
+            metrics.query_batch.observe(size)
+            metrics.query_encode.observe(seconds)
+
+        settings = self.settings
+        embedder = (
+            QueryBatcher(
+                encoder.embed_queries,
+                max_batch=settings.query_batch_size,
+                wait_ms=settings.query_batch_wait_ms,
+                max_pending=settings.max_pending_queries,
+                on_batch=on_batch,
+            )
+            if settings.query_batching
+            else DirectEmbedder(encoder.embed_queries, on_batch=on_batch)
+        )
+        await embedder.start()
+        self.encoder, self.embedder = encoder, embedder
+        log.info("ready: %s on %s, store %s", encoder.model_id, encoder.device, self.store.kind)
+        if self.run_worker:
+            self._start_worker()
 
     def _start_worker(self) -> None:
+        assert self.encoder is not None
         worker = Worker(
             self.settings,
             self.encoder,
-            self.store,
-            self.jobs,
+            self.documents,
             on_pages=self.metrics.pages_ingested.inc,
         )
         self._worker = threading.Thread(
@@ -83,8 +136,11 @@ class Services:
 
     async def stop(self) -> None:
         self._stop.set()
-        await self.embedder.stop()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self.embedder is not None:
+            await self.embedder.stop()
         if self._worker is not None:
-            self._worker.join(timeout=60)
+            await asyncio.to_thread(self._worker.join, 60)
         self.jobs.close()
         self.store.close()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from retrieval.errors import NotFound
 
-JobStatus = Literal["queued", "running", "done", "failed"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT NOT NULL,
     path TEXT NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
-    password TEXT,
+    password TEXT,  -- sealed (indexer.secrets), never plain text
     status TEXT NOT NULL DEFAULT 'queued',
     pages_done INTEGER NOT NULL DEFAULT 0,
     pages_total INTEGER,
@@ -99,6 +99,7 @@ class JobQueue:
         metadata: dict[str, Any],
         password: str | None = None,
     ) -> Job:
+        """Queue a job. ``password``: already sealed (``indexer.secrets.Sealer``)."""
         now = time.time()
         job_id = uuid.uuid4().hex
         self._db().execute(
@@ -128,6 +129,37 @@ class JobQueue:
         )
         return None if row is None else Job._from_row(row)
 
+    def cancel_for(self, doc_id: str, collection: str, reason: str) -> int:
+        """Cancel the queued or running jobs of a document; its worker stops at its next check."""
+        cursor = self._db().execute(
+            "UPDATE jobs SET status = 'cancelled', error = ?, password = NULL, lease_owner = NULL,"
+            " lease_expires = NULL, updated_at = ? WHERE doc_id = ? AND collection = ?"
+            " AND status IN ('queued', 'running')",
+            (reason, time.time(), doc_id, collection),
+        )
+        return cursor.rowcount
+
+    def holds(self, job_id: str, owner: str) -> bool:
+        """Whether ``owner`` still runs this job (not cancelled, nor taken over)."""
+        row = (
+            self._db()
+            .execute("SELECT status, lease_owner FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return row is not None and row["status"] == "running" and row["lease_owner"] == owner
+
+    def references(self, doc_id: str) -> bool:
+        """Whether a queued or running job of any collection needs this document's upload."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT 1 FROM jobs WHERE doc_id = ? AND status IN ('queued', 'running') LIMIT 1",
+                (doc_id,),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def claim(self, owner: str, lease_s: float) -> Job | None:
         """Atomically take the oldest queued job, or a running one whose lease expired."""
         now = time.time()
@@ -156,10 +188,16 @@ class JobQueue:
     def renew(
         self, job_id: str, owner: str, lease_s: float, pages_done: int, pages_total: int | None
     ) -> bool:
-        """Extend the lease and record progress; False if the job is no longer ours."""
+        """Extend the lease and record progress; False if the job is no longer ours.
+
+        Progress never goes back (a resumed attempt starts from what is stored) and never passes
+        the total."""
         now = time.time()
+        if pages_total is not None:
+            pages_done = min(pages_done, pages_total)
         cursor = self._db().execute(
-            "UPDATE jobs SET lease_expires = ?, pages_done = ?, pages_total = ?, updated_at = ?"
+            "UPDATE jobs SET lease_expires = ?, pages_done = MAX(pages_done, ?),"
+            " pages_total = ?, updated_at = ?"
             " WHERE id = ? AND lease_owner = ? AND status = 'running'",
             (now + lease_s, pages_done, pages_total, now, job_id, owner),
         )
@@ -173,14 +211,28 @@ class JobQueue:
         error: str | None = None,
         pages_done: int = 0,
         pages_total: int | None = None,
-    ) -> None:
+    ) -> bool:
+        """Record the outcome; False if the job was cancelled or taken over meanwhile."""
         status = "failed" if error else "done"
-        self._db().execute(
+        if pages_total is not None:
+            pages_done = min(pages_done, pages_total)
+        cursor = self._db().execute(
             "UPDATE jobs SET status = ?, error = ?, pages_done = ?, pages_total = ?,"
             " password = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?"
-            " WHERE id = ? AND lease_owner = ?",
+            " WHERE id = ? AND lease_owner = ? AND status = 'running'",
             (status, error, pages_done, pages_total, time.time(), job_id, owner),
         )
+        return cursor.rowcount == 1
+
+    def release(self, job_id: str, owner: str) -> bool:
+        """Give a running job back to the queue (its worker is shutting down): not an attempt."""
+        cursor = self._db().execute(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
+            " attempts = MAX(attempts - 1, 0), updated_at = ?"
+            " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            (time.time(), job_id, owner),
+        )
+        return cursor.rowcount == 1
 
     def release_all_running(self) -> int:
         """Requeue every running job: for a worker that knows it is the only one (embedded)."""

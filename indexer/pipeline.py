@@ -35,7 +35,7 @@ from indexer.render_pool import (
 )
 from indexer.sources import SourceFile, sha256_file, sidecar_metadata
 from retrieval.encoder import Encoder
-from retrieval.errors import ColqwenError, Conflict, NotFound, StoreError
+from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
@@ -62,7 +62,9 @@ class IngestProgress:
     files_done: int = 0
     pages_total: int = 0  # pages to embed, known as documents are opened
     pages_done: int = 0
+    pages_resumed: int = 0  # pages of the documents that earlier runs stored already
     failed: int = 0
+    phase: Literal["embedding", "indexing", "done"] = "embedding"
 
 
 @dataclass
@@ -184,7 +186,11 @@ class IngestPipeline:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def run(self, sources: Iterable[SourceFile]) -> IngestReport:
+    def run(
+        self, sources: Iterable[SourceFile], *, cancel: threading.Event | None = None
+    ) -> IngestReport:
+        """Ingest ``sources``. Setting ``cancel`` stops the run soon after (``Cancelled``);
+        so does Ctrl-C (``KeyboardInterrupt``): every stage has stopped when either returns."""
         sources = list(sources)
         self._progress = IngestProgress(files_total=len(sources))
         self._results: list[DocumentResult] = []
@@ -219,18 +225,32 @@ class IngestPipeline:
                 for t in stages:
                     while t.is_alive():
                         t.join(timeout=0.2)
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled("the ingestion was cancelled")
             except BaseException:
+                # Stop every stage before leaving: a thread still inside the model or the store
+                # when the interpreter exits aborts the process.
                 self._stop.set()
+                for t in stages:
+                    t.join()
                 raise
         if self._error is not None:
             raise self._error
         self.store.flush(self.collection)
         self._busy["stored_at"] = time.perf_counter() - start
         if self._progress.pages_done:
+            self._progress.phase = "indexing"
+            self._report_progress()
             t0 = time.perf_counter()
             self.store.optimize(self.collection)  # build the HNSW index of the new pages
             self._busy["index"] = time.perf_counter() - t0
+        self._progress.phase = "done"
+        self._report_progress()
         return IngestReport(self._results, time.perf_counter() - start, dict(self._busy))
+
+    def _report_progress(self) -> None:
+        if self.on_progress:
+            self.on_progress(self._progress)
 
     def _guard(self, stage, *args) -> None:
         try:
@@ -294,6 +314,7 @@ class IngestPipeline:
                 if doc.existing.status == "indexing" and doc.existing.page_count:
                     stored = self.store.stored_page_numbers(self.collection, doc.doc_id)
                     pages = [n for n in range(1, doc.existing.page_count + 1) if n not in stored]
+                    self._progress.pages_resumed += doc.existing.page_count - len(pages)
                     if not pages:  # all pages were stored before the last run stopped
                         doc.page_count = doc.existing.page_count
                         self._put(out, _Msg("open", doc))
@@ -430,8 +451,7 @@ class IngestPipeline:
             self._flush(pending)
             pending = []
             self._busy["store"] += time.perf_counter() - t0
-            if self.on_progress:
-                self.on_progress(self._progress)
+            self._report_progress()
 
     def _record(self, msg: _Msg) -> PageRecord:
         doc, page, emb = msg.doc, msg.page_info, msg.embedding
@@ -495,6 +515,7 @@ class IngestPipeline:
             error=error,
             size_bytes=doc.size,
             source_path=str(doc.source.path.resolve()),
+            password_sealed=doc.source.password_sealed,
         )
 
     def _finish(self, result: DocumentResult) -> None:

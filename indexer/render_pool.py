@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +31,7 @@ from retrieval.errors import ColqwenError, InvalidDocument, PageTooLarge, Render
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_CRASHES = 3
+PARENT_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,12 +71,23 @@ RenderEvent = DocumentOpened | PageRendered | DocumentFailed
 _open: tuple[tuple, object] | None = None  # (key, Document): the last document this worker opened
 
 
-def _init_worker(memory_limit_mb: int | None) -> None:
+def _init_worker(memory_limit_mb: int | None, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if memory_limit_mb:
         import resource
 
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (kill -9) is re-parented: it exits instead of waiting forever
+    on a pipe nobody writes to (and so does the resource tracker, once the workers are gone)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _document(source: Source, name: str, password: str | None, options: RenderOptions):
@@ -161,7 +176,7 @@ class Renderer:
             max_workers=self.workers,
             mp_context=get_context("spawn"),  # never fork a process that holds torch/CUDA
             initializer=_init_worker,
-            initargs=(self.memory_limit_mb,),
+            initargs=(self.memory_limit_mb, os.getpid()),
         )
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import ConfigurationError, InvalidDocument, InvalidInput
+from retrieval.store.filters import check_metadata
 
 DEFAULT_GLOBS = ("*.pdf",)
 
@@ -23,6 +24,7 @@ class SourceFile:
     name: str  # what search results call it: the path relative to the input root
     metadata: dict[str, Any] = field(default_factory=dict)
     password: str | None = None
+    password_sealed: str | None = None  # the same, sealed: what the document record keeps
 
 
 def discover(
@@ -74,9 +76,7 @@ def sidecar_metadata(path: Path) -> dict[str, Any]:
                 raise InvalidDocument(
                     f"{candidate}: metadata sidecar is not valid JSON ({exc})"
                 ) from None
-            if not isinstance(data, dict):
-                raise InvalidDocument(f"{candidate}: metadata sidecar must be a JSON object")
-            return data
+            return check_metadata(data, where=f"{candidate} (metadata sidecar)")
     return {}
 
 
@@ -91,7 +91,7 @@ def parse_meta(pairs: Iterable[str]) -> dict[str, Any]:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
-    return out
+    return check_metadata(out, where="--meta")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:

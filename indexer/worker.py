@@ -3,7 +3,9 @@
 ``colqwen serve`` runs one in-process (the embedded store allows one process); ``colqwen worker``
 runs it alone, for deployments where the API and N workers share a Qdrant server and a data
 volume. A heartbeat renews the job's lease while the pipeline works; if the process dies, the
-lease expires and another worker (or this one, restarted) resumes the job.
+lease expires and another worker (or this one, restarted) resumes the job. The heartbeat also
+notices a job cancelled under it (its document deleted): the pipeline stops and whatever it
+stored is deleted, so a deleted document stays deleted.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from indexer.documents import DocumentService
 from indexer.jobs import Job, JobQueue
 from indexer.pipeline import IngestPipeline, IngestProgress
 from indexer.render import RenderOptions
+from indexer.secrets import Sealer
 from indexer.sources import SourceFile
+from indexer.uploads import UploadFolder
 from retrieval.config import Settings
 from retrieval.encoder import Encoder
+from retrieval.errors import Cancelled, ColqwenError
 from retrieval.store import PageStore
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+CHECK_S = 0.5  # how often a running job is checked for cancellation
 
 
 def job_queue(settings: Settings) -> JobQueue:
@@ -36,31 +43,40 @@ def uploads_dir(settings: Settings) -> Path:
     return settings.data_dir / "uploads"
 
 
+def document_service(settings: Settings, store: PageStore, jobs: JobQueue) -> DocumentService:
+    return DocumentService(
+        store, jobs, UploadFolder(uploads_dir(settings)), Sealer.from_settings(settings)
+    )
+
+
 class Worker:
     def __init__(
         self,
         settings: Settings,
         encoder: Encoder,
-        store: PageStore,
-        jobs: JobQueue,
+        documents: DocumentService,
         *,
         poll_s: float = 0.5,
         on_pages: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
-        self.store = store
-        self.jobs = jobs
+        self.documents = documents
+        self.store = documents.store
+        self.jobs = documents.jobs
         self.poll_s = poll_s
         self.on_pages = on_pages
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        if store.kind == "embedded":
+        self._shutdown = threading.Event()
+        if self.store.kind == "embedded":
             # The embedded store is locked to this process: no other worker can hold a job.
-            requeued = jobs.release_all_running()
+            requeued = self.jobs.release_all_running()
             if requeued:
                 log.info("requeued %d jobs interrupted by the last shutdown", requeued)
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; a job in progress then goes back to the queue."""
+        self._shutdown = stop
         while not stop.is_set():
             try:
                 worked = self.run_one()
@@ -76,40 +92,56 @@ class Worker:
         if job is None:
             return False
         log.info("job %s: %s (attempt %d)", job.id, job.name, job.attempts)
-        progress = IngestProgress(files_total=1)
-        done = threading.Event()
+        progress = _JobProgress()
+        done, lost = threading.Event(), threading.Event()
         heartbeat = threading.Thread(
-            target=self._heartbeat, args=(job, progress, done), daemon=True
+            target=self._heartbeat, args=(job, progress, done, lost), daemon=True
         )
         heartbeat.start()
         try:
-            error, pages = self._process(job, progress)
+            error, pages = self._process(job, progress, lost)
+        except Cancelled:
+            error, pages = None, 0
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            if job.attempts < MAX_ATTEMPTS:
-                done.set()
+            if job.attempts < MAX_ATTEMPTS and not lost.is_set():
+                log.warning(
+                    "job %s (%s) attempt %d failed, retried after its lease: %s",
+                    job.id,
+                    job.name,
+                    job.attempts,
+                    exc,
+                )
                 return True  # left running: its lease expires and it is retried
-            error, pages = f"{type(exc).__name__}: {exc}", progress.pages_done
+            error, pages = f"{type(exc).__name__}: {exc}", progress.done
         finally:
             done.set()
             heartbeat.join()
-        self.jobs.finish(
-            job.id,
-            self.owner,
-            error=error,
-            pages_done=pages,
-            pages_total=progress.pages_total or pages,
-        )
+        total = progress.total or pages
+        if self._shutdown.is_set() and lost.is_set() and self.jobs.release(job.id, self.owner):
+            log.info("job %s: back in the queue, to resume at the next start", job.id)
+            return True
+        if lost.is_set() or not self.jobs.finish(
+            job.id, self.owner, error=error, pages_done=pages, pages_total=total
+        ):
+            self._lost(job)
+            return True
+        if error:
+            log.warning("job %s failed: %s", job.id, error)
+            self.documents.release_upload(job.doc_id)
+        else:
+            log.info("job %s done: %s, %d pages", job.id, job.name, pages)
         return True
 
-    def _process(self, job: Job, progress: IngestProgress) -> tuple[str | None, int]:
+    def _process(
+        self, job: Job, progress: _JobProgress, cancel: threading.Event
+    ) -> tuple[str | None, int]:
         settings = self.settings
         self.store.ensure_collection_for(job.collection, settings, self.encoder.dim)
         last = 0
 
         def on_progress(state: IngestProgress) -> None:
             nonlocal last
-            progress.pages_done, progress.pages_total = state.pages_done, state.pages_total
+            progress.update(state)
             if self.on_pages and state.pages_done > last:
                 self.on_pages(state.pages_done - last)
             last = state.pages_done
@@ -124,21 +156,65 @@ class Worker:
             max_pages=settings.max_pages,
             on_progress=on_progress,
         )
-        source = SourceFile(Path(job.path), job.name, metadata=job.metadata, password=job.password)
-        report = pipeline.run([source])
+        source = SourceFile(
+            Path(job.path),
+            job.name,
+            metadata=job.metadata,
+            password=self.documents.sealer.unseal(job.password, name=job.name),
+            password_sealed=job.password,
+        )
+        report = pipeline.run([source], cancel=cancel)
         [result] = report.documents
-        pages = result.pages if result.status in ("indexed", "skipped") else progress.pages_done
-        return (result.error if result.status == "failed" else None), pages
+        if result.status == "failed":
+            return result.error, progress.done
+        return None, result.pages
 
-    def _heartbeat(self, job: Job, progress: IngestProgress, done: threading.Event) -> None:
-        interval = self.settings.job_lease_s / 3
-        while not done.wait(interval):
-            if not self.jobs.renew(
-                job.id,
-                self.owner,
-                self.settings.job_lease_s,
-                progress.pages_done,
-                progress.pages_total or None,
-            ):
-                log.warning("job %s: lease lost", job.id)
+    def _lost(self, job: Job) -> None:
+        """The job was cancelled (its document deleted) or taken over while it ran."""
+        try:
+            current = self.jobs.get(job.id)
+        except ColqwenError:
+            current = None
+        if current is not None and current.status == "cancelled":
+            log.info("job %s cancelled (%s): deleting what it stored", job.id, current.error)
+            self.documents.forget(job.collection, job.doc_id)
+        else:
+            log.warning("job %s: lease lost to another worker; left to it", job.id)
+
+    def _heartbeat(
+        self, job: Job, progress: _JobProgress, done: threading.Event, lost: threading.Event
+    ) -> None:
+        """Renew the lease with progress; set ``lost`` as soon as the job is no longer ours."""
+        lease = self.settings.job_lease_s
+        renew_every = max(1, round(lease / 3 / CHECK_S))
+        ticks = 0
+        while not done.wait(CHECK_S):
+            ticks += 1
+            if self._shutdown.is_set():
+                lost.set()  # stop the pipeline: the job goes back to the queue
                 return
+            try:
+                if ticks % renew_every == 0:
+                    ours = self.jobs.renew(
+                        job.id, self.owner, lease, progress.done, progress.total or None
+                    )
+                else:
+                    ours = self.jobs.holds(job.id, self.owner)
+            except Exception:
+                log.exception("job %s: cannot reach the job table", job.id)
+                continue
+            if not ours:
+                lost.set()
+                return
+
+
+class _JobProgress:
+    """A job's progress over its whole document: pages stored by earlier attempts count."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+
+    def update(self, state: IngestProgress) -> None:
+        self.total = state.pages_resumed + state.pages_total
+        self.done = min(state.pages_resumed + state.pages_done, self.total)

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins allowed by CORS ('*' = any)."
     )
     max_upload_mb: int = Field(200, ge=1, description="Largest accepted upload, in MB.")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that seals the passwords of encrypted PDFs at rest (a Fernet key: "
+        "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`). "
+        "Unset: a key is generated in data_dir/secret.key (mode 0600) on first use.",
+    )
     max_pages: int = Field(5000, ge=1, description="Most pages a document may have.")
     job_lease_s: float = Field(
         60.0, gt=0, description="A running job whose worker stops renewing this lease is resumed."

@@ -35,6 +35,10 @@ class PasswordRequired(InvalidDocument):
     """The PDF is encrypted and no (or a wrong) password was given."""
 
 
+class UploadTooLarge(InvalidInput):
+    """The upload is over the size limit."""
+
+
 class PageTooLarge(InvalidDocument):
     """A page or an image is too large to render within the pixel budget."""
 
@@ -57,3 +61,7 @@ class StoreError(ColqwenError):
 
 class StoreLocked(StoreError):
     """Another process holds the embedded store open."""
+
+
+class Cancelled(ColqwenError):
+    """The work was cancelled on purpose (its document deleted, or the run interrupted)."""

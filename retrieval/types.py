@@ -76,6 +76,7 @@ class DocumentRecord:
     error: str | None = None
     size_bytes: int | None = None
     source_path: str | None = None  # where the original file is kept, to render page images
+    password_sealed: str | None = None  # an encrypted PDF's password, sealed (indexer.secrets)
 
 
 @dataclass

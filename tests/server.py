@@ -20,8 +20,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app):
-    """``app`` served by uvicorn in a thread; yields its base URL."""
+def serving(app, *, ready: bool = True):
+    """``app`` served by uvicorn in a thread; yields its base URL once ``/readyz`` says ready
+    (the model loads after the server starts), or at once with ``ready=False``."""
     import uvicorn
 
     port = free_port()
@@ -33,8 +34,11 @@ def serving(app):
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the server did not start")
         time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        if ready:
+            wait_ready(base)
+        yield base
     finally:
         server.should_exit = True
         thread.join(timeout=60)

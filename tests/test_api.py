@@ -184,7 +184,8 @@ def test_bad_requests_are_4xx_with_a_json_body(tiny_model_dir, tmp_path, encoder
         for i, (response, status) in enumerate(cases):
             assert response.status_code == status, (i, response.status_code, response.text)
             body = response.json()
-            assert set(body) == {"error", "detail"} and body["detail"], (i, body)
+            assert set(body) == {"error", "detail", "request_id"} and body["detail"], (i, body)
+            assert body["request_id"] == response.headers["x-request-id"]
 
 
 def test_api_keys(tiny_model_dir, tmp_path, encoder):

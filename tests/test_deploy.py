@@ -123,7 +123,7 @@ def test_api_and_a_separate_worker_share_a_qdrant_server(tiny_model_dir, tmp_pat
         ).json()["job_id"]
         assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"  # no worker in the API
         stop = threading.Event()
-        worker = Worker(settings, services.encoder, services.store, services.jobs)
+        worker = Worker(settings, services.encoder, services.documents)
         thread = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True)
         thread.start()
         try:

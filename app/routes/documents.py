@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import uuid
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from app.deps import ServicesDep
-from app.errors import PayloadTooLarge
-from app.schemas import DocumentPublic, DocumentsPublic, ErrorBody, UploadAccepted
-from app.services import Services
-from indexer.render import RenderOptions, open_document, sniff
-from indexer.worker import uploads_dir
-from retrieval.errors import InvalidInput, NotFound, UnsupportedFormat
-from retrieval.store import parse_filter
+from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
+from app.uploads import OPENAPI_BODY, receive_upload
+from retrieval.errors import InvalidInput
+from retrieval.store import check_metadata, parse_filter_json
 from retrieval.types import DocumentRecord
 
-router = APIRouter(
-    prefix="/v1/documents", tags=["documents"], responses={422: {"model": ErrorBody}}
-)
+router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=errors(400, 422))
 CollectionQuery = Annotated[
     str | None, Query(min_length=1, max_length=64, description="Default: COLQWEN_COLLECTION.")
 ]
-_CHUNK = 1 << 20
+PRIVATE_FIELDS = ("source_path", "password_sealed")
 
 
 def document_public(doc: DocumentRecord, collection: str) -> DocumentPublic:
     data = asdict(doc)
-    data.pop("source_path", None)
+    for name in PRIVATE_FIELDS:
+        data.pop(name, None)
     return DocumentPublic(collection=collection, **data)
 
 
@@ -44,116 +36,66 @@ def document_public(doc: DocumentRecord, collection: str) -> DocumentPublic:
     "",
     status_code=202,
     response_model=UploadAccepted,
+    openapi_extra={"requestBody": OPENAPI_BODY},
     responses={
         200: {"model": DocumentPublic, "description": "Already indexed: the document."},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-        422: {"model": ErrorBody},
+        **errors(413, 415),
     },
 )
-async def upload_document(
-    request: Request,
-    services: ServicesDep,
-    file: Annotated[UploadFile, File(description="A PDF, or a PNG/JPEG/TIFF/WebP image.")],
-    metadata: Annotated[
-        str | None, Form(description="A JSON object kept with the document.")
-    ] = None,
-    password: Annotated[str | None, Form(description="Password of an encrypted PDF.")] = None,
-    collection: Annotated[str | None, Form(min_length=1, max_length=64)] = None,
-):
+async def upload_document(request: Request, services: ServicesDep):
     """Store the upload durably and queue it for ingestion (202 with the job); an identical,
-    already indexed file answers 200 with its document."""
+    already indexed file answers 200 with its document. Form fields: ``file`` (required),
+    ``metadata`` (a JSON object), ``password`` (of an encrypted PDF), ``collection``.
+
+    A body over ``COLQWEN_MAX_UPLOAD_MB`` is refused (413) as soon as its declared length or its
+    streamed bytes pass the limit."""
     settings = services.settings
-    limit = settings.max_upload_mb * 1024 * 1024
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit + 1024 * 1024:  # multipart overhead aside
-        raise PayloadTooLarge(
-            f"upload is {declared / 2**20:.0f} MB; the limit is {settings.max_upload_mb} MB"
-        )
-    collection = collection or settings.collection
-    meta = _parse_metadata(metadata)
-    name = Path(file.filename or "upload").name
-    path, doc_id = await run_in_threadpool(_save_upload, file, uploads_dir(settings), limit, name)
-    existing = await run_in_threadpool(_indexed, services, collection, doc_id)
-    if existing is not None:
-        return JSONResponse(
-            document_public(existing, collection).model_dump(mode="json"), status_code=200
-        )
-    job = await run_in_threadpool(services.jobs.active_for, doc_id, collection)
-    if job is None:
-        job = await run_in_threadpool(
-            lambda: services.jobs.create(
-                doc_id=doc_id,
+    received = await receive_upload(
+        request, services.documents.uploads, settings.max_upload_mb * 2**20
+    )
+    try:
+        fields = received.fields
+        collection = fields.get("collection") or settings.collection
+        if len(collection) > 64:
+            raise InvalidInput("collection: at most 64 characters")
+        accepted = await run_in_threadpool(
+            lambda: services.documents.accept(
+                received.upload,
                 collection=collection,
-                name=name,
-                path=path,
-                metadata=meta,
-                password=password,
+                name=received.filename,
+                metadata=_parse_metadata(fields.get("metadata")),
+                password=fields.get("password") or None,
             )
         )
-    return UploadAccepted(
-        job_id=job.id,
-        doc_id=doc_id,
-        status=job.status,
-    )
+    except BaseException:
+        # Nothing refers to a refused upload: keep no copy of it.
+        await run_in_threadpool(services.documents.release_upload, received.upload.doc_id)
+        raise
+    if accepted.document is not None:
+        await run_in_threadpool(services.documents.release_upload, received.upload.doc_id)
+        return JSONResponse(
+            document_public(accepted.document, collection).model_dump(mode="json"),
+            status_code=200,
+        )
+    job = accepted.job
+    return UploadAccepted(job_id=job.id, doc_id=job.doc_id, status=job.status)
 
 
 def _parse_metadata(metadata: str | None) -> dict:
     if not metadata:
         return {}
     try:
-        value = json.loads(metadata)
-    except json.JSONDecodeError as exc:
+        value = json.loads(metadata, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"metadata is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput("metadata must be a JSON object")
-    return value
+    return check_metadata(value)
 
 
-def _save_upload(file: UploadFile, folder: Path, limit: int, name: str) -> tuple[Path, str]:
-    """Stream to disk while hashing; refuse oversize and unknown types. Returns (path, sha256)."""
-    tmp_dir = folder / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
-    digest, size, head = hashlib.sha256(), 0, b""
-    try:
-        with open(tmp, "wb") as out:
-            while block := file.file.read(_CHUNK):
-                size += len(block)
-                if size > limit:
-                    raise PayloadTooLarge(f"{name}: larger than the {limit // 2**20} MB limit")
-                if len(head) < 1024:
-                    head += block[: 1024 - len(head)]
-                digest.update(block)
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise InvalidInput(f"{name}: the file is empty")
-        kind = sniff(head)
-        if kind is None:
-            raise UnsupportedFormat(f"{name}: not a PDF nor a PNG, JPEG, TIFF or WebP image")
-        doc_id = digest.hexdigest()
-        final = folder / f"{doc_id}.{'pdf' if kind == 'pdf' else 'img'}"
-        os.replace(tmp, final)  # content-addressed: the same bytes land on the same file
-        return final, doc_id
-    finally:
-        tmp.unlink(missing_ok=True)
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _indexed(services: Services, collection: str, doc_id: str) -> DocumentRecord | None:
-    try:
-        doc = services.store.document(collection, doc_id)
-    except NotFound:
-        return None
-    return doc if doc.status == "indexed" else None
-
-
-@router.get(
-    "",
-    response_model=DocumentsPublic,
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
-)
+@router.get("", response_model=DocumentsPublic, responses=errors(404))
 async def list_documents(
     services: ServicesDep,
     collection: CollectionQuery = None,
@@ -165,11 +107,7 @@ async def list_documents(
 ) -> DocumentsPublic:
     """Documents of a collection, oldest first, optionally filtered on metadata."""
     collection = collection or services.settings.collection
-    try:
-        spec = json.loads(filter) if filter else None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"filter is not valid JSON: {exc}") from None
-    where = parse_filter(spec)
+    where = parse_filter_json(filter)
     docs = await run_in_threadpool(services.store.documents, collection, where)
     return DocumentsPublic(
         data=[document_public(d, collection) for d in docs[offset : offset + limit]],
@@ -177,7 +115,7 @@ async def list_documents(
     )
 
 
-@router.get("/{doc_id}", response_model=DocumentPublic, responses={404: {"model": ErrorBody}})
+@router.get("/{doc_id}", response_model=DocumentPublic, responses=errors(404))
 async def get_document(
     doc_id: str, services: ServicesDep, collection: CollectionQuery = None
 ) -> DocumentPublic:
@@ -187,24 +125,21 @@ async def get_document(
     )
 
 
-@router.delete("/{doc_id}", status_code=204, responses={404: {"model": ErrorBody}})
+@router.delete("/{doc_id}", status_code=204, responses=errors(404))
 async def delete_document(
     doc_id: str, services: ServicesDep, collection: CollectionQuery = None
 ) -> Response:
-    """Delete every page of the document and its record."""
+    """Delete the document for good: its pages, its record and its kept original. An ingestion
+    still running for it is cancelled, and what it stored is removed."""
     collection = collection or services.settings.collection
-    await run_in_threadpool(services.store.delete_document, collection, doc_id)
+    await run_in_threadpool(services.documents.delete, collection, doc_id)
     return Response(status_code=204)
 
 
 @router.get(
     "/{doc_id}/pages/{page}/image",
     response_class=Response,
-    responses={
-        200: {"content": {"image/png": {}}},
-        404: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-    },
+    responses={200: {"content": {"image/png": {}}}, **errors(404)},
 )
 async def page_image(
     doc_id: str,
@@ -217,26 +152,11 @@ async def page_image(
 ) -> Response:
     """The page as the model saw it (PNG), rendered from the stored original."""
     collection = collection or services.settings.collection
-    png = await run_in_threadpool(_render_png, services, collection, doc_id, page, width)
-    return Response(png, media_type="image/png")
 
+    def render() -> bytes:
+        image = services.documents.page_image(collection, doc_id, page, width=width)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
 
-def _render_png(
-    services: Services, collection: str, doc_id: str, page: int, width: int | None
-) -> bytes:
-    doc = services.store.document(collection, doc_id)
-    if not 1 <= page <= doc.page_count:
-        raise NotFound(f"document '{doc_id}' has no page {page} ({doc.page_count} pages)")
-    path = Path(doc.source_path) if doc.source_path else None
-    if path is None or not path.is_file():
-        raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
-    options = RenderOptions(
-        max_visual_tokens=services.store.collection(collection).max_visual_tokens
-    )
-    with services.render_lock, open_document(path, name=doc.name, options=options) as document:
-        image = document.render(page - 1).image
-    if width and width < image.width:
-        image = image.resize((width, max(1, round(image.height * width / image.width))))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return Response(await run_in_threadpool(render), media_type="image/png")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.deps import ServicesDep, require_api_key
-from app.schemas import ErrorBody, Health, Readiness
+from app.errors import error_response
+from app.schemas import Health, Readiness, errors
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -18,17 +23,22 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}})
+@router.get("/readyz", response_model=Readiness, responses=errors(503))
 async def readyz(request: Request):
     """The model is loaded and the store answers."""
     services = getattr(request.app.state, "services", None)
     if services is None:
-        return JSONResponse({"error": "not_ready", "detail": "starting up"}, status_code=503)
+        return error_response(503, "not_ready", "starting up")
+    if not services.ready:
+        if services.load_error:
+            return error_response(503, "model_unavailable", services.load_error)
+        return error_response(503, "not_ready", f"loading the model ({services.settings.model})")
     try:
         await run_in_threadpool(services.store.backend.list_collections)
         queued = await run_in_threadpool(services.jobs.count, "queued")
     except Exception as exc:
-        return JSONResponse({"error": "not_ready", "detail": f"store: {exc}"}, status_code=503)
+        log.warning("readiness: the store does not answer: %s", exc)
+        return error_response(503, "store_unavailable", f"the store does not answer: {exc}")
     return Readiness(
         status="ready",
         model=services.encoder.model_id,
@@ -41,7 +51,7 @@ async def readyz(request: Request):
     "/metrics",
     dependencies=[Depends(require_api_key)],
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}, 401: {"model": ErrorBody}},
+    responses={200: {"content": {"text/plain": {}}}, **errors(401)},
 )
 def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics: requests, latencies, pages ingested, queue depth, encode time."""

@@ -9,16 +9,16 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
-from app.schemas import ErrorBody, HitPublic, SearchRequest, SearchResponse
+from app.schemas import HitPublic, SearchRequest, SearchResponse, errors
 from retrieval.store import parse_filter
 
-router = APIRouter(prefix="/v1/search", tags=["search"], responses={422: {"model": ErrorBody}})
+router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 422))
 
 
 @router.post(
     "",
     response_model=SearchResponse,
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+    responses=errors(404, 429, 503),
 )
 async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     """Late-interaction search: the best-matching pages for a plain-language query."""
@@ -27,7 +27,7 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     where = parse_filter(body.filter)
     store = services.store
     await run_in_threadpool(store.collection, collection)  # 404 before the model runs
-    vectors = await services.embedder.embed(body.query)
+    vectors = await services.require_model().embed(body.query)
     hits = await run_in_threadpool(
         store.search,
         collection,

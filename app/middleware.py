@@ -1,0 +1,103 @@
+"""The outermost layer of every request: its id, its access-log line, its metrics, the answer
+to ``OPTIONS``, and a JSON 500 (logged with the id, never shown as a traceback) for anything
+that escaped the error handlers. Pure ASGI, so it sees exceptions and streams as they are."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response
+from app.logs import request_id
+
+log = logging.getLogger("app.access")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Polled routes: logged at DEBUG when they succeed, so INFO shows what happened, not who asked.
+QUIET_ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/jobs/{job_id}"}
+
+
+def allowed_methods(app, scope: Scope) -> list[str]:
+    """Every method some route serves at this path (GET implies HEAD), plus OPTIONS."""
+    methods: set[str] = set()
+    probe = {**scope, "type": "http"}
+    for route in getattr(app, "router", app).routes:
+        match, _ = route.matches(probe)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        given = headers.get("x-request-id", "")
+        rid = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            if scope["method"] == "OPTIONS" and "access-control-request-method" not in headers:
+                await self._options(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("%s %s failed [request %s]", scope["method"], scope["path"], rid)
+            if not started:
+                response = error_response(
+                    500,
+                    "internal",
+                    f"an unexpected error; the server log has its details under request id {rid}",
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+            request_id.reset(token)
+
+    async def _options(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = allowed_methods(scope["app"], scope)
+        if not allowed:
+            await self.app(scope, receive, send)  # the usual JSON 404
+            return
+        await Response(status_code=204, headers={"Allow": ", ".join(allowed)})(
+            scope, receive, send
+        )
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        level = logging.INFO
+        if status >= 500:
+            level = logging.ERROR
+        elif status < 400 and route in QUIET_ROUTES:
+            level = logging.DEBUG
+        log.log(
+            level, "%s %s -> %d in %.1f ms", scope["method"], scope["path"], status, seconds * 1e3
+        )
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        if services is not None:
+            metrics = services.metrics
+            metrics.requests.labels(scope["method"], route, str(status)).inc()
+            metrics.latency.labels(scope["method"], route).observe(seconds)

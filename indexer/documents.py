@@ -1,0 +1,134 @@
+"""The life of an uploaded document, in one place for the API, the CLI and the worker: accept
+an upload, delete a document (for good, even while it is being ingested), render a page image
+from the kept original, and remove originals nothing refers to any more."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from indexer.jobs import Job, JobQueue
+from indexer.render import RenderOptions, open_document
+from indexer.secrets import Sealer
+from indexer.uploads import StoredUpload, UploadFolder
+from retrieval.errors import Conflict, NotFound
+from retrieval.store import PageStore
+from retrieval.types import DocumentRecord
+
+log = logging.getLogger(__name__)
+
+DELETED = "the document was deleted"
+
+
+@dataclass
+class Accepted:
+    """What an upload became: an already indexed document, or a job (new or already queued)."""
+
+    document: DocumentRecord | None = None
+    job: Job | None = None
+
+
+class DocumentService:
+    def __init__(
+        self, store: PageStore, jobs: JobQueue, uploads: UploadFolder, sealer: Sealer
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.uploads = uploads
+        self.sealer = sealer
+        self._pdfium = threading.Lock()  # PDFium is not thread-safe: one render at a time
+        self._uploads_lock = threading.Lock()
+
+    def accept(
+        self,
+        upload: StoredUpload,
+        *,
+        collection: str,
+        name: str,
+        metadata: dict[str, Any],
+        password: str | None,
+    ) -> Accepted:
+        """Queue a stored upload for ingestion, unless it is indexed or queued already."""
+        existing = self._document(collection, upload.doc_id)
+        if existing is not None and existing.status == "indexed":
+            return Accepted(document=existing)
+        with self._uploads_lock:  # not while a concurrent delete decides to remove the file
+            if not upload.path.is_file():
+                raise Conflict(f"{name}: the same file was deleted meanwhile; upload it again")
+            job = self.jobs.active_for(upload.doc_id, collection) or self.jobs.create(
+                doc_id=upload.doc_id,
+                collection=collection,
+                name=name,
+                path=upload.path,
+                metadata=metadata,
+                password=self.sealer.seal(password),
+            )
+        return Accepted(job=job)
+
+    def delete(self, collection: str, doc_id: str) -> None:
+        """Delete a document's pages, record and kept original. A job still ingesting it is
+        cancelled first; its worker stops and deletes whatever it stored meanwhile."""
+        cancelled = self.jobs.cancel_for(doc_id, collection, DELETED)
+        try:
+            self.store.delete_document(collection, doc_id)
+        except NotFound:
+            if not cancelled:
+                raise
+            self.store.delete_pages(collection, doc_id)
+        self.release_upload(doc_id)
+
+    def forget(self, collection: str, doc_id: str) -> None:
+        """Undo what a cancelled job stored: called by its worker once the pipeline stopped."""
+        try:
+            self.store.delete_document(collection, doc_id)
+        except NotFound:
+            self.store.delete_pages(collection, doc_id)
+        self.release_upload(doc_id)
+
+    def release_upload(self, doc_id: str) -> bool:
+        """Remove the kept original of ``doc_id`` unless a job or a live document needs it."""
+        with self._uploads_lock:
+            path = self.uploads.path_of(doc_id)
+            if path is None or self.jobs.references(doc_id):
+                return False
+            for info in self.store.collections():
+                doc = self._document(info.name, doc_id)
+                live = doc is not None and doc.status != "failed"
+                if live and self.uploads.holds(doc.source_path):
+                    return False
+            removed = self.uploads.remove(doc_id)
+        if removed:
+            log.info("removed the original upload of %s", doc_id[:12])
+        return removed
+
+    def page_image(
+        self, collection: str, doc_id: str, page: int, *, width: int | None = None
+    ) -> Image.Image:
+        """The page as the model saw it, rendered from the kept original."""
+        doc = self.store.document(collection, doc_id)
+        if not 1 <= page <= doc.page_count:
+            raise NotFound(f"document '{doc_id}' has no page {page} ({doc.page_count} pages)")
+        path = Path(doc.source_path) if doc.source_path else None
+        if path is None or not path.is_file():
+            raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
+        options = RenderOptions(max_visual_tokens=self.store.collection(collection).max_visual_tokens)
+        password = self.sealer.unseal(doc.password_sealed, name=doc.name)
+        with (
+            self._pdfium,
+            open_document(path, name=doc.name, password=password, options=options) as document,
+        ):
+            image = document.render(page - 1).image
+        if width and width < image.width:
+            image = image.resize((width, max(1, round(image.height * width / image.width))))
+        return image
+
+    def _document(self, collection: str, doc_id: str) -> DocumentRecord | None:
+        try:
+            return self.store.document(collection, doc_id)
+        except NotFound:
+            return None

@@ -1,0 +1,136 @@
+"""Uploaded originals on disk: content-addressed, private, and never half-written.
+
+An upload streams into ``uploads/tmp/<random>.part`` (under the data directory, mode 0600)
+while it is hashed and its type sniffed; only a complete, accepted file is renamed to
+``uploads/<sha256>.pdf`` (or ``.img``), so the same bytes always land on the same file and a
+crash leaves at most a ``.part`` that the next start removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.render import sniff
+from retrieval.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = (".pdf", ".img")
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    path: Path
+    doc_id: str  # sha256 of the bytes
+    size: int
+
+
+class UploadFolder:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+
+    def incoming(self, name: str, limit_bytes: int) -> IncomingFile:
+        """A new upload of ``name`` to write block by block."""
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return IncomingFile(self, name, limit_bytes)
+
+    def path_of(self, doc_id: str) -> Path | None:
+        for suffix in _SUFFIXES:
+            path = self.root / f"{doc_id}{suffix}"
+            if path.is_file():
+                return path
+        return None
+
+    def holds(self, path: str | Path | None) -> bool:
+        """Whether ``path`` is an original kept in this folder (not a user's own file)."""
+        if not path:
+            return False
+        path = Path(path).resolve()
+        return path.parent == self.root.resolve() and path.suffix in _SUFFIXES
+
+    def remove(self, doc_id: str) -> bool:
+        removed = False
+        for suffix in _SUFFIXES:
+            path = self.root / f"{doc_id}{suffix}"
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def clean_partial(self, older_than_s: float = 0.0) -> int:
+        """Remove ``.part`` files left by a process that died mid-upload."""
+        if not self.tmp.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            try:
+                if part.stat().st_mtime <= cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            log.info("removed %d partial uploads left by an interrupted process", removed)
+        return removed
+
+
+class IncomingFile:
+    """One upload being written: ``write`` blocks, then ``commit`` or ``discard``."""
+
+    def __init__(self, folder: UploadFolder, name: str, limit_bytes: int) -> None:
+        self.folder = folder
+        self.name = name
+        self.limit = limit_bytes
+        self.size = 0
+        self._head = b""
+        self._digest = hashlib.sha256()
+        self._path = folder.tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, block: bytes) -> None:
+        self.size += len(block)
+        if self.size > self.limit:
+            self.discard()
+            raise UploadTooLarge(
+                f"{self.name}: larger than the {self.limit / 2**20:g} MB upload limit"
+            )
+        if len(self._head) < 1024:
+            self._head += block[: 1024 - len(self._head)]
+        self._digest.update(block)
+        self._file.write(block)
+
+    def commit(self) -> StoredUpload:
+        """Check and keep the file under its content address; discarded if it is refused."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self.size == 0:
+                raise InvalidInput(f"{self.name}: the file is empty")
+            kind = sniff(self._head)
+            if kind is None:
+                raise UnsupportedFormat(
+                    f"{self.name}: not a PDF nor a PNG, JPEG, TIFF or WebP image"
+                )
+            doc_id = self._digest.hexdigest()
+            final = self.folder.root / f"{doc_id}.{'pdf' if kind == 'pdf' else 'img'}"
+            os.replace(self._path, final)  # the same bytes land on the same file
+            return StoredUpload(final, doc_id, self.size)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)

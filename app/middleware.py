@@ -82,9 +82,7 @@ class RequestContext:
         if not allowed:
             await self.app(scope, receive, send)  # the usual JSON 404
             return
-        await Response(status_code=204, headers={"Allow": ", ".join(allowed)})(
-            scope, receive, send
-        )
+        await Response(status_code=204, headers={"Allow": ", ".join(allowed)})(scope, receive, send)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")

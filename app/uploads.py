@@ -92,8 +92,9 @@ async def receive_upload(request: Request, folder: UploadFolder, limit: int) -> 
         parser.finalize()
         reader.raise_error()
         if reader.file is None:
-            raise InvalidInput(f"the form has no '{FILE_FIELD}' part: attach the document as "
-                               f"'{FILE_FIELD}'")
+            raise InvalidInput(
+                f"the form has no '{FILE_FIELD}' part: attach the document as '{FILE_FIELD}'"
+            )
         if not reader.finished:
             raise InvalidInput("the multipart body ended before its closing boundary")
         await run_in_threadpool(reader.flush)

@@ -116,7 +116,9 @@ class DocumentService:
         path = Path(doc.source_path) if doc.source_path else None
         if path is None or not path.is_file():
             raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
-        options = RenderOptions(max_visual_tokens=self.store.collection(collection).max_visual_tokens)
+        options = RenderOptions(
+            max_visual_tokens=self.store.collection(collection).max_visual_tokens
+        )
         password = self.sealer.unseal(doc.password_sealed, name=doc.name)
         with (
             self._pdfium,

@@ -10,6 +10,7 @@ file and the reason. PDFium is not thread-safe: use one ``Document`` per process
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -233,7 +234,23 @@ def _pdf_error(name: str, source: Source, password: str | None, exc: Exception) 
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if b" obj" not in data and b"\nobj" not in data:
         return InvalidDocument(f"{name}: not a valid PDF (it has a PDF header but no objects)")
-    return InvalidDocument(f"{name}: the PDF is corrupt and cannot be parsed ({message})")
+    reason = re.search(r"PDFium: ([^)]*)", message)
+    cause = _PDFIUM_CAUSES.get(reason.group(1) if reason else "", "its structure is not valid PDF")
+    return InvalidDocument(
+        f"{name}: the PDF is damaged and cannot be parsed ({cause}); repair or re-export it "
+        "(e.g. `qpdf damaged.pdf repaired.pdf`) and ingest it again"
+    )
+
+
+# What PDFium's load errors mean to a user. "Success" is what it reports for a file whose
+# cross-reference table is broken beyond its repair.
+_PDFIUM_CAUSES = {
+    "Success": "its cross-reference table is broken",
+    "Unknown error": "its cross-reference table is broken",
+    "Data format error": "its structure is not valid PDF",
+    "File access error": "the file cannot be read to its end",
+    "Unsupported security scheme": "it is encrypted with a scheme PDFium does not support",
+}
 
 
 class ImageDocument(Document):

@@ -3,6 +3,7 @@ content hashes."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -30,22 +31,40 @@ class SourceFile:
 def discover(
     paths: Iterable[Path], *, globs: Iterable[str] = DEFAULT_GLOBS, recursive: bool = False
 ) -> list[SourceFile]:
-    """Files named directly, plus those matching ``globs`` in directories; sorted, unique."""
+    """Files named directly, plus those matching ``globs`` in directories (case-insensitive:
+    ``*.pdf`` finds ``REPORT.PDF``); sorted, unique. Hidden files are skipped."""
+    patterns = [g.lower() for g in globs]
     found: dict[Path, SourceFile] = {}
     for root in paths:
         root = Path(root)
         if root.is_file():
             found.setdefault(root.resolve(), SourceFile(root, root.name))
         elif root.is_dir():
-            for pattern in globs:
-                matches = root.rglob(pattern) if recursive else root.glob(pattern)
-                for match in matches:
-                    if match.is_file() and not match.name.startswith("."):
-                        name = match.relative_to(root).as_posix()
-                        found.setdefault(match.resolve(), SourceFile(match, name))
+            for match in root.rglob("*") if recursive else root.iterdir():
+                name = match.relative_to(root).as_posix()
+                if _wanted(match, patterns) and not any(p.startswith(".") for p in name.split("/")):
+                    found.setdefault(match.resolve(), SourceFile(match, name))
         else:
             raise InvalidInput(f"{root}: no such file or directory")
     return sorted(found.values(), key=lambda s: s.name)
+
+
+def _wanted(path: Path, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path.name.lower(), p) for p in patterns) and path.is_file()
+
+
+def nothing_found_hint(
+    paths: Iterable[Path], *, globs: Iterable[str] = DEFAULT_GLOBS, recursive: bool = False
+) -> str:
+    """Why ``discover`` found nothing, and what to do about it."""
+    looked = ", ".join(globs)
+    where = ", ".join(str(p) for p in paths)
+    hint = f"no files matching {looked} in {where}"
+    if not recursive:
+        deeper = len(discover(paths, globs=globs, recursive=True))
+        if deeper:
+            return f"{hint}, but {deeper} in subfolders: add -r (--recursive) to ingest them"
+    return f"{hint}: point at PDFs (or folders of them), or pass --glob for other names"
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

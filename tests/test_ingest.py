@@ -166,7 +166,10 @@ def test_docs_show_and_delete(env, small_corpus):
     doc = next(d for d in cli_json("docs", "list") if d["name"] == "doc3.pdf")
     shown = cli_json("docs", "show", doc["doc_id"][:10])
     assert shown["pages_stored"] == 4 and shown["status"] == "indexed"
-    cli("docs", "delete", doc["doc_id"][:10])
+    refused = CliRunner().invoke(app, ["docs", "delete", doc["doc_id"][:10]], input="n\n")
+    assert refused.exit_code == 1 and "Delete doc3.pdf (4 pages)" in refused.output
+    assert "doc3.pdf" in {d["name"] for d in cli_json("docs", "list")}  # asked, not deleted
+    cli("docs", "delete", doc["doc_id"][:10], "--yes")
     assert "doc3.pdf" not in {d["name"] for d in cli_json("docs", "list")}
     hits = cli_json("search", "x", "--top-k", "50", "--mode", "exact")["hits"]
     assert "doc3.pdf" not in {h["source"] for h in hits} and len(hits) == 7

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from retrieval.config import Settings
-from retrieval.errors import ColqwenError, StoreLocked
+from retrieval.errors import ColqwenError
 
 app = typer.Typer(
     name="colqwen",
@@ -25,8 +26,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # errors stay on one line
+
+
+def _plain_type(param, ctx) -> str | None:
+    """What --help shows for a value: plain metavars (TEXT, INTEGER, PATH..., [a|b]) and none
+    for flags, where typer would show Python types (``<list[Path]>``, ``<bool>``)."""
+    if param.metavar is not None:
+        return param.metavar
+    label = param.display_type(ctx).strip("<>")
+    if label == "bool" or getattr(param, "is_flag", False):
+        return None
+    many = label.startswith("list[")
+    label = label.removeprefix("list[").removesuffix("]")
+    if param.type_descriptor.is_choice:
+        shown = f"[{label}]"
+    else:
+        shown = _PLAIN.get(label.split()[0].lower(), label.upper())
+    return f"{shown}..." if many or param.nargs != 1 else shown
+
+
+_PLAIN = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
+typer.core.TyperOption.display_type_rich = _plain_type
+typer.core.TyperArgument.display_type_rich = _plain_type
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console as wide as the terminal; piped into a file, wide enough for our tables."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 160
+    return Console(stderr=stderr, width=width, soft_wrap=stderr)
+
+
+console = _console()
+err_console = _console(stderr=True)  # errors stay on one line
 
 CollectionOpt = Annotated[
     str | None, typer.Option("--collection", "-c", help="Collection [COLQWEN_COLLECTION].")
@@ -72,16 +104,32 @@ def settings_of(ctx: typer.Context, **overrides: Any) -> Settings:
 
 
 @contextmanager
-def user_errors():
-    """Our errors -> 'error: ...' on stderr and exit code 1."""
+def user_errors(as_json: bool = False):
+    """Our errors -> 'error: ...' on stderr (``{"error", "detail"}`` on stdout with --json) and
+    exit code 1; Ctrl-C -> one line and exit code 130."""
     try:
         yield
-    except StoreLocked as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=1) from None
     except ColqwenError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        report_error(exc, as_json)
         raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted[/]: nothing is lost; run the command again to resume"
+        )
+        raise typer.Exit(code=130) from None
+
+
+def report_error(exc: ColqwenError, as_json: bool = False) -> None:
+    if as_json:
+        print_json({"error": _kind(exc), "detail": str(exc)})
+    else:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+def _kind(exc: ColqwenError) -> str:
+    """snake_case of the error's class: NotFound -> not_found."""
+    name = type(exc).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 @contextmanager

@@ -33,10 +33,10 @@ def docs_list(
 ) -> None:
     """Every document: id, name, pages, status."""
     settings = settings_of(ctx, collection=collection)
-    with user_errors(), open_store(settings) as store:
+    with user_errors(as_json), open_store(settings) as store:
         docs = store.documents(settings.collection)
     if as_json:
-        print_json([asdict(d) for d in docs])
+        print_json([_public(d) for d in docs])
         return
     table = Table("doc id", "name", "pages", "status", "created")
     for d in docs:
@@ -55,10 +55,10 @@ def docs_show(
 ) -> None:
     """One document's record and stored pages."""
     settings = settings_of(ctx, collection=collection)
-    with user_errors(), open_store(settings) as store:
+    with user_errors(as_json), open_store(settings) as store:
         doc = _resolve(store, settings.collection, doc_id)
         stored = store.stored_page_numbers(settings.collection, doc.doc_id)
-    data = {**asdict(doc), "pages_stored": len(stored)}
+    data = {**_public(doc), "pages_stored": len(stored)}
     if as_json:
         print_json(data)
         return
@@ -71,17 +71,36 @@ def docs_delete(
     ctx: typer.Context,
     doc_id: Annotated[str, typer.Argument(help="Document id (or a unique prefix of it).")],
     collection: CollectionOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete a document: every page and its catalog record."""
+    """Delete a document: every page, its catalog record and its uploaded original."""
+    from indexer.worker import document_service, job_queue
+
     settings = settings_of(ctx, collection=collection)
-    with user_errors(), open_store(settings) as store:
+    with user_errors(as_json), open_store(settings) as store:
         doc = _resolve(store, settings.collection, doc_id)
-        store.delete_document(settings.collection, doc.doc_id)
+        if not yes:
+            typer.confirm(
+                f"Delete {doc.name} ({doc.page_count} pages) from '{settings.collection}'?",
+                abort=True,
+            )
+        jobs = job_queue(settings)
+        try:
+            document_service(settings, store, jobs).delete(settings.collection, doc.doc_id)
+        finally:
+            jobs.close()
     if as_json:
         print_json({"deleted": doc.doc_id})
     else:
         console.print(f"deleted {doc.name} ({doc.doc_id})")
+
+
+def _public(doc) -> dict:
+    """A document record as shown: without its sealed password."""
+    data = asdict(doc)
+    data.pop("password_sealed", None)
+    return data
 
 
 def _resolve(store, collection: str, prefix: str):
@@ -101,7 +120,7 @@ def _resolve(store, collection: str, prefix: str):
 def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Collections with their schema and size."""
     settings = settings_of(ctx)
-    with user_errors(), open_store(settings) as store:
+    with user_errors(as_json), open_store(settings) as store:
         rows = [
             (c, store.count_pages(c.name), len(store.documents(c.name)))
             for c in store.collections()

@@ -31,6 +31,7 @@ from indexer.cli.base import (
     settings_of,
     user_errors,
 )
+from retrieval.errors import InvalidInput
 
 
 @app.command()
@@ -42,7 +43,8 @@ def ingest(
         bool, typer.Option("--recursive", "-r", help="Descend into subdirectories.")
     ] = False,
     glob: Annotated[
-        list[str] | None, typer.Option(help="File patterns in directories [default: *.pdf].")
+        list[str] | None,
+        typer.Option(help="File name patterns in directories, any case \\[default: *.pdf]."),
     ] = None,
     shard: Annotated[
         str | None, typer.Option(help="Take only shard I of N (I/N), for N machines.")
@@ -75,17 +77,19 @@ def ingest(
     A sidecar FILE.json (or STEM.json) beside a PDF adds metadata to that document. Exit code 1
     when any file failed; each failure is listed with its reason.
     """
-    from indexer.sources import discover, iter_shard, parse_meta, parse_shard
+    from indexer.sources import discover, iter_shard, nothing_found_hint, parse_meta, parse_shard
 
     settings = settings_of(
         ctx, batch_size=batch_size, render_workers=workers, collection=collection
     )
-    with user_errors():
+    globs = glob or ["*.pdf"]
+    with user_errors(as_json):
         shard_spec = parse_shard(shard) if shard else None
         common_meta = parse_meta(meta or [])
-        sources = list(
-            iter_shard(discover(paths, globs=glob or ["*.pdf"], recursive=recursive), shard_spec)
-        )
+        found = discover(paths, globs=globs, recursive=recursive)
+        if not found:
+            raise InvalidInput(nothing_found_hint(paths, globs=globs, recursive=recursive))
+        sources = list(iter_shard(found, shard_spec))
         for source in sources:
             source.metadata = dict(common_meta)
             source.password = password
@@ -107,12 +111,17 @@ def ingest(
 def _run(settings, sources, *, quiet: bool):
     from indexer.pipeline import IngestPipeline
     from indexer.render import RenderOptions
+    from indexer.secrets import Sealer
     from retrieval.encoder import Encoder
 
     with open_store(settings) as store:
-        with nullcontext() if quiet else console.status(f"loading {settings.model}"):
+        with nullcontext() if quiet else err_console.status(f"loading {settings.model}"):
             encoder = Encoder.from_settings(settings)
         store.ensure_collection_for(settings.collection, settings, encoder.dim)
+        if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
+            sealer = Sealer.from_settings(settings)
+            for source in sources:
+                source.password_sealed = sealer.seal(source.password)
         options = RenderOptions.from_settings(settings)
         progress, update = _progress(quiet, len(sources))
         pipeline = IngestPipeline(
@@ -139,12 +148,13 @@ def _run_remote(server, settings, sources, *, api_key, quiet: bool):
 
 
 class RateColumn(ProgressColumn):
-    """Items per second, e.g. '12.3/s'."""
+    """Items per second since the task started, e.g. '12.3/s': the same average the summary
+    line reports at the end (rich's own speed is a moving window that disagrees with it)."""
 
     def render(self, task) -> Text:
-        return Text(
-            "" if task.speed is None else f"{task.speed:.1f}/s", style="progress.data.speed"
-        )
+        if not task.completed or not task.elapsed:
+            return Text("")
+        return Text(f"{task.completed / task.elapsed:.1f}/s", style="progress.data.speed")
 
 
 def _progress(quiet: bool, files: int):
@@ -162,10 +172,16 @@ def _progress(quiet: bool, files: int):
     )
     files_task = progress.add_task("files", total=files)
     pages_task = progress.add_task("pages", total=None)
+    index_task = progress.add_task("index", total=None, visible=False)
 
     def update(state) -> None:
         progress.update(files_task, completed=state.files_done)
         progress.update(pages_task, completed=state.pages_done, total=state.pages_total or None)
+        phase = getattr(state, "phase", "embedding")
+        if phase == "indexing":  # minutes on a large collection: say so
+            progress.update(index_task, visible=True, description="index")
+        elif phase == "done":
+            progress.update(index_task, total=1, completed=1)
 
     return progress, update
 
@@ -177,9 +193,12 @@ def _print_summary(result) -> None:
         for d in failed:
             table.add_row(d.name, d.error or "")
         console.print(table)
-    rate = result.pages_embedded / result.elapsed_s if result.elapsed_s else 0.0
+    stored_at = result.stage_s.get("stored_at", result.elapsed_s)
+    rate = result.pages_embedded / stored_at if stored_at else 0.0
+    index = result.stage_s.get("index")
     console.print(
         f"{result.count('indexed')} indexed, {result.count('skipped')} skipped (already stored), "
         f"{result.count('failed')} failed; {result.pages_embedded} pages embedded in "
-        f"{result.elapsed_s:.1f} s ({rate:.1f} pages/s)"
+        f"{stored_at:.1f} s ({rate:.1f} pages/s)"
+        + (f", search index built in {index:.1f} s" if index is not None else "")
     )

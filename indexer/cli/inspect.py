@@ -30,11 +30,11 @@ def embed(
         "file",
         "page",
         "image px",
-        "grid (rows x cols)",
+        "grid (cols x rows)",
         "visual",
-        "tokens",
-        "pooled rows",
-        "pooled cols",
+        "tokens (+ prompt)",
+        "pooled rows (+ prompt)",
+        "pooled cols (+ prompt)",
     )
     with user_errors():
         wanted = parse_page_range(pages) if pages else None
@@ -50,15 +50,16 @@ def embed(
         embeddings = encoder.embed_pages([page.image for _, page in rendered])
     for (f, page), emb in zip(rendered, embeddings, strict=True):
         rows, cols = emb.grid
+        prompt = len(emb.special)
         table.add_row(
             f.name,
             str(page.page_number),
             f"{page.pixel_size[0]} x {page.pixel_size[1]}",
-            f"{rows} x {cols}",
+            f"{cols} x {rows}",
             str(rows * cols),
-            str(emb.n_tokens),
-            str(len(emb.pooled_rows)),
-            str(len(emb.pooled_cols)),
+            f"{emb.n_tokens - prompt} + {prompt}",
+            f"{rows} + {prompt}",
+            f"{cols} + {prompt}",
         )
     console.print(table)
 
@@ -86,7 +87,7 @@ def render(
     options = RenderOptions(max_visual_tokens=settings.max_visual_tokens, supersample=supersample)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(
-        "page", "size (pt)", "rotation", "image (px)", "grid (rows x cols)", "tokens", "file"
+        "page", "size (pt)", "rotation", "image (px)", "grid (cols x rows)", "tokens", "file"
     )
     request = RenderRequest(file, file.name, password=password, pages=wanted)
     with user_errors(), Renderer(options, workers=settings.render_workers) as renderer:
@@ -99,7 +100,7 @@ def render(
                 f"{page.size_pt[0]:g} x {page.size_pt[1]:g}",
                 str(page.rotation),
                 f"{page.pixel_size[0]} x {page.pixel_size[1]}",
-                f"{rows} x {cols}",
+                f"{cols} x {rows}",
                 str(rows * cols),
                 str(target),
             )

@@ -90,8 +90,10 @@ def _scalar(key: str, value: Any, kind: Kind) -> str | int | bool:
     if kind == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
         raise InvalidInput(f"filter '{key}': expected an integer, got {_shown(value)}")
     if isinstance(value, float):
-        raise InvalidInput(f"filter '{key}': match a number with a fraction by a range, e.g. "
-                           f'{{"gte": {value}, "lte": {value}}}')
+        raise InvalidInput(
+            f"filter '{key}': match a number with a fraction by a range, e.g. "
+            f'{{"gte": {value}, "lte": {value}}}'
+        )
     if isinstance(value, int) and not isinstance(value, bool):
         _check_int(key, value)
         return value

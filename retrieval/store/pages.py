@@ -269,7 +269,12 @@ class PageStore:
         _check_name(name)
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
-            raise NotFound(f"collection '{name}' does not exist")
+            known = [c.name for c in self.collections()]
+            raise NotFound(
+                f"collection '{name}' does not exist yet: ingest documents into it first "
+                "(`colqwen ingest PATH`, or upload them to POST /v1/documents)"
+                + (f"; existing collections: {', '.join(known)}" if known else "")
+            )
         records = self.backend.retrieve(catalog, [_COLLECTION_POINT])
         if not records:
             raise NotFound(f"collection '{name}' was not created completely; drop it and retry")

@@ -11,7 +11,7 @@ import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
@@ -19,18 +19,21 @@ from app.logs import request_id
 
 log = logging.getLogger("app.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-# Polled routes: logged at DEBUG when they succeed, so INFO shows what happened, not who asked.
+# Polled routes: logged at DEBUG, so INFO shows what happened rather than who asked.
 QUIET_ROUTES = {"/healthz", "/readyz", "/metrics", "/v1/jobs/{job_id}"}
 
 
 def allowed_methods(app, scope: Scope) -> list[str]:
-    """Every method some route serves at this path (GET implies HEAD), plus OPTIONS."""
-    methods: set[str] = set()
-    probe = {**scope, "type": "http"}
-    for route in getattr(app, "router", app).routes:
-        match, _ = route.matches(probe)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    """Every method the API serves at this path (GET implies HEAD), plus OPTIONS; [] when no
+    route has this path. Read from the OpenAPI paths: one public map of routes to methods."""
+    table = getattr(app.state, "route_methods", None)
+    if table is None:
+        table = [
+            (compile_path(path)[0], {m.upper() for m in operations})
+            for path, operations in app.openapi()["paths"].items()
+        ]
+        app.state.route_methods = table
+    methods = set().union(*(m for regex, m in table if regex.match(scope["path"])))
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods | {"OPTIONS"}) if methods else []
@@ -87,10 +90,10 @@ class RequestContext:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", "unmatched")
         level = logging.INFO
-        if status >= 500:
+        if route in QUIET_ROUTES and (status < 500 or route == "/readyz"):
+            level = logging.DEBUG  # a poll; /readyz answers 503 while the model loads
+        elif status >= 500:
             level = logging.ERROR
-        elif status < 400 and route in QUIET_ROUTES:
-            level = logging.DEBUG
         log.log(
             level, "%s %s -> %d in %.1f ms", scope["method"], scope["path"], status, seconds * 1e3
         )

@@ -79,7 +79,7 @@ class DocumentService:
         except NotFound:
             if not cancelled:
                 raise
-            self.store.delete_pages(collection, doc_id)
+            self._delete_pages(collection, doc_id)  # the job had not opened it yet
         self.release_upload(doc_id)
 
     def forget(self, collection: str, doc_id: str) -> None:
@@ -87,8 +87,14 @@ class DocumentService:
         try:
             self.store.delete_document(collection, doc_id)
         except NotFound:
-            self.store.delete_pages(collection, doc_id)
+            self._delete_pages(collection, doc_id)
         self.release_upload(doc_id)
+
+    def _delete_pages(self, collection: str, doc_id: str) -> None:
+        try:
+            self.store.delete_pages(collection, doc_id)
+        except NotFound:  # nor the collection
+            pass
 
     def release_upload(self, doc_id: str) -> bool:
         """Remove the kept original of ``doc_id`` unless a job or a live document needs it."""

@@ -75,11 +75,16 @@ def wait_ready(base: str, process: subprocess.Popen | None = None, timeout: floa
     raise RuntimeError("server not ready in time")
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+def wait_job(
+    client: httpx.Client,
+    job_id: str,
+    timeout: float = 300,
+    statuses: tuple[str, ...] = ("done", "failed", "cancelled"),
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
+        if job["status"] in statuses:
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} still {job['status']}")

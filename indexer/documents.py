@@ -4,6 +4,7 @@ from the kept original, and remove originals nothing refers to any more."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -91,10 +92,8 @@ class DocumentService:
         self.release_upload(doc_id)
 
     def _delete_pages(self, collection: str, doc_id: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # nor the collection, then
             self.store.delete_pages(collection, doc_id)
-        except NotFound:  # nor the collection
-            pass
 
     def release_upload(self, doc_id: str) -> bool:
         """Remove the kept original of ``doc_id`` unless a job or a live document needs it."""

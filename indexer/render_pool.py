@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -74,6 +75,8 @@ _open: tuple[tuple, object] | None = None  # (key, Document): the last document 
 def _init_worker(memory_limit_mb: int | None, parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored from now on
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if memory_limit_mb:
         import resource
@@ -125,6 +128,19 @@ def _guarded(name: str, work):
 
 
 # --- caller side -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread (children started meanwhile inherit the mask)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Inline:
@@ -265,7 +281,7 @@ class Renderer:
         for request in requests:
             if request.pages is not None and not request.pages:
                 raise ValueError("pages, when given, must name at least one page")
-            future = self._executor.submit(
+            future = self._submit(
                 _probe, request.source, request.name, request.password, self.options
             )
             try:
@@ -299,9 +315,16 @@ class Renderer:
             yield DocumentOpened(request, info)
 
     def _submit_page(self, request: RenderRequest, index: int) -> Future:
-        return self._executor.submit(
+        return self._submit(
             _render, request.source, request.name, request.password, self.options, index
         )
+
+    def _submit(self, fn, *args) -> Future:
+        # A submit may start a worker: it is born with SIGINT blocked, so a Ctrl-C that reaches
+        # the whole process group while it is still importing does not kill it mid-way (with a
+        # traceback); its initializer then ignores SIGINT for good.
+        with _sigint_blocked():
+            return self._executor.submit(fn, *args)
 
     def _crash_error(self, item: _Pending, exc: BaseException) -> InvalidDocument:
         where = f"page {item.index + 1}" if item.index >= 0 else "opening it"

@@ -38,8 +38,10 @@ scalars = st.none() | st.booleans() | numbers | st.sampled_from(["doc1", "doc1.p
 scalars = scalars | st.text(max_size=8)
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte", "eq", ""]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte", "eq", ""]), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 keys = st.sampled_from(
@@ -115,9 +117,7 @@ def test_filters_either_refused_clearly_or_answered_exactly(store, corpus, spec)
     except InvalidInput as exc:
         assert str(exc)
         return
-    expected = sum(
-        all(holds(c, p) for c in (where.must if where else ())) for p in payloads()
-    )
+    expected = sum(all(holds(c, p) for c in (where.must if where else ())) for p in payloads())
     assert store.count_pages("docs", where) == expected, spec
     ints = [
         v

@@ -272,7 +272,14 @@ def test_killed_server_resumes_its_job_on_restart(tiny_model_dir, tmp_path):
     try:
         wait_ready(base, server)
         with httpx.Client(base_url=base, timeout=30) as api:
-            job = wait_job(api, job_id)
+            seen = []  # progress of the resumed job: monotonic, over the whole document
+            while (job := api.get(f"/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+                seen.append((job["pages_done"], job["pages_total"]))
+                time.sleep(0.05)
+            seen.append((job["pages_done"], job["pages_total"]))
+            assert [d for d, _ in seen] == sorted(d for d, _ in seen), seen
+            assert all(t is None or d <= t for d, t in seen), seen
+            assert {t for _, t in seen if t is not None} == {134}, seen
             assert job["status"] == "done" and job["attempts"] == 2, job
             doc = api.get(f"/v1/documents/{job['doc_id']}").json()
             assert doc["status"] == "indexed" and doc["page_count"] == 134

@@ -1,0 +1,121 @@
+"""The rough edges a new user of the CLI hit (issue 13, items 13-16), through Typer's runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from tests.documents import make_pdf
+from tests.test_ingest import BUDGET
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A data directory, and no COLQWEN_MODEL: the model comes from flags or the collection."""
+    for key in ("COLQWEN_MODEL", "COLQWEN_QDRANT_URL", "COLQWEN_COLLECTION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("COLQWEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLQWEN_MAX_VISUAL_TOKENS", str(BUDGET))
+    monkeypatch.setenv("COLQWEN_DEVICE", "cpu")
+    monkeypatch.setenv("COLQWEN_RENDER_WORKERS", "0")
+    return tmp_path
+
+
+def invoke(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def test_search_uses_the_model_the_collection_was_built_with(env, tiny_model_dir):
+    folder = env / "pdfs"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf([(595, 842)] * 2))
+    ingest = invoke("--model", str(tiny_model_dir), "ingest", str(folder), "--quiet")
+    assert ingest.exit_code == 0, ingest.output
+    found = invoke("search", "x", "--json")  # no --model: the collection's
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)["hits"]) == 2
+
+
+def test_empty_folders_say_what_to_do(env, tiny_model_dir):
+    empty = env / "empty"
+    empty.mkdir()
+    result = invoke("--model", str(tiny_model_dir), "ingest", str(empty))
+    assert result.exit_code == 1 and "no files matching *.pdf" in result.stderr
+    nested = env / "nested"
+    (nested / "sub").mkdir(parents=True)
+    (nested / "sub" / "a.pdf").write_bytes(make_pdf([(595, 842)]))
+    result = invoke("--model", str(tiny_model_dir), "ingest", str(nested))
+    assert result.exit_code == 1 and "1 in subfolders: add -r" in result.stderr
+    as_json = invoke("--model", str(tiny_model_dir), "ingest", str(empty), "--json")
+    assert json.loads(as_json.stdout)["error"] == "invalid_input"
+
+
+def test_upper_case_extensions_are_found(env, tiny_model_dir):
+    folder = env / "scans"
+    folder.mkdir()
+    (folder / "SCAN.PDF").write_bytes(make_pdf([(595, 842)]))
+    result = invoke("--model", str(tiny_model_dir), "ingest", str(folder), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["indexed"] == 1
+
+
+def test_an_empty_store_says_to_ingest_first(env):
+    for args in (["docs", "list"], ["search", "x"], ["collections", "upgrade", "pages"]):
+        result = invoke(*args)
+        assert result.exit_code == 1, args
+        assert "does not exist yet" in result.stderr and "colqwen ingest" in result.stderr
+    result = invoke("docs", "list", "--json")
+    assert json.loads(result.stdout) == {
+        "error": "not_found",
+        "detail": json.loads(result.stdout)["detail"],
+    }
+
+
+def all_commands():
+    yield []
+    for group, commands in {
+        "": ["ingest", "search", "serve", "worker", "embed", "render"],
+        "docs": ["list", "show", "delete"],
+        "collections": ["list", "create", "drop", "upgrade"],
+    }.items():
+        for command in commands:
+            yield [group, command] if group else [command]
+
+
+@pytest.mark.parametrize("command", list(all_commands()), ids=" ".join)
+def test_help_shows_plain_types_and_choices(command):
+    text = CliRunner().invoke(app, [*command, "--help"], terminal_width=200).stdout
+    for python_type in ("<list[", "<bool>", "<str>", "<int>", "<path>", "<Path>"):
+        assert python_type not in text, (command, python_type)
+    if command == ["search"]:
+        assert "[two_stage|exact|pooled]" in text
+    if command == ["ingest"]:
+        assert "[default: *.pdf]" in text
+
+
+def test_tables_are_not_cut_when_piped(env, tiny_model_dir):
+    folder = env / "pdfs"
+    folder.mkdir()
+    name = "a-rather-long-file-name-of-a-quarterly-report-2024-final.pdf"
+    (folder / name).write_bytes(make_pdf([(595, 842)]))
+    assert invoke("--model", str(tiny_model_dir), "ingest", str(folder), "--quiet").exit_code == 0
+    assert name in invoke("docs", "list").stdout
+    assert name in invoke("search", "x").stdout
+
+
+def test_grids_read_width_by_height_like_the_readme(env, tmp_path):
+    pdf = tmp_path / "a4.pdf"
+    pdf.write_bytes(make_pdf([(595.28, 841.89)]))
+    result = invoke("--data-dir", str(tmp_path), "render", str(pdf), "--out", str(tmp_path / "png"))
+    assert result.exit_code == 0, result.output
+    assert "grid (cols x rows)" in result.stdout
+    # README: "A4: 644 x 924 px, 23 x 33 tokens" at the default 768-token budget.
+    full = CliRunner().invoke(
+        app,
+        ["render", str(pdf), "--out", str(tmp_path / "png")],
+        env={"COLQWEN_MAX_VISUAL_TOKENS": "768"},
+    )
+    assert "644 x 924" in full.stdout and "23 x 33" in full.stdout

@@ -72,6 +72,7 @@ def worker_command(
             encoder = Encoder.from_settings(settings)
             console.print(f"worker ready: {settings.model} on {encoder.device}, store {store.kind}")
             documents = document_service(settings, store, job_queue(settings))
+            documents.recover(sweep_uploads=False)  # the API and other workers may be busy
             Worker(settings, encoder, documents).run_forever(stop)
         finally:
             store.close()

@@ -48,7 +48,7 @@ class DocumentPublic(BaseModel):
     name: str
     collection: str
     page_count: int
-    status: Literal["indexing", "indexed", "failed"]
+    status: Literal["indexing", "indexed", "failed", "deleting"]
     metadata: dict[str, Any]
     created_at: str
     updated_at: str

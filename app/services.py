@@ -53,10 +53,9 @@ class Services:
         try:
             jobs = job_queue(settings)
             documents = document_service(settings, store, jobs)
-            if store.kind == "embedded":  # this process alone writes uploads: none is in flight
-                documents.uploads.clean_partial()
-            else:
-                documents.uploads.clean_partial(older_than_s=24 * 3600)
+            alone = store.kind == "embedded"  # no other process can be mid-upload or mid-delete
+            documents.uploads.clean_partial(older_than_s=0 if alone else 24 * 3600)
+            documents.recover(sweep_uploads=alone)
             metrics = Metrics()
             metrics.track_queue(lambda: jobs.count("queued"))
         except BaseException:

@@ -19,6 +19,7 @@ from indexer.secrets import Sealer
 from indexer.uploads import StoredUpload, UploadFolder
 from retrieval.errors import Conflict, NotFound
 from retrieval.store import PageStore
+from retrieval.store.model import Filter, Match
 from retrieval.types import DocumentRecord
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,33 @@ class DocumentService:
     def delete(self, collection: str, doc_id: str) -> None:
         """Delete a document's pages, record and kept original. A job still ingesting it is
         cancelled first; its worker stops and deletes whatever it stored meanwhile."""
+        doc = self._document(collection, doc_id)
+        if doc is not None and doc.status != "deleting":
+            # Marked first: a crash from here on is finished by ``recover`` at the next start.
+            doc.status = "deleting"
+            self.store.put_document(collection, doc)
         cancelled = self.jobs.cancel_for(doc_id, collection, DELETED)
-        try:
-            self.store.delete_document(collection, doc_id)
-        except NotFound:
-            if not cancelled:
-                raise
-            self._delete_pages(collection, doc_id)  # the job had not opened it yet
-        self.release_upload(doc_id)
+        if doc is None and not cancelled:
+            self.store.document(collection, doc_id)  # NotFound, with the reason
+        self.forget(collection, doc_id)
+
+    def recover(self, *, sweep_uploads: bool) -> None:
+        """Finish what a killed process left half done: deletes it had begun, jobs cancelled
+        under a worker that died before cleaning up, and (``sweep_uploads``, when no other
+        process can be mid-upload) originals that no job or document refers to."""
+        for info in self.store.collections():
+            deleting = self.store.documents(info.name, Filter((Match("status", "deleting"),)))
+            for doc in deleting:
+                log.info("finishing the deletion of %s from '%s'", doc.name, info.name)
+                self.delete(info.name, doc.doc_id)
+        for doc_id, collection in self.jobs.cancelled_last():
+            doc = self._document(collection, doc_id)
+            if doc is not None:
+                log.info("deleting %s from '%s': its ingestion was cancelled", doc.name, collection)
+                self.forget(collection, doc_id)
+        if sweep_uploads:
+            for doc_id in self.uploads.doc_ids():
+                self.release_upload(doc_id)
 
     def forget(self, collection: str, doc_id: str) -> None:
         """Undo what a cancelled job stored: called by its worker once the pipeline stopped."""

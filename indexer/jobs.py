@@ -139,6 +139,21 @@ class JobQueue:
         )
         return cursor.rowcount
 
+    def cancelled_last(self, since_s: float = 7 * 86400) -> list[tuple[str, str]]:
+        """(doc_id, collection) of recently cancelled jobs that no later job followed."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT doc_id, collection FROM jobs j WHERE status = 'cancelled'"
+                " AND updated_at > ? AND NOT EXISTS (SELECT 1 FROM jobs k WHERE"
+                " k.doc_id = j.doc_id AND k.collection = j.collection"
+                " AND k.created_at > j.created_at)",
+                (time.time() - since_s,),
+            )
+            .fetchall()
+        )
+        return [(r["doc_id"], r["collection"]) for r in rows]
+
     def holds(self, job_id: str, owner: str) -> bool:
         """Whether ``owner`` still runs this job (not cancelled, nor taken over)."""
         row = (

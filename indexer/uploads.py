@@ -48,6 +48,12 @@ class UploadFolder:
                 return path
         return None
 
+    def doc_ids(self) -> list[str]:
+        """The documents whose originals are kept here."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+
     def holds(self, path: str | Path | None) -> bool:
         """Whether ``path`` is an original kept in this folder (not a user's own file)."""
         if not path:

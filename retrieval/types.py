@@ -69,7 +69,8 @@ class DocumentRecord:
     doc_id: str  # sha256 of the file's bytes
     name: str
     page_count: int
-    status: Literal["indexing", "indexed", "failed"] = "indexing"
+    # "deleting": a delete began; finished by the next start if the process died meanwhile.
+    status: Literal["indexing", "indexed", "failed", "deleting"] = "indexing"
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""  # ISO 8601, UTC
     updated_at: str = ""

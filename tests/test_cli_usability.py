@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -119,3 +120,18 @@ def test_grids_read_width_by_height_like_the_readme(env, tmp_path):
         env={"COLQWEN_MAX_VISUAL_TOKENS": "768"},
     )
     assert "644 x 924" in full.stdout and "23 x 33" in full.stdout
+
+
+def test_progress_names_the_index_build_and_agrees_with_the_summary(env, tiny_model_dir):
+    folder = env / "pdfs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([(595, 842)] * (6 + i)))
+    result = invoke("--model", str(tiny_model_dir), "ingest", str(folder))
+    assert result.exit_code == 0, result.output
+    bars = {line.split()[0]: line for line in result.stderr.splitlines() if line.strip()}
+    assert "index" in bars  # the last phase is shown, not minutes of silence
+    bar_rate = float(re.search(r"([\d.]+)/s", bars["pages"]).group(1))
+    summary_rate = float(re.search(r"\(([\d.]+) pages/s\)", result.stdout).group(1))
+    assert bar_rate == pytest.approx(summary_rate, rel=0.35), (bars["pages"], result.stdout)
+    assert "search index built in" in result.stdout

@@ -70,6 +70,8 @@ def worker_command(
         store = PageStore.from_settings(settings)
         try:
             encoder = Encoder.from_settings(settings)
+            if encoder.compiled:
+                console.print(f"model compiled and warmed up in {encoder.warm_up():.0f} s")
             console.print(f"worker ready: {settings.model} on {encoder.device}, store {store.kind}")
             documents = document_service(settings, store, job_queue(settings))
             documents.recover(sweep_uploads=False)  # the API and other workers may be busy

@@ -88,6 +88,9 @@ class Services:
                 from retrieval.encoder import Encoder
 
                 encoder = await asyncio.to_thread(Encoder.from_settings, self.settings)
+            if encoder.compiled:
+                seconds = await asyncio.to_thread(encoder.warm_up)
+                log.info("model compiled and warmed up in %.0f s", seconds)
         except ColqwenError as exc:
             self.load_error = str(exc)
             log.error("the model cannot be loaded, searches will fail: %s", exc)

@@ -4,7 +4,8 @@ reference loop on the same pages, in the same run.
     # CPU smoke run with the tiny model (seconds; what CI can afford):
     uv run python -m bench.ingest_bench --smoke
     # GPU: the full-size ColQwen2 architecture with random weights (costs what real weights cost):
-    uv run python -m bench.ingest_bench --full-size --device cuda --batch-size 32 --baseline
+    uv run python -m bench.ingest_bench --full-size --device cuda --batch-size 32 --baseline \
+        [--compile] [--gpus 2]
 
 Ours: ``IngestPipeline`` (render pool straight to the model's size -> token-budget batches ->
 bf16 forward -> embedded Qdrant). Baseline: what colpali-engine's README does, page images
@@ -28,8 +29,11 @@ from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
 
 
-def full_size_encoder(device: str, batch_size: int) -> Encoder:
-    """ColQwen2 at its real size (Qwen2-VL-2B), random weights, bf16."""
+def full_size_encoder(
+    device: str, batch_size: int, devices: list[str] | None = None, compile: bool = False
+) -> Encoder:
+    """ColQwen2 at its real size (Qwen2-VL-2B), random weights, bf16; replicated on ``devices``
+    beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
     import torch
     from colpali_engine.models import ColQwen2
 
@@ -58,7 +62,7 @@ def full_size_encoder(device: str, batch_size: int) -> Encoder:
     torch.set_default_dtype(torch.float32)
     n = sum(p.numel() for p in model.parameters())
     print(f"full-size ColQwen2: {n / 1e9:.2f} B parameters on {device}", flush=True)
-    return Encoder(
+    encoder = Encoder(
         model,
         processor,
         model_id="colqwen2-full-size-random",
@@ -66,6 +70,10 @@ def full_size_encoder(device: str, batch_size: int) -> Encoder:
         max_visual_tokens=768,
         batch_size=batch_size,
     )
+    encoder.replicate(devices or [])
+    if compile:
+        encoder.compile()
+    return encoder
 
 
 def tiny_encoder(device: str, batch_size: int) -> Encoder:
@@ -122,10 +130,17 @@ def baseline(encoder: Encoder, files: list[Path], batch: int = 4) -> dict:
     return {"pages": pages, "seconds": time.perf_counter() - start}
 
 
-def warm_up(encoder: Encoder) -> None:
+def forward_alone(encoder: Encoder, batch: int, reps: int = 6) -> float:
+    """Pages/s of the forward pass alone on one device: A4 pages already preprocessed."""
     from PIL import Image
 
-    encoder.embed_pages([Image.new("RGB", (644, 924), "white")] * 2)
+    inputs = encoder.preprocess([Image.effect_noise((644, 924), 64).convert("RGB")] * batch)
+    encoder.forward(inputs).float().cpu()  # warm, and wait for the device
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = encoder.forward(inputs)
+    out.float().cpu()
+    return batch * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -142,8 +157,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="render processes")
     parser.add_argument("--baseline", action="store_true", help="also time the reference loop")
     parser.add_argument("--repeat", type=int, default=1, help="feed the files this many times")
+    parser.add_argument("--gpus", type=int, default=1, help="data-parallel over this many GPUs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
     inputs = args.pdfs or [SHARED_PDFS / "good"]
     files = [s.path for s in discover(inputs)]
     if args.smoke:
@@ -152,12 +170,17 @@ def main() -> None:
             for f in files
             if f.name in {"pdflatex-4-pages.pdf", "multicolumn.pdf", "bach-bwv610.pdf"}
         ] or files[:3]
-    encoder = (
-        full_size_encoder(device, args.batch_size)
-        if args.full_size
-        else tiny_encoder(device, args.batch_size)
-    )
-    warm_up(encoder)
+    if args.full_size:
+        encoder = full_size_encoder(device, args.batch_size, extra, compile=args.compile)
+    else:
+        encoder = tiny_encoder(device, args.batch_size)
+        encoder.replicate(extra)
+        if args.compile:
+            encoder.compile()
+    warm_s = encoder.warm_up()
+    print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
+    alone = forward_alone(encoder, args.batch_size)
+    print(f"forward alone, batch {args.batch_size}: {alone:.1f} pages/s per device", flush=True)
     files = files * args.repeat
     results = []
     if args.repeat > 1:
@@ -196,6 +219,13 @@ def main() -> None:
     print(table(["method", "batching", "pages", "seconds", "pages/s"], results))
     if args.baseline:
         print(f"\nspeed-up over the reference loop, index build included: {speedup:.2f}x")
+    n = len(encoder.replicas)
+    share = o["pages"] / o["seconds"] / (alone * n)
+    print(
+        f"forward alone: {alone:.1f} pages/s per device x {n}; the pipeline reaches "
+        f"{100 * share:.0f}% of it; compile {'on' if args.compile else 'off'}, warm-up "
+        f"{warm_s:.1f} s (paid once per process, not counted above)"
+    )
     busy = o["busy"]
     print(
         "\nbusy time of our stages (s; they overlap): "

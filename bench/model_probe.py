@@ -1,7 +1,8 @@
-"""Where the time goes on a GPU: forward alone per batch size, preprocessing per page, and the
-attention implementation in use. Diagnostic companion to ingest_bench.
+"""Where the time goes on a GPU: the forward pass alone per batch size, eager then compiled
+(``Encoder.compile``) with the warm-up each costs, and preprocessing per page. Diagnostic
+companion to ingest_bench.
 
-    uv run python -m bench.model_probe --device cuda
+    uv run python -m bench.model_probe --device cuda [--batches 8 16 32]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 
 from PIL import Image, ImageDraw
 
+from bench.common import header, table
 from bench.ingest_bench import full_size_encoder
 
 
@@ -22,44 +24,74 @@ def page(i: int) -> Image.Image:
     return image
 
 
-def main() -> None:
+def measure(encoder, images, batches, device) -> dict[int, tuple[float, float, float]]:
+    """batch -> (first call s, pages/s, peak GiB)."""
     import torch
 
+    out = {}
+    for b in batches:
+        inputs = encoder.preprocess(images[:b])
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            encoder.model(**inputs)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            reps = max(3, 96 // b)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                encoder.model(**inputs)
+            torch.cuda.synchronize()
+        rate = b * reps / (time.perf_counter() - t0)
+        out[b] = (first, rate, torch.cuda.max_memory_allocated() / 2**30)
+        print(f"batch {b}: first call {first:.1f} s, {rate:.1f} pages/s", flush=True)
+    return out
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
     args = parser.parse_args()
-    encoder = full_size_encoder(args.device, 32)
-    model = encoder.model
-    print(
-        "attn:",
-        model.config._attn_implementation,
-        "vision:",
-        model.visual.config._attn_implementation,
-        "text:",
-        model.config.text_config._attn_implementation,
-        flush=True,
-    )
-    images = [page(i) for i in range(64)]
+    encoder = full_size_encoder(args.device, max(args.batches))
+    images = [page(i) for i in range(max(args.batches))]
     t0 = time.perf_counter()
     encoder.preprocess(images[:32])
+    preprocess_ms = (time.perf_counter() - t0) / 32 * 1000
+    eager = measure(encoder, images, args.batches, args.device)
+    encoder.compile()
+    warm = encoder.warm_up(grids=((33, 23),))
+    print(f"compile warm-up (A4, batch {encoder.batch_size}): {warm:.1f} s", flush=True)
+    fast = measure(encoder, images, args.batches, args.device)
+    rows = [
+        [
+            b,
+            f"{eager[b][1]:.1f}",
+            f"{fast[b][1]:.1f}",
+            f"{fast[b][1] / eager[b][1]:.2f}x",
+            f"{fast[b][0]:.1f}",
+            f"{eager[b][2]:.1f} / {fast[b][2]:.1f}",
+        ]
+        for b in args.batches
+    ]
     print(
-        f"preprocess: {(time.perf_counter() - t0) / 32 * 1000:.1f} ms/page (1 thread)", flush=True
+        header("Forward pass alone, full-size ColQwen2 (random weights), bf16", "bench.model_probe")
     )
-    for b in args.batches:
-        inputs = encoder.preprocess(images[:b])
-        inputs = {k: v.to(args.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            model(**inputs)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            reps = max(2, 64 // b)
-            for _ in range(reps):
-                model(**inputs)
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) / reps
-        mem = torch.cuda.max_memory_allocated() / 2**30
-        print(f"batch {b}: {b / dt:.1f} pages/s forward alone, peak {mem:.1f} GiB", flush=True)
+    print(
+        table(
+            [
+                "batch (A4 pages)",
+                "eager pages/s",
+                "compiled pages/s",
+                "speed-up",
+                "compiled first call s (after warm-up)",
+                "peak GiB eager / compiled",
+            ],
+            rows,
+        )
+    )
+    print(f"\ncompile warm-up: {warm:.1f} s; preprocess {preprocess_ms:.1f} ms/page (1 thread)")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Ingestion: files -> rendered pages -> embeddings -> Qdrant, as overlapping stages.
 
-    render (process pool) -> batch + preprocess (CPU) -> forward (GPU) -> store
+    render (process pool) -> batch + preprocess -> forward (one thread per GPU) -> store
 
-Each stage is a thread joined to the next by a bounded queue, so the device never waits on
+Each stage is a thread joined to the next by bounded queues, so the device never waits on
 rendering and memory stays flat however large the input. Batches are formed by visual-token
-budget, not page count, and may span documents. Messages keep their order end to end, so the
-store sees a document's ``open``, then its pages, then its ``end`` (or ``fail``).
+budget, not page count, and may span documents. With several GPUs (``encoder.replicas``),
+batches go round-robin to one forward thread per device, each fed by its own queue, and the
+store puts them back in order: it sees a document's ``open``, then its pages, then its ``end``
+(or ``fail``), exactly as with one device.
 
 Safe to kill at any point: pages have deterministic ids (re-writing one overwrites it), a
 document is marked ``indexed`` only once all its pages are stored, and a re-run skips indexed
@@ -131,7 +133,9 @@ class _Work:
     """Messages in order; ``inputs`` are the preprocessed images of its page messages."""
 
     messages: list[_Msg]
+    seq: int = 0  # position in the stream: the store writes batches in this order
     inputs: Any = None
+    replica: Any = None  # the Encoder whose device runs it
 
     @property
     def pages(self) -> list[_Msg]:
@@ -162,6 +166,7 @@ class IngestPipeline:
         on_progress: Callable[[IngestProgress], None] | None = None,
     ) -> None:
         self.encoder = encoder
+        self.replicas = list(encoder.replicas)
         self.store = store
         self.collection = collection
         self.render_options = render_options or RenderOptions(
@@ -194,12 +199,13 @@ class IngestPipeline:
         sources = list(sources)
         self._progress = IngestProgress(files_total=len(sources))
         self._results: list[DocumentResult] = []
-        self._busy = {"render": 0.0, "preprocess": 0.0, "encode": 0.0, "store": 0.0}
+        self._busy: dict[str, float] = {"render": 0.0, "preprocess": 0.0, "store": 0.0}
+        self._busy_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        rendered: queue.Queue = queue.Queue(maxsize=2 * self.batch_size + 8)
-        batches: queue.Queue = queue.Queue(maxsize=2)
-        encoded: queue.Queue = queue.Queue(maxsize=2)
+        rendered: queue.Queue = queue.Queue(maxsize=2 * self.batch_size * len(self.replicas) + 8)
+        batches = [queue.Queue(maxsize=2) for _ in self.replicas]  # one per device
+        encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
         with Renderer(
             self.render_options, workers=self.render_workers, max_pages=self.max_pages
@@ -213,8 +219,13 @@ class IngestPipeline:
                 threading.Thread(
                     target=self._guard, args=(self._batch, rendered, batches), name="batch"
                 ),
-                threading.Thread(
-                    target=self._guard, args=(self._encode, batches, encoded), name="encode"
+                *(
+                    threading.Thread(
+                        target=self._guard,
+                        args=(self._encode, replica, q, encoded),
+                        name=f"encode-{replica.device}",
+                    )
+                    for replica, q in zip(self.replicas, batches, strict=True)
                 ),
                 threading.Thread(target=self._guard, args=(self._write, encoded), name="store"),
             ]
@@ -355,19 +366,24 @@ class IngestPipeline:
 
     # --- stage 2: batch by token budget and preprocess -----------------------------------------
 
-    def _batch(self, inp: queue.Queue, out: queue.Queue) -> None:
-        """Cut batches by token budget; preprocess them on a few threads, keeping their order."""
+    def _batch(self, inp: queue.Queue, outs: list[queue.Queue]) -> None:
+        """Cut batches by token budget; preprocess them on a few threads (on the device that
+        will run each, round-robin) and hand them to that device's queue, in order."""
         with ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="preprocess") as pool:
             in_flight: deque[Future] = deque()
-            for messages in self._batches(inp):
-                in_flight.append(pool.submit(self._prepare, messages))
+            for seq, messages in enumerate(self._batches(inp)):
+                replica = self.replicas[seq % len(self.replicas)]
+                in_flight.append(pool.submit(self._prepare, seq, messages, replica))
                 while in_flight and (
                     in_flight[0].done() or len(in_flight) > self.preprocess_threads
                 ):
-                    self._put(out, in_flight.popleft().result())
+                    work = in_flight.popleft().result()
+                    self._put(outs[work.seq % len(outs)], work)
             while in_flight:
-                self._put(out, in_flight.popleft().result())
-        self._put(out, _END)
+                work = in_flight.popleft().result()
+                self._put(outs[work.seq % len(outs)], work)
+        for out in outs:
+            self._put(out, _END)
 
     def _batches(self, inp: queue.Queue) -> Iterator[list[_Msg]]:
         work: list[_Msg] = []
@@ -391,24 +407,28 @@ class IngestPipeline:
                 yield work
                 work, tokens = [], 0
 
-    def _prepare(self, messages: list[_Msg]) -> _Work:
-        work = _Work(messages)
+    def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
+        work = _Work(messages, seq=seq, replica=replica)
         images = [m.page.image for m in work.pages]
         if images:
             t0 = time.perf_counter()
-            work.inputs = self.encoder.preprocess(images)
-            self._busy["preprocess"] += time.perf_counter() - t0
+            work.inputs = replica.preprocess(images)
+            self._add_busy("preprocess", time.perf_counter() - t0)
         return work
+
+    def _add_busy(self, stage: str, seconds: float) -> None:
+        with self._busy_lock:
+            self._busy[stage] = self._busy.get(stage, 0.0) + seconds
 
     # --- stage 3: forward pass -----------------------------------------------------------------
 
-    def _encode(self, inp: queue.Queue, out: queue.Queue) -> None:
+    def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
         while (work := self._get(inp)) is not _END:
             pages = work.pages
             if pages:
                 t0 = time.perf_counter()
                 embeddings = self._embed(work)
-                self._busy["encode"] += time.perf_counter() - t0
+                self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
                 for msg, emb in zip(pages, embeddings, strict=True):
                     page = msg.page
                     msg.embedding = emb
@@ -425,33 +445,46 @@ class IngestPipeline:
     def _embed(self, work: _Work) -> list[PageEmbedding]:
         import torch
 
+        encoder = work.replica
         try:
-            return self.encoder.postprocess(work.inputs, self.encoder.forward(work.inputs))
+            return encoder.postprocess(work.inputs, encoder.forward(work.inputs))
         except torch.cuda.OutOfMemoryError:
             # Let the encoder find a batch size that fits (it halves and remembers).
             torch.cuda.empty_cache()
-            return self.encoder.embed_pages(
-                [m.page.image for m in work.pages], len(work.pages) // 2
-            )
+            return encoder.embed_pages([m.page.image for m in work.pages], len(work.pages) // 2)
 
     # --- stage 4: store ------------------------------------------------------------------------
 
     def _write(self, inp: queue.Queue) -> None:
+        """Store batches in stream order (several devices finish them out of order)."""
+        waiting: dict[int, _Work] = {}
+        next_seq, ends = 0, 0
+        while ends < len(self.replicas):
+            work = self._get(inp)
+            if work is _END:
+                ends += 1
+                continue
+            waiting[work.seq] = work
+            while next_seq in waiting:
+                self._store(waiting.pop(next_seq))
+                next_seq += 1
+        if waiting:
+            raise RuntimeError(f"batches {sorted(waiting)} arrived without their predecessors")
+
+    def _store(self, work: _Work) -> None:
+        t0 = time.perf_counter()
         pending: list[tuple[_Doc, PageRecord]] = []
-        while (work := self._get(inp)) is not _END:
-            t0 = time.perf_counter()
-            for msg in work.messages:
-                if msg.kind == "page":
-                    pending.append((msg.doc, self._record(msg)))
-                    continue
-                if msg.kind == "end":
-                    self._flush(pending)
-                    pending = []
-                self._control(msg)
-            self._flush(pending)
-            pending = []
-            self._busy["store"] += time.perf_counter() - t0
-            self._report_progress()
+        for msg in work.messages:
+            if msg.kind == "page":
+                pending.append((msg.doc, self._record(msg)))
+                continue
+            if msg.kind == "end":
+                self._flush(pending)
+                pending = []
+            self._control(msg)
+        self._flush(pending)
+        self._add_busy("store", time.perf_counter() - t0)
+        self._report_progress()
 
     def _record(self, msg: _Msg) -> PageRecord:
         doc, page, emb = msg.doc, msg.page_info, msg.embedding

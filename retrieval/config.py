@@ -34,7 +34,14 @@ class Settings(BaseSettings):
         "colqwen2", description="colpali-engine model family: colqwen2 or colqwen2_5."
     )
     device: str = Field(
-        "auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."
+        "auto",
+        description="auto (every visible GPU, else mps, else cpu), cpu, cuda, cuda:N, mps, or "
+        "several GPUs: cuda:0,cuda:1 (ingestion runs data-parallel over them).",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the model's blocks: faster forward passes after a warm-up "
+        "of seconds per page shape; auto = on CUDA.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 elsewhere."

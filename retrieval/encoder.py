@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,26 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def resolve_devices(device: str = "auto") -> list[str]:
+    """Every device to ingest on: ``auto`` -> every visible GPU (else cuda, mps or cpu as
+    ``resolve_device``); ``cuda:0,cuda:1`` -> those; one device -> itself."""
+    import torch
+
+    names = [d.strip() for d in device.split(",") if d.strip()]
+    if names == ["auto"] and torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if len(names) == 1:
+        return [resolve_device(names[0])]
+    if not names or any(not n.startswith("cuda") for n in names):
+        raise ConfigurationError(
+            f"device '{device}': a list names CUDA devices, e.g. cuda:0,cuda:1"
+        )
+    resolved = [resolve_device(n) for n in names]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigurationError(f"device '{device}' names a device twice")
+    return resolved
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA, float32 elsewhere."""
     import torch
@@ -100,6 +121,9 @@ class Encoder:
         self.merge_size: int = processor.image_processor.merge_size
         self.dim: int = int(model.dim)
         self._lock = threading.Lock()
+        # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
+        self.replicas: list[Encoder] = [self]
+        self.compiled = False
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -114,26 +138,79 @@ class Encoder:
         family: ModelFamily = "colqwen2",
         batch_size: int = 8,
         query_batch_size: int = 32,
+        compile: str = "off",
     ) -> Encoder:
         """Load a checkpoint: a hub id, a local model directory, or a local PEFT adapter directory
-        (``adapter_config.json`` naming its base), always capped at ``max_visual_tokens``."""
+        (``adapter_config.json`` naming its base), always capped at ``max_visual_tokens``.
+
+        ``device`` may name several CUDA devices (or ``auto``: every visible GPU): the model is
+        replicated on each for ingestion. ``compile``: on, off, or auto (on for CUDA)."""
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
-        resolved_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, resolved_device)
+        devices = resolve_devices(device)
+        torch_dtype = resolve_dtype(dtype, devices[0])
         net, processor = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
-        net = net.to(resolved_device).eval()
-        log.info("loaded %s on %s (%s)", model, resolved_device, torch_dtype)
-        return cls(
+        net = net.to(devices[0]).eval()
+        log.info("loaded %s on %s (%s)", model, ", ".join(devices), torch_dtype)
+        encoder = cls(
             net,
             processor,
             model_id=model,
-            device=resolved_device,
+            device=devices[0],
             max_visual_tokens=max_visual_tokens,
             batch_size=batch_size,
             query_batch_size=query_batch_size,
         )
+        encoder.replicate(devices[1:])
+        if compile == "on" or (compile == "auto" and devices[0].startswith("cuda")):
+            encoder.compile()
+        return encoder
+
+    def replicate(self, devices: Sequence[str]) -> None:
+        """Copies of the model on ``devices``: the ingestion pipeline feeds them in parallel."""
+        import copy
+
+        for device in devices:
+            net = copy.deepcopy(self.model).to(device).eval()
+            self.replicas.append(
+                Encoder(
+                    net,
+                    self.processor,
+                    model_id=self.model_id,
+                    device=device,
+                    max_visual_tokens=self.max_visual_tokens,
+                    batch_size=self.batch_size,
+                    query_batch_size=self.query_batch_size,
+                )
+            )
+
+    def compile(self) -> None:
+        """``torch.compile`` each vision block and text decoder layer, on every replica: fused
+        elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
+        attention. Shapes are traced on first use (``warm_up`` pays that up front); a new page
+        grid triggers one more trace with dynamic sizes, then reuses it. Same embeddings."""
+        import torch
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for replica in self.replicas:
+            for stack in _compilable_stacks(replica.model):
+                for i, module in enumerate(stack):
+                    stack[i] = torch.compile(module)
+            replica.compiled = True
+
+    def warm_up(self, grids: Sequence[tuple[int, int]] = ((33, 23), (31, 24), (23, 33))) -> float:
+        """Run a batch of blank pages of each (rows, cols) grid on every replica, so compiling
+        (and cuDNN's autotuning) is paid before real pages arrive. Returns seconds spent."""
+        from PIL import Image
+
+        start = time.perf_counter()
+        patch = 14 * self.merge_size
+        for rows, cols in grids:
+            pages = [Image.new("RGB", (cols * patch, rows * patch), "white")] * self.batch_size
+            for replica in self.replicas:
+                replica.embed_pages(pages)
+        return time.perf_counter() - start
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Encoder:
@@ -145,6 +222,7 @@ class Encoder:
             family=settings.model_family,
             batch_size=settings.batch_size,
             query_batch_size=settings.query_batch_size,
+            compile=settings.compile,
         )
 
     # --- pages ---------------------------------------------------------------------------------
@@ -274,6 +352,23 @@ class Encoder:
                 np.ascontiguousarray(r[m], dtype=np.float32) for r, m in zip(out, mask, strict=True)
             )
         return result
+
+
+def _compilable_stacks(model: Any) -> list[Any]:
+    """The repeated blocks of a ColQwen2-style model: vision blocks, text decoder layers."""
+    stacks = []
+    for path in ("visual.blocks", "language_model.layers", "model.visual.blocks",
+                 "model.language_model.layers"):  # fmt: skip
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if node is not None and all(node is not s for s in stacks):
+            stacks.append(node)
+    if not stacks:
+        log.warning("compile: no vision blocks or decoder layers found; running eager")
+    return stacks
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

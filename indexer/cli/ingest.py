@@ -117,6 +117,12 @@ def _run(settings, sources, *, quiet: bool):
     with open_store(settings) as store:
         with nullcontext() if quiet else err_console.status(f"loading {settings.model}"):
             encoder = Encoder.from_settings(settings)
+        if encoder.compiled:
+            message = "compiling the model for A4, Letter and landscape pages (once a process)"
+            with nullcontext() if quiet else err_console.status(message):
+                seconds = encoder.warm_up()
+            if not quiet:
+                err_console.print(f"model compiled and warmed up in {seconds:.0f} s")
         store.ensure_collection_for(settings.collection, settings, encoder.dim)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)

@@ -1,0 +1,106 @@
+"""Ingestion over several devices: data-parallel replicas of the model, one ordered store writer.
+On CPU two replicas stand in for two GPUs (same code path); the compiled forward pass is checked
+against the eager one on a GPU (marked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import IngestPipeline
+from indexer.render import RenderOptions
+from indexer.sources import discover
+from retrieval.encoder import Encoder, resolve_devices
+from retrieval.errors import ConfigurationError
+from retrieval.store import PageStore
+from retrieval.store.edge import EdgeBackend
+from tests.documents import make_pdf
+
+BUDGET = 64
+
+
+def ingest(encoder: Encoder, folder: Path, data: Path) -> tuple[PageStore, dict]:
+    store = PageStore(EdgeBackend(data))
+    store.create_collection("c", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
+    pipeline = IngestPipeline(
+        encoder,
+        store,
+        "c",
+        render_options=RenderOptions(max_visual_tokens=BUDGET),
+        render_workers=2,
+        batch_size=2,
+    )
+    events = []
+    real_control = pipeline._control
+
+    def control(msg):  # the order the store sees: open, pages, end per document
+        events.append((msg.kind, msg.doc.source.name))
+        return real_control(msg)
+
+    pipeline._control = control
+    report = pipeline.run(discover([folder]))
+    assert report.ok
+    return store, {"report": report, "events": events}
+
+
+def test_two_replicas_store_every_page_once_in_order(tiny_model_dir, tmp_path):
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    sizes = [(595, 842), (612, 792), (842, 595), (300, 500)]
+    for i, size in enumerate(sizes):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([size] * (3 + i)))
+    one = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET, batch_size=2)
+    two = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET, batch_size=2)
+    two.replicate(["cpu"])
+    assert len(two.replicas) == 2 and two.replicas[1].model is not two.model
+    single, _ = ingest(one, folder, tmp_path / "one")
+    double, b = ingest(two, folder, tmp_path / "two")
+    busy = b["report"].stage_s
+    assert sum(k.startswith("encode") for k in busy) == 1  # both threads on "cpu": one key
+    opened = [name for kind, name in b["events"] if kind == "open"]
+    ended = [name for kind, name in b["events"] if kind == "end"]
+    assert opened == ended == [f"d{i}.pdf" for i in range(4)]
+    assert double.count_pages("c") == single.count_pages("c") == sum(3 + i for i in range(4))
+    for doc in single.documents("c"):
+        assert sorted(double.stored_page_numbers("c", doc.doc_id)) == list(
+            range(1, doc.page_count + 1)
+        )
+    # Same embeddings whichever replica ran a page.
+    q = np.random.default_rng(0).standard_normal((5, one.dim)).astype(np.float32)
+    scores = [
+        {(h.doc_id, h.page): h.score for h in s.search("c", q, top_k=30, mode="exact")}
+        for s in (single, double)
+    ]
+    assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 18
+    for key, score in scores[0].items():
+        assert scores[1][key] == pytest.approx(score, abs=1e-4)
+    single.close()
+    double.close()
+
+
+def test_device_lists_are_checked():
+    with pytest.raises(ConfigurationError, match="CUDA devices"):
+        resolve_devices("cpu,cpu")
+    assert resolve_devices("cpu") == ["cpu"]
+
+
+@pytest.mark.gpu
+def test_compiled_forward_matches_eager_on_the_full_size_model():
+    """cosine >= 0.999 per token, bf16, the real architecture with random weights."""
+    import torch
+    from PIL import Image
+
+    from bench.ingest_bench import full_size_encoder
+
+    eager = full_size_encoder("cuda", 8)
+    pages = [Image.effect_noise((644, 924), 64).convert("RGB") for _ in range(4)]
+    pages += [Image.effect_noise((672, 868), 64).convert("RGB") for _ in range(4)]
+    reference = eager.embed_pages(pages)
+    eager.compile()
+    fast = eager.embed_pages(pages)
+    for r, f in zip(reference, fast, strict=True):
+        a, b = torch.tensor(r.multivector), torch.tensor(f.multivector)
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+        assert r.grid == f.grid and float(cosine.min()) >= 0.999, float(cosine.min())

@@ -30,7 +30,11 @@ from retrieval.store.edge import EdgeBackend
 
 
 def full_size_encoder(
-    device: str, batch_size: int, devices: list[str] | None = None, compile: bool = False
+    device: str,
+    batch_size: int,
+    devices: list[str] | None = None,
+    compile: bool = False,
+    compile_mode: str | None = None,
 ) -> Encoder:
     """ColQwen2 at its real size (Qwen2-VL-2B), random weights, bf16; replicated on ``devices``
     beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
@@ -72,7 +76,7 @@ def full_size_encoder(
     )
     encoder.replicate(devices or [])
     if compile:
-        encoder.compile()
+        encoder.compile(compile_mode)
     return encoder
 
 
@@ -159,6 +163,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="feed the files this many times")
     parser.add_argument("--gpus", type=int, default=1, help="data-parallel over this many GPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
+    parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -171,12 +176,14 @@ def main() -> None:
             if f.name in {"pdflatex-4-pages.pdf", "multicolumn.pdf", "bach-bwv610.pdf"}
         ] or files[:3]
     if args.full_size:
-        encoder = full_size_encoder(device, args.batch_size, extra, compile=args.compile)
+        encoder = full_size_encoder(
+            device, args.batch_size, extra, compile=args.compile, compile_mode=args.compile_mode
+        )
     else:
         encoder = tiny_encoder(device, args.batch_size)
         encoder.replicate(extra)
         if args.compile:
-            encoder.compile()
+            encoder.compile(args.compile_mode)
     warm_s = encoder.warm_up()
     print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
     alone = forward_alone(encoder, args.batch_size)
@@ -221,9 +228,10 @@ def main() -> None:
         print(f"\nspeed-up over the reference loop, index build included: {speedup:.2f}x")
     n = len(encoder.replicas)
     share = o["pages"] / o["seconds"] / (alone * n)
+    compiled = (args.compile_mode or "on") if args.compile else "off"
     print(
         f"forward alone: {alone:.1f} pages/s per device x {n}; the pipeline reaches "
-        f"{100 * share:.0f}% of it; compile {'on' if args.compile else 'off'}, warm-up "
+        f"{100 * share:.0f}% of it; compile {compiled}, warm-up "
         f"{warm_s:.1f} s (paid once per process, not counted above)"
     )
     busy = o["busy"]

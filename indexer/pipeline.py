@@ -387,7 +387,7 @@ class IngestPipeline:
 
     def _batches(self, inp: queue.Queue) -> Iterator[list[_Msg]]:
         work: list[_Msg] = []
-        tokens = 0
+        tokens = pages = 0
         finished = False
         while not finished:
             try:
@@ -401,11 +401,14 @@ class IngestPipeline:
                 if msg.kind == "page":
                     rows, cols = msg.page.grid
                     tokens += rows * cols + SPECIAL_TOKENS
-                if tokens < self.token_budget:
+                    pages += 1
+                # Full batches of a document's pages have the shapes a compiled model was
+                # warmed up for (batch_size pages of one grid); smaller pages fill by tokens.
+                if tokens < self.token_budget and pages < self.batch_size:
                     continue
             if work:
                 yield work
-                work, tokens = [], 0
+                work, tokens, pages = [], 0, 0
 
     def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
         work = _Work(messages, seq=seq, replica=replica)

@@ -185,31 +185,40 @@ class Encoder:
                 )
             )
 
-    def compile(self) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """``torch.compile`` each vision block and text decoder layer, on every replica: fused
         elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
-        attention. Shapes are traced on first use (``warm_up`` pays that up front); a new page
-        grid triggers one more trace with dynamic sizes, then reuses it. Same embeddings."""
+        attention; same embeddings. Graphs are static: ``warm_up`` traces the common page
+        shapes (a full batch of A4, Letter, landscape pages), after which any other shape runs
+        eager rather than stalling ingestion for a new trace. ``mode``: torch.compile's
+        (``reduce-overhead`` adds CUDA graphs)."""
         import torch
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # Round to bf16 between fused ops as eager does: embeddings stay those of eager mode.
+        torch._inductor.config.emulate_precision_casts = True
         for replica in self.replicas:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
-                    stack[i] = torch.compile(module)
+                    stack[i] = torch.compile(module, dynamic=False, mode=mode)
             replica.compiled = True
 
     def warm_up(self, grids: Sequence[tuple[int, int]] = ((33, 23), (31, 24), (23, 33))) -> float:
         """Run a batch of blank pages of each (rows, cols) grid on every replica, so compiling
         (and cuDNN's autotuning) is paid before real pages arrive. Returns seconds spent."""
+        import torch
         from PIL import Image
 
         start = time.perf_counter()
         patch = 14 * self.merge_size
+        if self.compiled:
+            torch.compiler.set_stance("default")
         for rows, cols in grids:
             pages = [Image.new("RGB", (cols * patch, rows * patch), "white")] * self.batch_size
             for replica in self.replicas:
                 replica.embed_pages(pages)
+        if self.compiled:
+            torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall
         return time.perf_counter() - start
 
     @classmethod

@@ -100,7 +100,14 @@ def test_compiled_forward_matches_eager_on_the_full_size_model():
     reference = eager.embed_pages(pages)
     eager.compile()
     fast = eager.embed_pages(pages)
+    cosines = []
     for r, f in zip(reference, fast, strict=True):
+        assert r.grid == f.grid
         a, b = torch.tensor(r.multivector), torch.tensor(f.multivector)
-        cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-        assert r.grid == f.grid and float(cosine.min()) >= 0.999, float(cosine.min())
+        cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+    cosine = torch.cat(cosines)
+    print(
+        f"per-token cosine: min {float(cosine.min()):.5f}, "
+        f"p0.1 {float(cosine.quantile(0.001)):.5f}, mean {float(cosine.mean()):.6f}"
+    )
+    assert float(cosine.min()) >= 0.999

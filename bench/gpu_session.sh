@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU measurements of one session, in priority order, each log into $OUT as it runs.
+#   bash bench/gpu_session.sh single   # one GPU: compiled and eager ingest, model probe, GPU test
+#   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled
+# Expects the lock's wheels in .whl/ and the PDFs to ingest in .pdfs/ (see BENCHMARKS.md).
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi -L | tee "$OUT/gpus.txt"
+run() { local name=$1; shift; echo "== $name: $*"; python3 "$@" 2>&1 | tee "$OUT/$name.log"; }
+bench="-m bench.ingest_bench .pdfs --full-size --device cuda --batch-size 32"
+case "${1:-single}" in
+single)
+    run ingest_compiled $bench --compile --repeat 2
+    run ingest_eager $bench --baseline --repeat 2
+    run gpu_test -c "from tests.test_parallel import test_compiled_forward_matches_eager_on_the_full_size_model as t; t(); print('compiled == eager: ok')"
+    run ingest_graphs $bench --compile --compile-mode reduce-overhead --repeat 2
+    run probe -m bench.model_probe --batches 8 16 32
+    ;;
+multi)
+    run ingest_1gpu $bench --compile --repeat 4 --gpus 1
+    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)"
+    ;;
+esac

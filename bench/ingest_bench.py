@@ -87,12 +87,29 @@ def tiny_encoder(device: str, batch_size: int) -> Encoder:
     return Encoder.load(str(path), device=device, batch_size=batch_size)
 
 
-def ours(encoder: Encoder, files: list[Path], workers: int | None) -> dict:
+def ours(
+    encoder: Encoder,
+    files: list[Path],
+    workers: int | None,
+    *,
+    preprocess_threads: int | None = None,
+    switch_interval_ms: float | None = None,
+) -> dict:
+    import sys
+
     store = PageStore(EdgeBackend(Path(tempfile.mkdtemp()) / "qdrant"))
     store.create_collection("bench", model=encoder.model_id, max_visual_tokens=768, dim=encoder.dim)
-    pipeline = IngestPipeline(encoder, store, "bench", render_workers=workers)
+    pipeline = IngestPipeline(
+        encoder, store, "bench", render_workers=workers, preprocess_threads=preprocess_threads
+    )
     sources = discover(files)
-    report = pipeline.run(sources)
+    interval = sys.getswitchinterval()
+    if switch_interval_ms:
+        sys.setswitchinterval(switch_interval_ms / 1000)
+    try:
+        report = pipeline.run(sources)
+    finally:
+        sys.setswitchinterval(interval)
     store.close()
     assert report.ok, [d.error for d in report.documents if d.error]
     return {
@@ -164,6 +181,13 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1, help="data-parallel over this many GPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="extra pipeline runs, THREADS:SWITCH_MS each (preprocess threads, GIL switch "
+        "interval in ms; 0 = default), e.g. 1:0 4:0.5 1:0.5",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -239,6 +263,23 @@ def main() -> None:
         "\nbusy time of our stages (s; they overlap): "
         + ", ".join(f"{k} {v:.1f}" for k, v in busy.items())
     )
+    rows = []
+    for variant in args.variants:
+        threads, switch = variant.split(":")
+        v = ours(
+            encoder,
+            files,
+            args.workers,
+            preprocess_threads=int(threads),
+            switch_interval_ms=float(switch) or None,
+        )
+        rate = v["pages"] / v["seconds"]
+        busy = ", ".join(f"{k} {x:.1f}" for k, x in v["busy"].items())
+        rows.append([threads, switch or "default", f"{rate:.1f}", busy])
+        print(rows[-1], flush=True)
+    if rows:
+        print()
+        print(table(["preprocess threads", "GIL switch ms", "pages/s", "busy s"], rows))
 
 
 if __name__ == "__main__":

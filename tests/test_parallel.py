@@ -87,27 +87,51 @@ def test_device_lists_are_checked():
 
 
 @pytest.mark.gpu
-def test_compiled_forward_matches_eager_on_the_full_size_model():
-    """cosine >= 0.999 per token, bf16, the real architecture with random weights."""
+def test_compiled_forward_is_as_faithful_as_eager_on_the_full_size_model():
+    """bf16, the real architecture with random weights: the compiled path's tokens stay within
+    bf16 noise of the eager path's, and as close as eager's to a float32 reference."""
+    import copy
+
     import torch
     from PIL import Image
 
     from bench.ingest_bench import full_size_encoder
 
-    eager = full_size_encoder("cuda", 8)
+    encoder = full_size_encoder("cuda", 8)
+    exact = Encoder(
+        copy.deepcopy(encoder.model).float(),
+        encoder.processor,
+        model_id="fp32",
+        device="cuda",
+        max_visual_tokens=768,
+        batch_size=8,
+    )
     pages = [Image.effect_noise((644, 924), 64).convert("RGB") for _ in range(4)]
     pages += [Image.effect_noise((672, 868), 64).convert("RGB") for _ in range(4)]
-    reference = eager.embed_pages(pages)
-    eager.compile()
-    fast = eager.embed_pages(pages)
-    cosines = []
-    for r, f in zip(reference, fast, strict=True):
-        assert r.grid == f.grid
-        a, b = torch.tensor(r.multivector), torch.tensor(f.multivector)
-        cosines.append(torch.nn.functional.cosine_similarity(a, b, dim=-1))
-    cosine = torch.cat(cosines)
-    print(
-        f"per-token cosine: min {float(cosine.min()):.5f}, "
-        f"p0.1 {float(cosine.quantile(0.001)):.5f}, mean {float(cosine.mean()):.6f}"
+    reference = exact.embed_pages(pages)
+    eager = encoder.embed_pages(pages)
+    encoder.compile()
+    fast = encoder.embed_pages(pages)
+
+    def cosines(a, b):
+        return torch.cat(
+            [
+                torch.nn.functional.cosine_similarity(
+                    torch.tensor(x.multivector), torch.tensor(y.multivector), dim=-1
+                )
+                for x, y in zip(a, b, strict=True)
+            ]
+        )
+
+    fast_eager, eager_ref, fast_ref = (
+        cosines(fast, eager),
+        cosines(eager, reference),
+        cosines(fast, reference),
     )
-    assert float(cosine.min()) >= 0.999
+    for name, c in [("compiled/eager", fast_eager), ("eager/fp32", eager_ref),
+                    ("compiled/fp32", fast_ref)]:  # fmt: skip
+        print(f"{name}: min {float(c.min()):.5f}, mean {float(c.mean()):.6f}")
+    assert [x.grid for x in fast] == [x.grid for x in eager]
+    assert float(fast_eager.min()) >= 0.998
+    assert float(fast_ref.mean()) >= float(eager_ref.mean()) - 1e-4
+    assert float(fast_ref.min()) >= float(eager_ref.min()) - 1e-3

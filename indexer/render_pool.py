@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
+from indexer.children import child_pool, sigint_blocked
 from indexer.render import DocumentInfo, RenderedPage, RenderOptions, Source, open_document
 from retrieval.errors import ColqwenError, InvalidDocument, PageTooLarge, RendererUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_CRASHES = 3
-PARENT_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,27 +67,6 @@ RenderEvent = DocumentOpened | PageRendered | DocumentFailed
 _open: tuple[tuple, object] | None = None  # (key, Document): the last document this worker opened
 
 
-def _init_worker(memory_limit_mb: int | None, parent: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, workers stay quiet.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored from now on
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    if memory_limit_mb:
-        import resource
-
-        limit = memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose parent died (kill -9) is re-parented: it exits instead of waiting forever
-    on a pipe nobody writes to (and so does the resource tracker, once the workers are gone)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(1)
-
-
 def _document(source: Source, name: str, password: str | None, options: RenderOptions):
     global _open
     key = (source if isinstance(source, Path) else hash(source), name, password, options)
@@ -128,19 +102,6 @@ def _guarded(name: str, work):
 
 
 # --- caller side -------------------------------------------------------------------------------
-
-
-@contextmanager
-def _sigint_blocked():
-    """Block SIGINT in this thread (children started meanwhile inherit the mask)."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Inline:
@@ -188,12 +149,7 @@ class Renderer:
     def _new_executor(self):
         if self.workers <= 0:
             return _Inline()
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=get_context("spawn"),  # never fork a process that holds torch/CUDA
-            initializer=_init_worker,
-            initargs=(self.memory_limit_mb, os.getpid()),
-        )
+        return child_pool(self.workers, self.memory_limit_mb)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -323,7 +279,7 @@ class Renderer:
         # A submit may start a worker: it is born with SIGINT blocked, so a Ctrl-C that reaches
         # the whole process group while it is still importing does not kill it mid-way (with a
         # traceback); its initializer then ignores SIGINT for good.
-        with _sigint_blocked():
+        with sigint_blocked():
             return self._executor.submit(fn, *args)
 
     def _crash_error(self, item: _Pending, exc: BaseException) -> InvalidDocument:

@@ -22,6 +22,7 @@ A document is ``indexing`` until all its pages are stored, then ``indexed``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import threading
 import uuid
@@ -52,6 +53,7 @@ from retrieval.types import (
     DocumentRecord,
     FirstStage,
     Hit,
+    PageEmbedding,
     PageRecord,
 )
 
@@ -123,7 +125,6 @@ class PageStore:
         self.fde_binary = fde_binary
         self.write_batch = write_batch
         self._collections: dict[str, CollectionInfo] = {}
-        self._encoders: dict[tuple[int, FdeParams], Muvera] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -236,13 +237,7 @@ class PageStore:
             self._collections[info.name] = info
 
     def _muvera(self, info: CollectionInfo) -> Muvera:
-        params = FdeParams(**(info.fde or {}))
-        key = (info.dim, params)
-        with self._lock:
-            encoder = self._encoders.get(key)
-            if encoder is None:
-                encoder = self._encoders[key] = Muvera(info.dim, params)
-        return encoder
+        return _muvera(info.dim, FdeParams(**(info.fde or {})))
 
     def ensure_collection_for(self, name: str, settings: Settings, dim: int) -> CollectionInfo:
         """``ensure_collection`` with the schema the settings give new collections."""
@@ -420,18 +415,7 @@ class PageStore:
 
     def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
         emb = page.embedding
-        if emb.multivector.shape[1] != info.dim:
-            got = emb.multivector.shape[1]
-            raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
-        vectors = {"original": emb.multivector}
-        if info.first_stage == "fde":
-            vectors["fde"] = self._muvera(info).encode_document(emb.multivector)
-        for name in info.pooling:
-            if name == "buckets":
-                vectors[name] = pool_buckets(emb.multivector)
-            else:
-                pool = pool_rows if name == "rows" else pool_cols
-                vectors[name] = pool(emb.visual, emb.special, normalize=info.unit_pooled)
+        vectors = page.vectors if page.vectors is not None else page_vectors(info, emb)
         rows, cols = emb.grid
         payload = {
             "doc_id": page.doc_id,
@@ -565,6 +549,34 @@ class PageStore:
             oversampling=self.oversampling,
         )
         return [Prefetch(info.pooling[0], candidates, prefetch=(first,))]
+
+
+def page_vectors(
+    info: CollectionInfo, emb: PageEmbedding, *, original: bool = True
+) -> dict[str, np.ndarray]:
+    """Every named vector of a page in ``info``'s schema: the token vectors (unless
+    ``original=False``), the FDE, the pooled vectors. A pure function of its arguments, so the
+    ingestion pipeline can compute it in other processes (``PageRecord.vectors``) and keep this
+    CPU work off the store's thread."""
+    if emb.multivector.shape[1] != info.dim:
+        got = emb.multivector.shape[1]
+        raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
+    vectors = {"original": emb.multivector} if original else {}
+    if info.first_stage == "fde":
+        fde = _muvera(info.dim, FdeParams(**(info.fde or {})))
+        vectors["fde"] = fde.encode_document(emb.multivector)
+    for name in info.pooling:
+        if name == "buckets":
+            vectors[name] = pool_buckets(emb.multivector)
+        else:
+            pool = pool_rows if name == "rows" else pool_cols
+            vectors[name] = pool(emb.visual, emb.special, normalize=info.unit_pooled)
+    return vectors
+
+
+@functools.lru_cache(maxsize=8)
+def _muvera(dim: int, params: FdeParams) -> Muvera:
+    return Muvera(dim, params)
 
 
 def _document(record: Record) -> DocumentRecord:

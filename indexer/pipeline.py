@@ -24,11 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from indexer.children import child_pool, sigint_blocked
 from indexer.render import RenderedPage, RenderOptions
 from indexer.render_pool import (
     DocumentFailed,
@@ -42,7 +40,6 @@ from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
-from retrieval.store.pages import page_vectors
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
@@ -128,7 +125,6 @@ class _Msg:
     page: RenderedPage | None = None
     error: str | None = None
     embedding: PageEmbedding | None = None
-    vectors: Future | None = None  # the page's named vectors, computed in another process
     page_info: dict[str, Any] | None = None  # provenance kept once the image is freed
 
 
@@ -168,7 +164,6 @@ class IngestPipeline:
         preprocess_threads: int | None = None,
         max_pages: int | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
-        vector_workers: int | None = None,
     ) -> None:
         self.encoder = encoder
         self.replicas = list(encoder.replicas)
@@ -187,13 +182,6 @@ class IngestPipeline:
         # The processor's CPU work (normalise, patchify) costs ~30 ms a page: at GPU speed it
         # needs more than one core. Its torch ops release the GIL, so threads suffice.
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
-        # A page's FDE and pooled vectors cost ~6 ms of CPU, held under the GIL, on the store's
-        # one thread: at GPU speed that thread would be the bottleneck (BENCHMARKS.md). On a GPU
-        # they are computed in a few processes instead; on CPU the model is the bottleneck.
-        if vector_workers is None:
-            on_gpu = encoder.device.startswith("cuda")
-            vector_workers = min(8, max(1, (os.cpu_count() or 1) // 2)) if on_gpu else 0
-        self.vector_workers = vector_workers
         info = store.collection(collection)
         if info.max_visual_tokens != self.render_options.max_visual_tokens:
             raise Conflict(
@@ -219,14 +207,9 @@ class IngestPipeline:
         batches = [queue.Queue(maxsize=2) for _ in self.replicas]  # one per device
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
-        self._info = self.store.collection(self.collection)
-        self._vectors = child_pool(self.vector_workers) if self.vector_workers else None
-        with (
-            Renderer(
-                self.render_options, workers=self.render_workers, max_pages=self.max_pages
-            ) as renderer,
-            self._vectors or nullcontext(),
-        ):
+        with Renderer(
+            self.render_options, workers=self.render_workers, max_pages=self.max_pages
+        ) as renderer:
             stages = [
                 threading.Thread(
                     target=self._guard,
@@ -452,11 +435,6 @@ class IngestPipeline:
                 for msg, emb in zip(pages, embeddings, strict=True):
                     page = msg.page
                     msg.embedding = emb
-                    if self._vectors is not None:
-                        with sigint_blocked():
-                            msg.vectors = self._vectors.submit(
-                                page_vectors, self._info, emb, original=False
-                            )
                     msg.page_info = {
                         "page_number": page.page_number,
                         "size_pt": page.size_pt,
@@ -523,9 +501,6 @@ class IngestPipeline:
             pixel_size=page["pixel_size"],
             embedding=emb,
             metadata=doc.metadata,
-            vectors=None
-            if msg.vectors is None
-            else {"original": emb.multivector, **msg.vectors.result()},
         )
 
     def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:

@@ -21,9 +21,7 @@ from tests.documents import make_pdf
 BUDGET = 64
 
 
-def ingest(
-    encoder: Encoder, folder: Path, data: Path, vector_workers: int = 0
-) -> tuple[PageStore, dict]:
+def ingest(encoder: Encoder, folder: Path, data: Path) -> tuple[PageStore, dict]:
     store = PageStore(EdgeBackend(data))
     store.create_collection("c", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
     pipeline = IngestPipeline(
@@ -33,7 +31,6 @@ def ingest(
         render_options=RenderOptions(max_visual_tokens=BUDGET),
         render_workers=2,
         batch_size=2,
-        vector_workers=vector_workers,
     )
     events = []
     real_control = pipeline._control
@@ -48,7 +45,7 @@ def ingest(
     return store, {"report": report, "events": events}
 
 
-def test_two_replicas_and_a_vector_process_store_every_page_once_in_order(tiny_model_dir, tmp_path):
+def test_two_replicas_store_every_page_once_in_order(tiny_model_dir, tmp_path):
     folder = tmp_path / "pdfs"
     folder.mkdir()
     sizes = [(595, 842), (612, 792), (842, 595), (300, 500)]
@@ -59,7 +56,7 @@ def test_two_replicas_and_a_vector_process_store_every_page_once_in_order(tiny_m
     two.replicate(["cpu"])
     assert len(two.replicas) == 2 and two.replicas[1].model is not two.model
     single, _ = ingest(one, folder, tmp_path / "one")
-    double, b = ingest(two, folder, tmp_path / "two", vector_workers=1)  # FDEs in a process
+    double, b = ingest(two, folder, tmp_path / "two")
     busy = b["report"].stage_s
     assert sum(k.startswith("encode") for k in busy) == 1  # both threads on "cpu": one key
     opened = [name for kind, name in b["events"] if kind == "open"]
@@ -72,7 +69,7 @@ def test_two_replicas_and_a_vector_process_store_every_page_once_in_order(tiny_m
         )
     # Same embeddings whichever replica ran a page.
     q = np.random.default_rng(0).standard_normal((5, one.dim)).astype(np.float32)
-    for mode in ("exact", "pooled"):  # the token vectors, and the FDEs made in a process
+    for mode in ("exact", "pooled"):  # the token vectors, and the FDEs
         scores = [
             {(h.doc_id, h.page): h.score for h in s.search("c", q, top_k=30, mode=mode)}
             for s in (single, double)

@@ -95,20 +95,18 @@ class Muvera:
         n, reps, buckets = len(x), p.r_reps, self.buckets
         signs = (x @ self._simhash).reshape(n, reps, p.k_sim) > 0
         bucket = signs.astype(np.int64) @ self._bits  # (n, reps)
-        # Projection is linear: project each token once, then sum per bucket.
+        # Projection is linear: project each token once, then sum per bucket. The sums are one
+        # batched matmul with a one-hot (reps, buckets, n) membership: BLAS, off the GIL, where
+        # np.add.at took most of a page's CPU time.
         projected = (x @ self._projection).reshape(n, reps, p.dim_proj)
-        flat = (bucket + np.arange(reps) * buckets).ravel()  # (n * reps,) bucket over all reps
-        sums = np.zeros((reps * buckets, p.dim_proj))
-        np.add.at(sums, flat, projected.reshape(n * reps, p.dim_proj))
+        member = bucket.T[:, None, :] == np.arange(buckets)[None, :, None]  # (reps, buckets, n)
+        sums = member.astype(np.float64) @ projected.transpose(1, 0, 2)  # (reps, buckets, dp)
         if document:
-            counts = np.bincount(flat, minlength=reps * buckets).reshape(reps, buckets)
-            sums = sums.reshape(reps, buckets, p.dim_proj)
+            counts = member.sum(axis=2)  # (reps, buckets)
             occupied = counts > 0
             sums[occupied] /= counts[occupied][:, None]
             # Empty bucket: the first token of the nearest occupied bucket (lowest id on ties).
-            first = np.full(reps * buckets, n)
-            np.minimum.at(first, flat, np.repeat(np.arange(n), reps))
-            first = first.reshape(reps, buckets)
+            first = np.where(occupied, member.argmax(axis=2), n)  # (reps, buckets)
             distance = np.where(occupied[:, None, :], self._hamming[None], 1 << 20)
             nearest = distance.argmin(axis=2)  # (reps, buckets)
             rep, empty = np.nonzero(~occupied)

@@ -49,9 +49,11 @@ def pool_buckets(tokens: np.ndarray) -> np.ndarray:
     buckets = 2**BUCKET_BITS
     signs = (tokens @ _hyperplanes(dim) > 0).reshape(n, BUCKET_REPS, BUCKET_BITS)
     ids = signs @ (1 << np.arange(BUCKET_BITS)) + np.arange(BUCKET_REPS) * buckets  # (n, reps)
-    sums = np.zeros((BUCKET_REPS * buckets, dim), dtype=np.float32)
-    np.add.at(sums, ids.ravel(), np.repeat(tokens, BUCKET_REPS, axis=0))
-    occupied = np.bincount(ids.ravel(), minlength=len(sums)) > 0
+    # Sums per bucket as one matmul with the one-hot membership (BLAS, off the GIL).
+    member = np.zeros((BUCKET_REPS * buckets, n), dtype=np.float32)
+    member[ids.T, np.arange(n)[None, :]] = 1.0
+    sums = member @ tokens.astype(np.float32, copy=False)
+    occupied = member.any(axis=1)
     means = sums[occupied]
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
         np.float32, copy=False

@@ -18,6 +18,11 @@ single)
     run ingest_eager $bench --baseline --repeat 2
     [ -n "${GPU_TEST:-}" ] && run gpu_test -c "from tests.test_parallel import test_compiled_forward_is_as_faithful_as_eager_on_the_full_size_model as t; t(); print('compiled is as faithful as eager: ok')"
     ;;
+store)  # after a change to the store stage: compiled, then with one BLAS thread for numpy
+    run ingest_compiled $bench --compile --repeat 2
+    OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
+        run ingest_compiled_blas1 $bench --compile --repeat 2
+    ;;
 multi)
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1
     run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)"

@@ -136,3 +136,16 @@ def test_compiled_forward_is_as_faithful_as_eager_on_the_full_size_model():
     assert float(fast_eager.min()) >= 0.998
     assert float(fast_ref.mean()) >= float(eager_ref.mean()) - 1e-4
     assert float(fast_ref.min()) >= float(eager_ref.min()) - 1e-3
+
+
+def test_a_gpu_run_limits_cpu_thread_pools_and_restores_them():
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from indexer.pipeline import _one_cpu_thread_per_op
+
+    before = torch.get_num_threads()
+    with _one_cpu_thread_per_op(on_gpu=True):
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert torch.get_num_threads() == before

@@ -149,3 +149,46 @@ def test_a_gpu_run_limits_cpu_thread_pools_and_restores_them():
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert torch.get_num_threads() == before
+
+
+def tiny_factory(*, device: str, path: str) -> Encoder:
+    """What an encoder process builds: the tiny model (a module-level function, picklable)."""
+    return Encoder.load(path, device=device, max_visual_tokens=BUDGET, batch_size=2)
+
+
+def test_encoder_processes_store_the_same_pages_and_vectors(tiny_model_dir, tmp_path):
+    from indexer.encode_process import EncoderSpec, start_all
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for i, size in enumerate([(595, 842), (842, 595), (300, 500)]):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([size] * (2 + i)))
+    encoder = tiny_factory(device="cpu", path=str(tiny_model_dir))
+    inline, _ = ingest(encoder, folder, tmp_path / "inline")
+    processes = start_all(EncoderSpec(tiny_factory, {"path": str(tiny_model_dir)}), ["cpu", "cpu"])
+    try:
+        store = PageStore(EdgeBackend(tmp_path / "proc"))
+        store.create_collection("c", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
+        pipeline = IngestPipeline(
+            encoder,
+            store,
+            "c",
+            render_options=RenderOptions(max_visual_tokens=BUDGET),
+            render_workers=1,
+            batch_size=2,
+            processes=processes,
+        )
+        assert pipeline.run(discover([folder])).ok
+    finally:
+        for p in processes:
+            p.close()
+    assert store.count_pages("c") == inline.count_pages("c") == 9
+    q = np.random.default_rng(1).standard_normal((5, encoder.dim)).astype(np.float32)
+    for mode in ("exact", "pooled", "two_stage"):
+        a = {(h.doc_id, h.page): h.score for h in inline.search("c", q, top_k=9, mode=mode)}
+        b = {(h.doc_id, h.page): h.score for h in store.search("c", q, top_k=9, mode=mode)}
+        assert a.keys() == b.keys(), mode
+        for key, score in a.items():
+            assert b[key] == pytest.approx(score, abs=1e-3), mode
+    inline.close()
+    store.close()

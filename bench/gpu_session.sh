@@ -23,12 +23,6 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
         run ingest_compiled_blas1 $bench --compile --repeat 2
     ;;
-processes)  # one encoder process per GPU, against the threads of this process, same host
-    n=$(nvidia-smi -L | wc -l)
-    run ingest_proc_1gpu $bench --compile --repeat 4 --gpus 1 --processes
-    run ingest_proc_all $bench --compile --repeat 4 --gpus "$n" --processes
-    run ingest_threads_all $bench --compile --repeat 4 --gpus "$n"
-    ;;
 multi)
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1
     run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)"

@@ -80,13 +80,6 @@ def full_size_encoder(
     return encoder
 
 
-def full_size_factory(
-    *, device: str, batch_size: int, compile: bool, compile_mode: str | None = None
-) -> Encoder:
-    """``full_size_encoder`` as an encoder process builds it (keyword arguments, picklable)."""
-    return full_size_encoder(device, batch_size, compile=compile, compile_mode=compile_mode)
-
-
 def tiny_encoder(device: str, batch_size: int) -> Encoder:
     from tests.tiny_model import write_tiny_model
 
@@ -101,19 +94,13 @@ def ours(
     *,
     preprocess_threads: int | None = None,
     switch_interval_ms: float | None = None,
-    processes: list | None = None,
 ) -> dict:
     import sys
 
     store = PageStore(EdgeBackend(Path(tempfile.mkdtemp()) / "qdrant"))
     store.create_collection("bench", model=encoder.model_id, max_visual_tokens=768, dim=encoder.dim)
     pipeline = IngestPipeline(
-        encoder,
-        store,
-        "bench",
-        render_workers=workers,
-        preprocess_threads=preprocess_threads,
-        processes=processes,
+        encoder, store, "bench", render_workers=workers, preprocess_threads=preprocess_threads
     )
     sources = discover(files)
     interval = sys.getswitchinterval()
@@ -195,9 +182,6 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
     parser.add_argument(
-        "--processes", action="store_true", help="one encoder process per GPU (full size only)"
-    )
-    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -239,18 +223,7 @@ def main() -> None:
             target.write_bytes(f.read_bytes() + f"\n%{i}\n".encode())  # new hash, same pages
             copies.append(target)
         files = copies
-    processes = None
-    if args.processes:
-        from indexer.encode_process import EncoderSpec, start_all
-
-        spec = EncoderSpec(
-            full_size_factory,
-            {"batch_size": args.batch_size, "compile": args.compile, "compile_mode": None},
-        )
-        t0 = time.perf_counter()
-        processes = start_all(spec, [r.device for r in encoder.replicas])
-        print(f"{len(processes)} encoder processes ready in {time.perf_counter() - t0:.1f} s")
-    o = ours(encoder, files, args.workers, processes=processes)
+    o = ours(encoder, files, args.workers)
     with_index = o["seconds"] + o["index_s"]
     batching = f"batch {args.batch_size}"
     for label, seconds in [
@@ -260,8 +233,6 @@ def main() -> None:
         results.append(
             [label, batching, o["pages"], f"{seconds:.1f}", f"{o['pages'] / seconds:.1f}"]
         )
-    for p in processes or []:
-        p.close()
     if args.baseline:
         b = baseline(encoder, files)
         results.append(

@@ -22,15 +22,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
-from indexer.encode_process import EncoderProcess
 from indexer.render import RenderedPage, RenderOptions
 from indexer.render_pool import (
     DocumentFailed,
@@ -129,9 +126,6 @@ class _Msg:
     page: RenderedPage | None = None
     error: str | None = None
     embedding: PageEmbedding | None = None
-    vectors: dict[str, Any] | None = (
-        None  # FDE and pooled vectors, when an encoder process made them
-    )
     page_info: dict[str, Any] | None = None  # provenance kept once the image is freed
 
 
@@ -195,11 +189,9 @@ class IngestPipeline:
         preprocess_threads: int | None = None,
         max_pages: int | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
-        processes: Sequence[EncoderProcess] | None = None,
     ) -> None:
         self.encoder = encoder
-        # Where batches run: the encoder's replicas in this process, or one process per GPU.
-        self.replicas: list[Encoder | EncoderProcess] = list(processes or encoder.replicas)
+        self.replicas = list(encoder.replicas)
         self.store = store
         self.collection = collection
         self.render_options = render_options or RenderOptions(
@@ -240,7 +232,6 @@ class IngestPipeline:
         batches = [queue.Queue(maxsize=2) for _ in self.replicas]  # one per device
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
-        self._info = self.store.collection(self.collection)
         with (
             _one_cpu_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
             Renderer(
@@ -447,15 +438,12 @@ class IngestPipeline:
                 yield work
                 work, tokens, pages = [], 0, 0
 
-    def _prepare(self, seq: int, messages: list[_Msg], replica) -> _Work:
+    def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
         work = _Work(messages, seq=seq, replica=replica)
         images = [m.page.image for m in work.pages]
         if images:
             t0 = time.perf_counter()
-            if isinstance(replica, EncoderProcess):  # it preprocesses: send plain pixels
-                work.inputs = [np.asarray(image.convert("RGB")) for image in images]
-            else:
-                work.inputs = replica.preprocess(images)
+            work.inputs = replica.preprocess(images)
             self._add_busy("preprocess", time.perf_counter() - t0)
         return work
 
@@ -465,20 +453,16 @@ class IngestPipeline:
 
     # --- stage 3: forward pass -----------------------------------------------------------------
 
-    def _encode(self, replica, inp: queue.Queue, out: queue.Queue) -> None:
+    def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
         while (work := self._get(inp)) is not _END:
             pages = work.pages
             if pages:
                 t0 = time.perf_counter()
-                if isinstance(replica, EncoderProcess):
-                    results = replica.embed(work.inputs, self._info)
-                else:
-                    results = [(emb, None) for emb in self._embed(work)]
+                embeddings = self._embed(work)
                 self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
-                for msg, (emb, vectors) in zip(pages, results, strict=True):
+                for msg, emb in zip(pages, embeddings, strict=True):
                     page = msg.page
                     msg.embedding = emb
-                    msg.vectors = vectors
                     msg.page_info = {
                         "page_number": page.page_number,
                         "size_pt": page.size_pt,
@@ -545,7 +529,6 @@ class IngestPipeline:
             pixel_size=page["pixel_size"],
             embedding=emb,
             metadata=doc.metadata,
-            vectors=None if msg.vectors is None else {"original": emb.multivector, **msg.vectors},
         )
 
     def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:

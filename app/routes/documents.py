@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import asdict
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
 from app.uploads import OPENAPI_BODY, receive_upload
 from retrieval.errors import InvalidInput
 from retrieval.store import check_metadata, parse_filter_json
+from retrieval.store.filters import parse_json
 from retrieval.types import DocumentRecord
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=errors(400, 422))
@@ -82,17 +82,7 @@ async def upload_document(request: Request, services: ServicesDep):
 
 
 def _parse_metadata(metadata: str | None) -> dict:
-    if not metadata:
-        return {}
-    try:
-        value = json.loads(metadata, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(f"metadata is not valid JSON: {exc}") from None
-    return check_metadata(value)
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
+    return check_metadata(parse_json(metadata, what="metadata")) if metadata else {}
 
 
 @router.get("", response_model=DocumentsPublic, responses=errors(404))

@@ -36,13 +36,15 @@ MAX_VALUES = 1024
 
 def parse_filter_json(text: str | None, *, what: str = "filter") -> Filter | None:
     """A filter given as JSON text (query strings, CLI flags)."""
-    if not text:
-        return None
+    return parse_filter(parse_json(text, what=what)) if text else None
+
+
+def parse_json(text: str, *, what: str) -> Any:
+    """JSON a user sent, strictly: NaN and Infinity (which Python's json accepts) are refused."""
     try:
-        spec = json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
-    return parse_filter(spec)
 
 
 def _no_constant(name: str):

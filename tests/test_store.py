@@ -478,6 +478,43 @@ def test_concurrent_first_requests_open_the_embedded_store_once(tmp_path):
         reopened.close()
 
 
+def test_readers_racing_a_collection_being_created_never_fail(tmp_path):
+    """A search for a collection the worker is creating that moment (schemathesis found it):
+    NotFound or an answer, never the WAL lock error of a second opener."""
+    import threading
+
+    backend = EdgeBackend(tmp_path / "q")
+    names = [f"c{i}" for i in range(40)]
+    done = threading.Event()
+    errors = []
+
+    def read() -> None:
+        while not done.is_set():
+            for name in names:
+                try:
+                    if backend.collection_exists(name):
+                        backend.count(name, None)
+                except NotFound:
+                    pass
+                except Exception as exc:  # the defect: StoreError from a second WAL opener
+                    errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        from retrieval.store.model import VectorSpec
+
+        for name in names:
+            backend.create_collection(name, [VectorSpec("v", 4, multivector=False)])
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+        backend.close()
+    assert errors == []
+
+
 def test_long_writes_keep_the_embedded_wal_bounded(tmp_path, monkeypatch):
     import retrieval.store.edge as edge
 

@@ -102,11 +102,14 @@ class EdgeBackend:
     def create_collection(self, name: str, vectors: list[VectorSpec]) -> None:
         path = self._path(name)
         config = qe.EdgeConfig(vectors={v.name: _vector_params(v) for v in vectors})
-        with self._write:
+        # Also the opener's lock: its folder exists before it is registered, and a reader that
+        # saw the folder would load it and collide with the creator on the WAL lock. (Order:
+        # _write, then _open, as in ``_update``.)
+        with self._write, self._open:
             self._shards[name] = _call(qe.EdgeShard.create, str(path), config)
 
     def delete_collection(self, name: str) -> None:
-        with self._write:
+        with self._write, self._open:
             shard = self._shards.pop(name, None)
             if shard is not None:
                 shard.close()

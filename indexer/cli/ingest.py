@@ -158,7 +158,7 @@ class RateColumn(ProgressColumn):
     line reports at the end (rich's own speed is a moving window that disagrees with it)."""
 
     def render(self, task) -> Text:
-        if not task.completed or not task.elapsed:
+        if not task.completed or not task.elapsed or not task.fields.get("rate", True):
             return Text("")
         return Text(f"{task.completed / task.elapsed:.1f}/s", style="progress.data.speed")
 
@@ -178,7 +178,7 @@ def _progress(quiet: bool, files: int):
     )
     files_task = progress.add_task("files", total=files)
     pages_task = progress.add_task("pages", total=None)
-    index_task = progress.add_task("index", total=None, visible=False)
+    index_task = progress.add_task("index", total=None, visible=False, rate=False)
 
     def update(state) -> None:
         progress.update(files_task, completed=state.files_done)

@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.common import SHARED_PDFS, header, table
 from indexer.render import RenderOptions, open_document
 from indexer.render_pool import PageRendered, Renderer, RenderRequest
-from indexer.sizing import target_size
+from retrieval.models import family
 
 
 def pages_of(files: list[Path], max_pages: int) -> list[tuple[Path, int]]:
@@ -63,7 +63,9 @@ def pdf2image_200dpi(pages, threads: int) -> float:
         for image in images:
             # The peers then let the processor downscale to the model's size; do the same resize.
             w_pt, h_pt = image.width * 72 / 200, image.height * 72 / 200
-            image.convert("RGB").resize(target_size(w_pt, h_pt, 768), Image.Resampling.BICUBIC)
+            image.convert("RGB").resize(
+                family("colqwen2").size_for(w_pt, h_pt, 768), Image.Resampling.BICUBIC
+            )
             n += 1
     return n / (time.perf_counter() - start)
 

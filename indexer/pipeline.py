@@ -45,7 +45,6 @@ from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = 11  # prompt tokens per page around the image (ColQwen2)
 _IDLE_FLUSH_S = 0.05  # flush a partial batch when no page arrived for this long
 
 
@@ -195,12 +194,12 @@ class IngestPipeline:
         self.store = store
         self.collection = collection
         self.render_options = render_options or RenderOptions(
-            max_visual_tokens=encoder.max_visual_tokens
+            max_visual_tokens=encoder.max_visual_tokens, model_family=encoder.family.name
         )
         self.render_workers = render_workers
         self.batch_size = batch_size or encoder.batch_size
         self.token_budget = self.batch_size * (
-            self.render_options.max_visual_tokens + SPECIAL_TOKENS
+            self.render_options.max_visual_tokens + encoder.family.prompt_tokens
         )
         self.on_progress = on_progress
         self.max_pages = max_pages
@@ -428,7 +427,7 @@ class IngestPipeline:
                 work.append(msg)
                 if msg.kind == "page":
                     rows, cols = msg.page.grid
-                    tokens += rows * cols + SPECIAL_TOKENS
+                    tokens += rows * cols + self.encoder.family.prompt_tokens
                     pages += 1
                 # Full batches of a document's pages have the shapes a compiled model was
                 # warmed up for (batch_size pages of one grid); smaller pages fill by tokens.

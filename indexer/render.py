@@ -2,9 +2,9 @@
 
 ``open_document`` reads a PDF (PDFium, through pypdfium2) or an image (PNG, JPEG, TIFF, WebP;
 each frame a page) from a path or bytes, and ``Document.render(i)`` returns page ``i`` at the size
-``indexer.sizing`` picks, with its provenance. Bad input raises one of our exceptions naming the
-file and the reason. PDFium is not thread-safe: use one ``Document`` per process
-(``indexer.render_pool`` runs them in a process pool).
+the model family picks (``Family.grid_for``), with its provenance. Bad input raises one of our
+exceptions naming the file and the reason. PDFium is not thread-safe: use one ``Document`` per
+process (``indexer.render_pool`` runs them in a process pool).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from indexer.sizing import target_grid
 from retrieval.errors import (
     InvalidDocument,
     InvalidInput,
@@ -23,6 +22,7 @@ from retrieval.errors import (
     PasswordRequired,
     UnsupportedFormat,
 )
+from retrieval.models import Family, family
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,12 +45,19 @@ class RenderOptions:
     max_visual_tokens: int = 768
     supersample: int = 1
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    model_family: str = "colqwen2"  # whose geometry: pixels per token, grid for a page
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RenderOptions:
         return cls(
-            max_visual_tokens=settings.max_visual_tokens, supersample=settings.render_supersample
+            max_visual_tokens=settings.max_visual_tokens,
+            supersample=settings.render_supersample,
+            model_family=settings.model_family,
         )
+
+    @property
+    def family(self) -> Family:
+        return family(self.model_family)
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ class PdfDocument(Document):
                 )
             grid = self._grid(width_pt, height_pt, number)
             k = self.options.supersample
-            width_px, height_px = grid[1] * 28 * k, grid[0] * 28 * k
+            width_px, height_px = (k * px for px in self.options.family.pixels_for(grid))
             bitmap = pdfium.PdfBitmap.new_native(
                 width_px, height_px, pdfium_c.FPDFBitmap_BGR, rev_byteorder=True
             )
@@ -217,7 +224,7 @@ class PdfDocument(Document):
 
     def _grid(self, width: float, height: float, number: int) -> tuple[int, int]:
         try:
-            return target_grid(width, height, self.options.max_visual_tokens)
+            return self.options.family.grid_for(width, height, self.options.max_visual_tokens)
         except PageTooLarge as exc:
             raise PageTooLarge(f"{self.name}: page {number}: {exc}") from None
 
@@ -290,8 +297,8 @@ class ImageDocument(Document):
                 round(width * 72 / (dpi[0] or 72), 2),
                 round(height * 72 / (dpi[1] or 72), 2),
             )
-            grid = target_grid(width, height, self.options.max_visual_tokens)
-            target = (grid[1] * 28, grid[0] * 28)
+            grid = self.options.family.grid_for(width, height, self.options.max_visual_tokens)
+            target = self.options.family.pixels_for(grid)
             k = self.options.supersample
             if self._image.format == "JPEG":
                 self._image.draft("RGB", (target[0] * k, target[1] * k))  # decode at reduced scale

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.types import Datatype, FirstStage
 
-ModelFamily = Literal["colqwen2", "colqwen2_5"]
+ModelFamily = str  # a key of retrieval.models.FAMILIES
 
 
 class Settings(BaseSettings):
@@ -170,6 +170,15 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @field_validator("model_family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        from retrieval.models import FAMILIES
+
+        if value not in FAMILIES:
+            raise ValueError(f"model_family must be one of {', '.join(sorted(FAMILIES))}")
+        return value
 
     @field_validator("pooling")
     @classmethod

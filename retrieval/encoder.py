@@ -17,7 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ import numpy as np
 
 from retrieval.config import ModelFamily, Settings
 from retrieval.errors import ConfigurationError, InvalidInput, ModelLoadError
+from retrieval.models import COLQWEN2, Family
+from retrieval.models import family as model_family
 from retrieval.types import PageEmbedding
 
 if TYPE_CHECKING:
@@ -34,18 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 2048
-
-
-@dataclass(frozen=True)
-class _Family:
-    model_cls: str
-    processor_cls: str
-
-
-_FAMILIES: dict[str, _Family] = {
-    "colqwen2": _Family("ColQwen2", "ColQwen2Processor"),
-    "colqwen2_5": _Family("ColQwen2_5", "ColQwen2_5_Processor"),
-}
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -107,8 +96,10 @@ class Encoder:
         max_visual_tokens: int,
         batch_size: int = 8,
         query_batch_size: int = 32,
+        family: Family = COLQWEN2,
     ) -> None:
         self.model = model
+        self.family = family  # the page geometry and prompt of this model
         self.processor = processor
         self.model_id = model_id
         self.device = device
@@ -161,6 +152,7 @@ class Encoder:
             max_visual_tokens=max_visual_tokens,
             batch_size=batch_size,
             query_batch_size=query_batch_size,
+            family=model_family(family),
         )
         encoder.replicate(devices[1:])
         if compile == "on" or (compile == "auto" and devices[0].startswith("cuda")):
@@ -182,6 +174,7 @@ class Encoder:
                     max_visual_tokens=self.max_visual_tokens,
                     batch_size=self.batch_size,
                     query_batch_size=self.query_batch_size,
+                    family=self.family,
                 )
             )
 
@@ -210,11 +203,11 @@ class Encoder:
         from PIL import Image
 
         start = time.perf_counter()
-        patch = 14 * self.merge_size
         if self.compiled:
             torch.compiler.set_stance("default")
         for rows, cols in grids:
-            pages = [Image.new("RGB", (cols * patch, rows * patch), "white")] * self.batch_size
+            size = self.family.pixels_for((rows, cols))
+            pages = [Image.new("RGB", size, "white")] * self.batch_size
             for replica in self.replicas:
                 replica.embed_pages(pages)
         if self.compiled:
@@ -395,12 +388,7 @@ def _load_checkpoint(
 ) -> tuple[Any, Any]:
     import colpali_engine.models as models
 
-    try:
-        spec = _FAMILIES[family]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown model family '{family}': use one of {sorted(_FAMILIES)}"
-        ) from None
+    spec = model_family(family)
     model_cls, processor_cls = getattr(models, spec.model_cls), getattr(models, spec.processor_cls)
 
     path = Path(ref).expanduser()

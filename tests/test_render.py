@@ -17,7 +17,6 @@ from indexer.render_pool import (
     Renderer,
     RenderRequest,
 )
-from indexer.sizing import target_grid, target_size
 from retrieval.errors import (
     InvalidDocument,
     InvalidInput,
@@ -25,6 +24,7 @@ from retrieval.errors import (
     PasswordRequired,
     UnsupportedFormat,
 )
+from retrieval.models import family
 from tests.conftest import shared_pdfs
 from tests.documents import image_bytes, make_pdf, marked_image
 from tests.tiny_model import build_processor
@@ -55,7 +55,7 @@ def processor_grid(processor, image: Image.Image) -> tuple[int, int]:
     ],
 )
 def test_target_grid_fills_the_budget_keeping_the_aspect(size, grid):
-    assert target_grid(*size, 768) == grid
+    assert family("colqwen2").grid_for(*size, 768) == grid
     rows, cols = grid
     assert rows * cols <= 768
     # Aspect kept up to rounding rows to a whole token.
@@ -68,14 +68,14 @@ def test_target_grid_fills_the_budget_keeping_the_aspect(size, grid):
 @pytest.mark.parametrize("budget", [64, 256, 768, 1024])
 def test_processor_resize_is_a_no_op_on_the_target_size(size, budget):
     processor = build_processor(max_visual_tokens=budget)
-    width, height = target_size(*size, budget)
+    width, height = family("colqwen2").size_for(*size, budget)
     image = Image.new("RGB", (width, height), "white")
-    assert processor_grid(processor, image) == target_grid(*size, budget)
+    assert processor_grid(processor, image) == family("colqwen2").grid_for(*size, budget)
 
 
 def test_absurd_aspect_ratio_is_refused():
     with pytest.raises(PageTooLarge, match="aspect ratio"):
-        target_grid(595, 2**31, 768)
+        family("colqwen2").grid_for(595, 2**31, 768)
 
 
 def test_pdf_pages_render_at_target_size_with_provenance(processor):
@@ -86,7 +86,7 @@ def test_pdf_pages_render_at_target_size_with_provenance(processor):
     for page, size in zip(pages, [A4, (A4[1], A4[0]), LETTER], strict=True):
         assert page.page_count == 3
         assert page.size_pt == pytest.approx(size, abs=0.01)
-        assert page.pixel_size == target_size(*size, 768)
+        assert page.pixel_size == family("colqwen2").size_for(*size, 768)
         assert page.image.mode == "RGB"
         assert processor_grid(processor, page.image) == page.grid
     assert [p.page_number for p in pages] == [1, 2, 3]
@@ -128,7 +128,7 @@ def test_images_are_one_page_at_target_size(fmt, processor):
     with open_document(data, name=f"scan.{fmt.lower()}") as document:
         assert document.info.kind == "image" and document.info.page_count == 1
         page = document.render(0)
-    assert page.pixel_size == target_size(1240, 1754, 768)
+    assert page.pixel_size == family("colqwen2").size_for(1240, 1754, 768)
     assert processor_grid(processor, page.image) == page.grid
     r, g, b = page.image.getpixel((10, 10))
     assert r > 150 and g < 80 and b < 80

@@ -22,7 +22,7 @@ from retrieval.errors import (
     PasswordRequired,
     UnsupportedFormat,
 )
-from retrieval.models import Family, family
+from retrieval.models import Family, family, resolve
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,7 +52,7 @@ class RenderOptions:
         return cls(
             max_visual_tokens=settings.max_visual_tokens,
             supersample=settings.render_supersample,
-            model_family=settings.model_family,
+            model_family=resolve(settings.model_family, settings.model).name,
         )
 
     @property

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         description="Hub id or local directory of a ColQwen2 checkpoint (model or PEFT adapter).",
     )
     model_family: ModelFamily = Field(
-        "colqwen2", description="colpali-engine model family: colqwen2 or colqwen2_5."
+        "auto",
+        description="colpali-engine model family: colqwen2 or colqwen2_5; auto = what the "
+        "checkpoint's config (or an adapter's base, or the hub name) says.",
     )
     device: str = Field(
         "auto",
@@ -176,8 +178,8 @@ class Settings(BaseSettings):
     def _known_family(cls, value: str) -> str:
         from retrieval.models import FAMILIES
 
-        if value not in FAMILIES:
-            raise ValueError(f"model_family must be one of {', '.join(sorted(FAMILIES))}")
+        if value != "auto" and value not in FAMILIES:
+            raise ValueError(f"model_family must be auto or one of {', '.join(sorted(FAMILIES))}")
         return value
 
     @field_validator("pooling")

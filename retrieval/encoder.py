@@ -25,7 +25,7 @@ import numpy as np
 from retrieval.config import ModelFamily, Settings
 from retrieval.errors import ConfigurationError, InvalidInput, ModelLoadError
 from retrieval.models import COLQWEN2, Family
-from retrieval.models import family as model_family
+from retrieval.models import resolve as resolve_family
 from retrieval.types import PageEmbedding
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Encoder:
         device: str = "auto",
         dtype: str = "auto",
         max_visual_tokens: int = 768,
-        family: ModelFamily = "colqwen2",
+        family: ModelFamily = "auto",
         batch_size: int = 8,
         query_batch_size: int = 32,
         compile: str = "off",
@@ -152,7 +152,7 @@ class Encoder:
             max_visual_tokens=max_visual_tokens,
             batch_size=batch_size,
             query_batch_size=query_batch_size,
-            family=model_family(family),
+            family=resolve_family(family, model),
         )
         encoder.replicate(devices[1:])
         if compile == "on" or (compile == "auto" and devices[0].startswith("cuda")):
@@ -388,9 +388,6 @@ def _load_checkpoint(
 ) -> tuple[Any, Any]:
     import colpali_engine.models as models
 
-    spec = model_family(family)
-    model_cls, processor_cls = getattr(models, spec.model_cls), getattr(models, spec.processor_cls)
-
     path = Path(ref).expanduser()
     local = path.exists()
     if local:
@@ -399,6 +396,8 @@ def _load_checkpoint(
         raise ModelLoadError(f"model directory '{ref}' does not exist")
     else:
         processor_source = ref
+    spec = resolve_family(family, ref)
+    model_cls, processor_cls = getattr(models, spec.model_cls), getattr(models, spec.processor_cls)
     source = str(path) if local else ref
     try:
         net = model_cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local)

@@ -20,7 +20,7 @@ def test_every_family_maps_pages_to_pixels_it_turns_back_into_the_same_grid():
 def test_unknown_families_are_refused_with_the_supported_ones_named():
     with pytest.raises(ConfigurationError, match="colqwen2, colqwen2_5"):
         family("colpali9")
-    with pytest.raises(ValueError, match="colqwen2, colqwen2_5"):
+    with pytest.raises(ValueError, match="auto or one of colqwen2, colqwen2_5"):
         Settings(_env_file=None, model_family="colpali9")
 
 
@@ -40,3 +40,27 @@ def test_nothing_outside_the_family_modules_knows_the_token_size():
                 if re.search(r"\* 28\b|\b28 \*|SPECIAL_TOKENS|\b14 \* ", code):
                     offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_family_is_read_from_the_checkpoint(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    import json
+    import shutil
+
+    from retrieval.models import resolve
+
+    assert resolve("auto", str(tiny_model_dir)).name == "colqwen2"  # architectures: ColQwen2
+    assert resolve("auto", str(tiny_adapter_dir)).name == "colqwen2"  # through its local base
+    other = tmp_path / "qwen25"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architectures": ["ColQwen2_5"]}))
+    assert resolve("auto", str(other)).name == "colqwen2_5"
+    assert resolve("colqwen2", str(other)).name == "colqwen2"  # the setting overrides
+    assert resolve("auto", "vidore/colqwen2.5-v0.2").name == "colqwen2_5"  # by hub name
+    assert resolve("auto", "vidore/colqwen2-v1.0").name == "colqwen2"
+    assert resolve("auto", "someone/some-retriever").name == "colqwen2"  # the default
+    mystery = tmp_path / "mystery"
+    mystery.mkdir()
+    (mystery / "config.json").write_text('{"model_type": "something_else"}')
+    with pytest.raises(ConfigurationError, match="COLQWEN_MODEL_FAMILY"):
+        resolve("auto", str(mystery))

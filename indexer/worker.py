@@ -136,7 +136,9 @@ class Worker:
         self, job: Job, progress: _JobProgress, cancel: threading.Event
     ) -> tuple[str | None, int]:
         settings = self.settings
-        self.store.ensure_collection_for(job.collection, settings, self.encoder.dim)
+        self.store.ensure_collection_for(
+            job.collection, settings, self.encoder.dim, self.encoder.family.name
+        )
         last = 0
 
         def on_progress(state: IngestProgress) -> None:

@@ -104,6 +104,7 @@ class CollectionInfo:
     first_stage: FirstStage = "rows"
     fde: dict[str, int] | None = None  # retrieval.muvera.FdeParams of the "fde" first stage
     points: str = ""  # the Qdrant collection holding the pages, when not `name` (after upgrade)
+    family: str = "colqwen2"  # retrieval.models family of `model` (records before it: ColQwen2)
 
     @property
     def points_collection(self) -> str:

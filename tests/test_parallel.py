@@ -149,3 +149,19 @@ def test_a_gpu_run_limits_cpu_thread_pools_and_restores_them():
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert torch.get_num_threads() == before
+
+
+def test_a_collection_refuses_another_model_family(tiny_model_dir, tmp_path):
+    from retrieval.errors import Conflict
+
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    store.create_collection(
+        "c", model="other", max_visual_tokens=BUDGET, dim=encoder.dim, family="colqwen2_5"
+    )
+    with pytest.raises(Conflict, match="colqwen2_5 model"):
+        IngestPipeline(encoder, store, "c", render_options=RenderOptions(max_visual_tokens=BUDGET))
+    assert store.collection("c").family == "colqwen2_5"
+    store.create_collection("d", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
+    assert store.collection("d").family == "colqwen2"  # and records made before it read so too
+    store.close()

@@ -392,6 +392,9 @@ def test_bad_search_arguments_are_clear_errors(store, corpus):
     with pytest.raises(InvalidInput, match="mode"):
         store.search("docs", queries(1)[0], mode="fuzzy")
     with pytest.raises(InvalidInput, match="query must be"):
+        store.search("docs", np.zeros(128, np.float32))
+    # Another model's query (other dimension): a conflict naming the collection's model.
+    with pytest.raises(Conflict, match="128-d token vectors from test; this query has 64-d"):
         store.search("docs", np.zeros((3, 64), np.float32))
     with pytest.raises(InvalidInput, match="collection name"):
         store.collection("../etc")

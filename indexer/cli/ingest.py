@@ -123,7 +123,7 @@ def _run(settings, sources, *, quiet: bool):
                 seconds = encoder.warm_up()
             if not quiet:
                 err_console.print(f"model compiled and warmed up in {seconds:.0f} s")
-        store.ensure_collection_for(settings.collection, settings, encoder.dim)
+        store.ensure_collection_for(settings.collection, settings, encoder.dim, encoder.family.name)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)
             for source in sources:

@@ -159,6 +159,7 @@ class PageStore:
         dim: int = 128,
         pooling: tuple[str, ...] = ("buckets",),
         filterable: dict[str, str] | None = None,
+        family: str = "colqwen2",
     ) -> CollectionInfo:
         _check_name(name, new=True)
         if bad := [p for p in pooling if p not in POOLINGS]:
@@ -179,6 +180,7 @@ class PageStore:
             created_at=now(),
             first_stage=self.first_stage,
             fde=self.fde.to_dict() if self.first_stage == "fde" else None,
+            family=family,
         )
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
@@ -239,14 +241,18 @@ class PageStore:
     def _muvera(self, info: CollectionInfo) -> Muvera:
         return _muvera(info.dim, FdeParams(**(info.fde or {})))
 
-    def ensure_collection_for(self, name: str, settings: Settings, dim: int) -> CollectionInfo:
-        """``ensure_collection`` with the schema the settings give new collections."""
+    def ensure_collection_for(
+        self, name: str, settings: Settings, dim: int, family: str = "colqwen2"
+    ) -> CollectionInfo:
+        """``ensure_collection`` with the schema the settings give new collections, for a
+        model of ``family`` producing ``dim``-d token vectors."""
         return self.ensure_collection(
             name,
             model=settings.model,
             max_visual_tokens=settings.max_visual_tokens,
             dim=dim,
             pooling=settings.pooling_vectors,
+            family=family,
         )
 
     def ensure_collection(self, name: str, **schema) -> CollectionInfo:
@@ -492,8 +498,13 @@ class PageStore:
         info = self.collection(collection)
         if top_k < 1:
             raise InvalidInput("top_k must be at least 1")
-        if query.ndim != 2 or query.shape[1] != info.dim:
+        if query.ndim != 2:
             raise InvalidInput(f"query must be (n_tokens, {info.dim}); got {query.shape}")
+        if query.shape[1] != info.dim:
+            raise Conflict(
+                f"collection '{collection}' holds {info.dim}-d token vectors from {info.model}; "
+                f"this query has {query.shape[1]}-d ones: search it with that model"
+            )
         if mode not in ("two_stage", "exact", "pooled"):
             raise InvalidInput(f"unknown search mode '{mode}': use two_stage, exact or pooled")
         candidates = max(top_k, prefetch or self.prefetch)

@@ -1,5 +1,5 @@
 """Child processes that behave: they die with their parent (kill -9 included) and leave Ctrl-C
-to it. The render pool and the pipeline's vector pool are built from these."""
+to it. The render pool is built from these."""
 
 from __future__ import annotations
 

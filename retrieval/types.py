@@ -60,8 +60,6 @@ class PageRecord:
     pixel_size: tuple[int, int]  # (width, height) rendered
     embedding: PageEmbedding
     metadata: dict[str, Any] = field(default_factory=dict)
-    # The named vectors to store, when computed ahead (``retrieval.store.pages.page_vectors``).
-    vectors: dict[str, np.ndarray] | None = None
 
 
 @dataclass

@@ -421,7 +421,7 @@ class PageStore:
 
     def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
         emb = page.embedding
-        vectors = page.vectors if page.vectors is not None else page_vectors(info, emb)
+        vectors = page_vectors(info, emb)
         rows, cols = emb.grid
         payload = {
             "doc_id": page.doc_id,
@@ -562,17 +562,13 @@ class PageStore:
         return [Prefetch(info.pooling[0], candidates, prefetch=(first,))]
 
 
-def page_vectors(
-    info: CollectionInfo, emb: PageEmbedding, *, original: bool = True
-) -> dict[str, np.ndarray]:
-    """Every named vector of a page in ``info``'s schema: the token vectors (unless
-    ``original=False``), the FDE, the pooled vectors. A pure function of its arguments, so the
-    ingestion pipeline can compute it in other processes (``PageRecord.vectors``) and keep this
-    CPU work off the store's thread."""
+def page_vectors(info: CollectionInfo, emb: PageEmbedding) -> dict[str, np.ndarray]:
+    """Every named vector of a page in ``info``'s schema: the token vectors, the FDE, the
+    pooled vectors."""
     if emb.multivector.shape[1] != info.dim:
         got = emb.multivector.shape[1]
         raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
-    vectors = {"original": emb.multivector} if original else {}
+    vectors = {"original": emb.multivector}
     if info.first_stage == "fde":
         fde = _muvera(info.dim, FdeParams(**(info.fde or {})))
         vectors["fde"] = fde.encode_document(emb.multivector)

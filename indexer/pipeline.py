@@ -194,12 +194,13 @@ class IngestPipeline:
         self.store = store
         self.collection = collection
         self.render_options = render_options or RenderOptions(
-            max_visual_tokens=encoder.max_visual_tokens, model_family=encoder.family.name
+            max_visual_tokens=encoder.max_visual_tokens, family=encoder.family
         )
         self.render_workers = render_workers
         self.batch_size = batch_size or encoder.batch_size
-        self.token_budget = self.batch_size * (
-            self.render_options.max_visual_tokens + encoder.family.prompt_tokens
+        family, budget = encoder.family, self.render_options.max_visual_tokens
+        self.token_budget = self.batch_size * max(  # batch_size pages at most; smaller fill
+            budget + family.prompt_tokens, family.sequence_tokens(family.grid_for(595, 842, budget))
         )
         self.on_progress = on_progress
         self.max_pages = max_pages
@@ -433,8 +434,7 @@ class IngestPipeline:
             elif msg is not None:
                 work.append(msg)
                 if msg.kind == "page":
-                    rows, cols = msg.page.grid
-                    tokens += rows * cols + self.encoder.family.prompt_tokens
+                    tokens += self.encoder.family.sequence_tokens(msg.page.grid)
                     pages += 1
                 # Full batches of a document's pages have the shapes a compiled model was
                 # warmed up for (batch_size pages of one grid); smaller pages fill by tokens.

@@ -22,7 +22,7 @@ from retrieval.errors import (
     PasswordRequired,
     UnsupportedFormat,
 )
-from retrieval.models import Family, family, resolve
+from retrieval.models import COLQWEN2, Family, resolve
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,19 +45,15 @@ class RenderOptions:
     max_visual_tokens: int = 768
     supersample: int = 1
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    model_family: str = "colqwen2"  # whose geometry: pixels per token, grid for a page
+    family: Family = COLQWEN2  # whose geometry: the image and token grid for a page
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RenderOptions:
         return cls(
             max_visual_tokens=settings.max_visual_tokens,
             supersample=settings.render_supersample,
-            model_family=resolve(settings.model_family, settings.model).name,
+            family=resolve(settings.model_family, settings.model),
         )
-
-    @property
-    def family(self) -> Family:
-        return family(self.model_family)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,14 @@ class Settings(BaseSettings):
     # --- model -----------------------------------------------------------------------------
     model: str = Field(
         "vidore/colqwen2-v1.0",
-        description="Hub id or local directory of a ColQwen2 checkpoint (model or PEFT adapter).",
+        description="Hub id or local directory of a checkpoint of any supported family (model "
+        "or PEFT adapter); `colqwen models` lists the families.",
     )
     model_family: ModelFamily = Field(
         "auto",
-        description="colpali-engine model family: colqwen2 or colqwen2_5; auto = what the "
-        "checkpoint's config (or an adapter's base, or the hub name) says.",
+        description="colpali-engine model family (colqwen2, colqwen2_5, colqwen3, colqwen3_5, "
+        "colpali, colgemma3, colidefics3, colmodernvbert); auto = what the checkpoint's config "
+        "(or an adapter's base, or the hub name) says.",
     )
     device: str = Field(
         "auto",

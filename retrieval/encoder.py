@@ -1,11 +1,13 @@
-"""ColQwen2 encoder: images and queries in, float32 multivectors out.
+"""The encoder: images and queries in, float32 multivectors out.
 
-The work is split in three steps so the ingestion pipeline can overlap them:
-``preprocess`` (CPU: resize, patchify, tokenize), ``forward`` (the device) and ``postprocess``
-(strip left padding with the attention mask, find the image span by ``image_token_id``, reshape
-the visual tokens into their (rows, cols) raster). ``embed_pages`` and ``embed_queries`` chain them.
+One encoder serves every model family (``retrieval.models``); what differs between families
+(preprocessing, where the visual tokens go on the page grid) the family says. The work is split
+in three steps so the ingestion pipeline can overlap them: ``preprocess`` (resize, patchify,
+tokenize), ``forward`` (the device) and ``postprocess`` (strip padding with the attention mask,
+find the visual tokens by the model's image token id, have the family lay them out on the page
+grid). ``embed_pages`` and ``embed_queries`` chain them.
 
-NOTE: never slice the output by position. Batches are left-padded and the page prompt puts 4
+NOTE: never slice the output by position. Batches are left-padded and the page prompt puts
 tokens before the image; ``emb[:, :n_x * n_y]`` (a popular recipe) is wrong.
 """
 
@@ -15,8 +17,8 @@ import json
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +85,16 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
 
 
+@dataclass
+class PageBatch:
+    """Page images ready for the model: its ``inputs``, and each image's (width, height)."""
+
+    inputs: Any
+    sizes: list[tuple[int, int]]
+
+
 class Encoder:
-    """A loaded ColQwen2 model and processor. Thread-safe: forward passes are serialised."""
+    """A loaded late-interaction model and processor. Thread-safe: forward passes are serialised."""
 
     def __init__(
         self,
@@ -108,8 +118,7 @@ class Encoder:
         self.query_batch_size = query_batch_size
         # Largest page batch known to fit in device memory; learned on CUDA out-of-memory.
         self.fitting_batch_size: int | None = None
-        self.image_token_id: int = processor.image_token_id
-        self.merge_size: int = processor.image_processor.merge_size
+        self.image_token_id: int = family.image_token_id(model)
         self.dim: int = int(model.dim)
         self._lock = threading.Lock()
         # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
@@ -141,7 +150,7 @@ class Encoder:
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
         devices = resolve_devices(device)
         torch_dtype = resolve_dtype(dtype, devices[0])
-        net, processor = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
+        net, processor, spec = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
         net = net.to(devices[0]).eval()
         log.info("loaded %s on %s (%s)", model, ", ".join(devices), torch_dtype)
         encoder = cls(
@@ -152,7 +161,7 @@ class Encoder:
             max_visual_tokens=max_visual_tokens,
             batch_size=batch_size,
             query_batch_size=query_batch_size,
-            family=resolve_family(family, model),
+            family=spec.bind(processor),
         )
         encoder.replicate(devices[1:])
         if compile == "on" or (compile == "auto" and devices[0].startswith("cuda")):
@@ -196,17 +205,18 @@ class Encoder:
                     stack[i] = torch.compile(module, dynamic=False, mode=mode)
             replica.compiled = True
 
-    def warm_up(self, grids: Sequence[tuple[int, int]] = ((33, 23), (31, 24), (23, 33))) -> float:
-        """Run a batch of blank pages of each (rows, cols) grid on every replica, so compiling
-        (and cuDNN's autotuning) is paid before real pages arrive. Returns seconds spent."""
+    def warm_up(self, grids: Sequence[tuple[int, int]] | None = None) -> float:
+        """Run a batch of blank pages of each (rows, cols) grid (default: the family's grids of
+        A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's autotuning)
+        is paid before real pages arrive. Returns seconds spent."""
         import torch
         from PIL import Image
 
         start = time.perf_counter()
         if self.compiled:
             torch.compiler.set_stance("default")
-        for rows, cols in grids:
-            size = self.family.pixels_for((rows, cols))
+        for grid in grids or self.family.warm_up_grids(self.max_visual_tokens):
+            size = self.family.pixels_for(grid)
             pages = [Image.new("RGB", size, "white")] * self.batch_size
             for replica in self.replicas:
                 replica.embed_pages(pages)
@@ -229,65 +239,40 @@ class Encoder:
 
     # --- pages ---------------------------------------------------------------------------------
 
-    def preprocess(self, images: Sequence[Image.Image]) -> Any:
-        """Resize/normalise/patchify the images and build the left-padded page prompts.
-
-        colpali-engine's ``process_images``, plus one thing: on CUDA the image processor runs on
-        the GPU (~13 ms a page of CPU otherwise, which at ~40 pages/s needs more than a core).
-        """
-        import torch
-
+    def preprocess(self, images: Sequence[Image.Image]) -> PageBatch:
+        """The family's preprocessing (colpali-engine's ``process_images``, on the GPU where
+        the family can) of page images: model inputs, and each image's size."""
         if not images:
             raise InvalidInput("no images to embed")
-        on_gpu = {"device": self.device} if self.device.startswith("cuda") else {}
-        with warnings.catch_warnings():
-            # transformers warns on every call that ColQwen2Processor sets max_pixels its old way.
-            warnings.filterwarnings(
-                "ignore", message="Passing `min_pixels`", category=FutureWarning
-            )
-            batch = self.processor(
-                text=[self.processor.visual_prompt_prefix] * len(images),
-                images=[image.convert("RGB") for image in images],
-                padding="longest",
-                return_tensors="pt",
-                **on_gpu,
-            )
-        # As colpali-engine does: one padded row of patches per image.
-        grid = batch["image_grid_thw"]  # (batch, 3)
-        offsets = (grid[:, 1] * grid[:, 2]).tolist()
-        patches = torch.split(batch["pixel_values"], offsets)  # [(n_patches_i, patch_dim)]
-        batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True)
-        return batch
+        inputs = self.family.preprocess(self.processor, images, self.device)
+        return PageBatch(inputs, [image.size for image in images])
 
-    def forward(self, batch: Any) -> torch.Tensor:
+    def forward(self, batch: PageBatch | Any) -> torch.Tensor:
         """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""
         import torch
 
+        inputs = batch.inputs if isinstance(batch, PageBatch) else batch
         with self._lock, torch.inference_mode():
-            inputs = {k: v.to(self.device) for k, v in batch.items()}
-            return self.model(**inputs)
+            return self.model(**{k: v.to(self.device) for k, v in inputs.items()})
 
-    def postprocess(self, batch: Any, output: torch.Tensor) -> list[PageEmbedding]:
-        """CPU step: unpad each row, locate the visual span, reshape it to its grid."""
+    def postprocess(self, batch: PageBatch, output: torch.Tensor) -> list[PageEmbedding]:
+        """CPU step: unpad each row, find the visual tokens by the image token id, and have the
+        family lay them out on the page grid."""
+        inputs = batch.inputs
         out = output.float().cpu().numpy()  # (batch, seq_len, dim)
-        mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
-        ids = batch["input_ids"].cpu().numpy()  # (batch, seq_len)
-        grids = batch["image_grid_thw"].cpu().numpy()  # (batch, 3): t, h, w in patches
+        mask = inputs["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
+        ids = inputs["input_ids"].cpu().numpy()  # (batch, seq_len)
         pages = []
-        for row, keep, row_ids, (_, grid_h, grid_w) in zip(out, mask, ids, grids, strict=True):
+        for i, (row, keep, row_ids) in enumerate(zip(out, mask, ids, strict=True)):
             tokens = np.ascontiguousarray(row[keep], dtype=np.float32)  # (n_tokens, dim)
             is_visual = row_ids[keep] == self.image_token_id  # (n_tokens,)
-            rows, cols = int(grid_h) // self.merge_size, int(grid_w) // self.merge_size
-            if int(is_visual.sum()) != rows * cols:
-                raise RuntimeError(
-                    f"found {int(is_visual.sum())} image tokens, expected {rows}x{cols}"
-                )
+            grid, beside = self.family.arrange(tokens[is_visual], batch.sizes[i], inputs, i)
             pages.append(
                 PageEmbedding(
                     multivector=tokens,
-                    grid=(rows, cols),
-                    visual=tokens[is_visual].reshape(rows, cols, -1),
-                    special=tokens[~is_visual],
+                    grid=(int(grid.shape[0]), int(grid.shape[1])),
+                    visual=grid,
+                    special=np.concatenate([tokens[~is_visual], beside]),
                 )
             )
         return pages
@@ -385,7 +370,7 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokeni
 
 def _load_checkpoint(
     ref: str, family: str, torch_dtype: torch.dtype, max_visual_tokens: int
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, Family]:
     import colpali_engine.models as models
 
     path = Path(ref).expanduser()
@@ -402,7 +387,7 @@ def _load_checkpoint(
     try:
         net = model_cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local)
         processor = processor_cls.from_pretrained(
-            processor_source, local_files_only=local, max_num_visual_tokens=max_visual_tokens
+            processor_source, local_files_only=local, **spec.processor_kwargs(max_visual_tokens)
         )
     except (OSError, ValueError, KeyError) as exc:
         where = f"local directory '{path}'" if local else f"'{ref}' (hub id)"
@@ -410,7 +395,22 @@ def _load_checkpoint(
             f"cannot load model from {where}: {exc}. Set COLQWEN_MODEL to a local checkpoint "
             "directory when the model hub is unreachable."
         ) from exc
-    return net, processor
+    _tie_missing_output_head(net)
+    return net, processor, spec
+
+
+def _tie_missing_output_head(net: Any) -> None:
+    """ColPali's checkpoints leave out the language model's output head, tied to the input
+    embeddings in PaliGemma; transformers 5 then leaves it unloaded (a meta tensor) and the
+    model cannot be moved. Tie it back. The head is never used for embeddings."""
+    missing = [name for name, p in net.named_parameters() if p.is_meta]
+    embeddings = net.get_input_embeddings().weight
+    for name in missing:
+        owner_path, _, attr = name.rpartition(".")
+        owner = net.get_submodule(owner_path)
+        if not owner_path.endswith("lm_head") or owner.weight.shape != embeddings.shape:
+            raise ModelLoadError(f"checkpoint has no weights for '{name}'")
+        setattr(owner, attr, embeddings)
 
 
 def _check_local_checkpoint(path: Path) -> str:

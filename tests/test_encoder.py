@@ -100,7 +100,7 @@ def test_a4_page_stays_within_the_visual_token_budget(encoder, dpi):
 
 def test_preprocess_equals_colpali_process_images(encoder):
     images = [page_image(300, 200), page_image(644, 924, seed=1), page_image(80, 900, seed=2)]
-    ours = encoder.preprocess(images)
+    ours = encoder.preprocess(images).inputs
     theirs = encoder.processor.process_images(images)
     assert set(ours) == set(theirs)
     for key in theirs:
@@ -211,7 +211,7 @@ def test_out_of_memory_halves_the_batch_and_remembers(encoder, monkeypatch):
     seen = []
 
     def forward_that_fits_two(batch):
-        n = batch["input_ids"].shape[0]
+        n = batch.inputs["input_ids"].shape[0]
         seen.append(n)
         if n > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

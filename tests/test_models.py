@@ -12,16 +12,65 @@ from retrieval.models import FAMILIES, family
 def test_every_family_maps_pages_to_pixels_it_turns_back_into_the_same_grid():
     for f in FAMILIES.values():
         for size in [(595, 842), (612, 792), (842, 595), (2000, 300), (300, 2000)]:
-            grid = f.grid_for(*size, f.trained_budget)
-            assert grid[0] * grid[1] <= f.trained_budget
-            assert f.size_for(*size, f.trained_budget) == f.pixels_for(grid)
+            grid = f.grid_for(*size, 768)
+            width, height = f.size_for(*size, 768)
+            assert (width, height) == f.pixels_for(grid)
+            if f.name.startswith("colqwen"):
+                assert grid[0] * grid[1] <= 768
+            else:  # the rendered image is tiled (or squared) exactly as the page was
+                assert f.grid_for(width, height, 768) == grid, (f.name, size)
 
 
 def test_unknown_families_are_refused_with_the_supported_ones_named():
-    with pytest.raises(ConfigurationError, match="colqwen2, colqwen2_5"):
+    names = ", ".join(sorted(FAMILIES))
+    with pytest.raises(ConfigurationError, match=names):
         family("colpali9")
-    with pytest.raises(ValueError, match="auto or one of colqwen2, colqwen2_5"):
+    with pytest.raises(ValueError, match=f"auto or one of {names}"):
         Settings(_env_file=None, model_family="colpali9")
+
+
+def test_a_family_the_installed_libraries_cannot_run_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ConfigurationError, match=r"cannot run here: colpali-engine 0\.3\.18"):
+        family("colqwen2_5_omni")
+    omni = tmp_path / "omni"
+    omni.mkdir()
+    (omni / "config.json").write_text('{"model_type": "qwen2_5_omni_thinker"}')
+    from retrieval.models import resolve
+
+    with pytest.raises(ConfigurationError, match="ColQwen2_5Omni cannot be constructed"):
+        resolve("auto", str(omni))
+
+
+@pytest.mark.parametrize(
+    ("hub_id", "expected"),
+    [
+        ("vidore/colqwen2-v1.0", "colqwen2"),
+        ("vidore/colqwen2.5-v0.2", "colqwen2_5"),
+        ("someone/colqwen3-embed-4b", "colqwen3"),
+        ("someone/ColQwen3.5-4.5B", "colqwen3_5"),
+        ("vidore/colpali-v1.3", "colpali"),
+        ("someone/colgemma3-4b", "colgemma3"),
+        ("vidore/colSmol-256M", "colidefics3"),
+        ("ModernVBERT/colmodernvbert", "colmodernvbert"),
+    ],
+)
+def test_the_family_is_read_from_a_hub_name(hub_id, expected):
+    from retrieval.models import resolve
+
+    assert resolve("auto", hub_id).name == expected
+
+
+def test_every_family_is_read_from_its_config_model_type(tmp_path):
+    from retrieval.models import resolve
+
+    for f in FAMILIES.values():
+        if f.unavailable:
+            continue
+        for model_type in f.model_types:
+            path = tmp_path / model_type
+            path.mkdir()
+            (path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+            assert resolve("auto", str(path)).name == f.name
 
 
 def test_nothing_outside_the_family_modules_knows_the_token_size():

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Page sizes in points that ingestion warms a compiled model up for: A4, US Letter, landscape A4.
+COMMON_PAGES = ((595.0, 842.0), (612.0, 792.0), (842.0, 595.0))
 
 
 @dataclass(frozen=True)
 class Family(ABC):
-    """A family of late-interaction checkpoints sharing classes and page geometry."""
+    """A family of late-interaction checkpoints sharing classes, prompt and page geometry.
+
+    Subclasses say how a page becomes an image and a token grid (``grid_for``, ``pixels_for``)
+    and how the model's visual tokens, found by the image token id, are laid out on that grid
+    (``arrange``). ``bind`` adapts the geometry to a loaded processor's own configuration."""
 
     name: str
     model_cls: str  # colpali-engine class names
     processor_cls: str
-    trained_budget: int  # visual tokens a page had in training
-    prompt_tokens: int  # tokens around a page's image in its prompt
+    trained_budget: int  # visual tokens a page gets by default
+    prompt_tokens: int  # text tokens around a page's image in its prompt (batch sizing only)
+    model_types: tuple[str, ...] = ()  # config.json model_type values of its checkpoints
+    examples: tuple[str, ...] = ()  # public checkpoints known to work
+    unavailable: str | None = None  # why the installed libraries cannot run it, if they cannot
+
+    # --- geometry ------------------------------------------------------------------------------
 
     @abstractmethod
     def grid_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
-        """(rows, cols) of visual tokens for a page of ``width`` x ``height`` (any unit)."""
+        """(rows, cols) of the page grid for a page of ``width`` x ``height`` (any unit)."""
 
     @abstractmethod
     def pixels_for(self, grid: tuple[int, int]) -> tuple[int, int]:
@@ -27,3 +43,50 @@ class Family(ABC):
     def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
         """(width_px, height_px) to render a page of ``width`` x ``height`` at."""
         return self.pixels_for(self.grid_for(width, height, budget))
+
+    def sequence_tokens(self, grid: tuple[int, int]) -> int:
+        """Tokens of a page of ``grid`` in the model's input: what a batch's budget counts."""
+        return grid[0] * grid[1] + self.prompt_tokens
+
+    def warm_up_grids(self, budget: int) -> list[tuple[int, int]]:
+        """The distinct grids of the common page sizes: a compiled model is traced for these."""
+        return list(dict.fromkeys(self.grid_for(w, h, budget) for w, h in COMMON_PAGES))
+
+    # --- the model's side ----------------------------------------------------------------------
+
+    def bind(self, processor: Any) -> Family:
+        """This family with the geometry a loaded processor is configured for."""
+        return self
+
+    def processor_kwargs(self, budget: int) -> dict[str, Any]:
+        """Extra arguments to the processor's ``from_pretrained`` for a visual-token budget."""
+        return {}
+
+    def image_token_id(self, model: Any) -> int:
+        """The token id the model replaces with image features (its config's, not the
+        processor's: Gemma3's processor names the begin-of-image token instead)."""
+        config = getattr(model, "config", None)
+        for key in ("image_token_id", "image_token_index"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        raise ValueError(f"{type(model).__name__}'s config names no image token id")
+
+    def preprocess(self, processor: Any, images: Sequence[Any], device: str) -> Any:
+        """Model inputs for page images: colpali-engine's own ``process_images``."""
+        return processor.process_images(list(images))
+
+    @abstractmethod
+    def arrange(
+        self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lay out one page's visual tokens (``visual``: (n, dim), in the model's order).
+
+        Returns the page grid, (rows, cols, dim) in raster order, and the visual tokens that
+        have no place on it, (k, dim) (a global thumbnail view; k = 0 for most families).
+        ``image_size`` is the (width, height) of the image given to the processor; ``inputs``
+        the batch's model inputs and ``index`` the page's row in it."""
+
+
+def grid_error(family: str, found: int, expected: str) -> RuntimeError:
+    return RuntimeError(f"{family}: found {found} image tokens, expected {expected}")

@@ -1,0 +1,172 @@
+"""Every model family, on a tiny checkpoint of its real classes: our embeddings equal
+colpali-engine's own processor + model output, token for token, the visual tokens sit where
+colpali-engine's own geometry says, and a PDF goes in and comes back out of search exactly."""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import IngestPipeline
+from indexer.render import RenderOptions, open_document
+from indexer.sources import discover
+from retrieval.encoder import Encoder
+from retrieval.store import PageStore
+from retrieval.store.edge import EdgeBackend
+from tests.documents import make_pdf
+from tests.tiny_families import BUILDERS, write_checkpoint
+
+FAMILIES = list(BUILDERS)
+PAGES = {  # points
+    "A4": (595, 842),
+    "Letter": (612, 792),
+    "landscape": (842, 595),
+    "very wide": (2000, 300),
+    "very tall": (300, 2000),
+}
+QUERIES = ["where is the total?", "a"]
+
+
+@cache
+def checkpoint(name: str) -> Path:
+    import tempfile
+
+    return write_checkpoint(name, Path(tempfile.mkdtemp(prefix=f"tiny-{name}-")))
+
+
+@cache
+def encoder(name: str) -> Encoder:
+    return Encoder.load(str(checkpoint(name)), device="cpu", batch_size=8)
+
+
+def pages_for(enc: Encoder) -> list:
+    """A noisy image of each page shape, at the size the family renders it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for w, h in PAGES.values():
+        width, height = enc.family.size_for(w, h, enc.max_visual_tokens)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def reference(enc: Encoder, inputs) -> list[np.ndarray]:
+    """colpali-engine's own output for processed inputs: each row without its padding."""
+    import torch
+
+    with torch.inference_mode():
+        out = enc.model(**inputs).float().numpy()
+    mask = inputs["attention_mask"].bool().numpy()
+    return [row[m] for row, m in zip(out, mask, strict=True)]
+
+
+def reference_grid(enc: Encoder, image, inputs, tokens: np.ndarray) -> np.ndarray:
+    """The page's visual tokens as a (rows, cols, dim) grid by colpali-engine's geometry:
+    its ``get_n_patches``, and for tiled models its own ``rearrange_image_embeddings``."""
+    import torch
+
+    processor, family = enc.processor, enc.family.name
+    ids = inputs["input_ids"][0][inputs["attention_mask"][0].bool()]
+    is_image = (ids == enc.model.config.image_token_id).numpy()
+    if family in ("colidefics3", "colmodernvbert"):
+        n_x, n_y = processor.get_n_patches((image.height, image.width), patch_size=64)
+        local = processor.get_local_image_mask(inputs)[0][inputs["attention_mask"][0].bool()]
+        grid = processor.rearrange_image_embeddings(torch.from_numpy(tokens), local, (n_x, n_y))
+        return grid.permute(1, 0, 2).numpy()  # colpali-engine gives (x, y); ours is (rows, cols)
+    if family == "colpali":
+        n_x, n_y = processor.get_n_patches(image.size, patch_size=14)
+    elif family == "colgemma3":
+        n_x = n_y = 16  # Gemma 3 pools its 64 x 64 patches 4 x 4: mm_tokens_per_image = 256
+        assert enc.model.config.mm_tokens_per_image == 256
+    else:
+        n_x, n_y = processor.get_n_patches(image.size, spatial_merge_size=2)
+    return tokens[is_image].reshape(n_y, n_x, -1)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pages_equal_colpali_engine_in_a_batch_and_one_by_one(name):
+    enc = encoder(name)
+    images = pages_for(enc)
+    batched = enc.embed_pages(images, batch_size=len(images))
+    single = [enc.embed_pages([image], batch_size=1)[0] for image in images]
+    for shape, image, ours, alone in zip(PAGES, images, batched, single, strict=True):
+        inputs = enc.processor.process_images([image])
+        [theirs] = reference(enc, inputs)
+        np.testing.assert_allclose(ours.multivector, theirs, atol=2e-5, err_msg=shape)
+        np.testing.assert_allclose(alone.multivector, theirs, atol=2e-5, err_msg=shape)
+        grid = reference_grid(enc, image, inputs, theirs)
+        assert ours.grid == grid.shape[:2], shape
+        np.testing.assert_allclose(ours.visual, grid, atol=2e-5, err_msg=shape)
+        # Every token is kept once: the grid's, then the rest (prompt, a global view) beside it.
+        assert ours.grid[0] * ours.grid[1] + len(ours.special) == len(theirs)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_queries_equal_colpali_engine(name):
+    enc = encoder(name)
+    ours = enc.embed_queries(QUERIES)
+    theirs = reference(enc, enc.processor.process_queries(QUERIES))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape and a.shape[1] == enc.dim
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_row_and_column_pooling_on_the_family_grid(name):
+    """Pooled vectors are the unit-length means of the grid's rows and columns, computed here
+    by hand from the tokens in the model's own order."""
+    enc = encoder(name)
+    image = pages_for(enc)[0]  # A4
+    [page] = enc.embed_pages([image])
+    rows, cols = page.grid
+    expected = {
+        "colpali": (32, 32),
+        "colgemma3": (16, 16),
+        "colidefics3": (32, 24),  # 4 x 3 tiles of 8 x 8
+        "colmodernvbert": (32, 24),
+    }.get(name, (33, 23))  # the Qwen family: the largest grid of A4 shape within 768
+    assert (rows, cols) == expected
+    token = page.visual.reshape(rows * cols, -1)
+    row_means = np.stack([token[r * cols : (r + 1) * cols].mean(0) for r in range(rows)])
+    col_means = np.stack([token[c::cols].mean(0) for c in range(cols)])
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(page.pooled_rows[:rows], unit(row_means), atol=1e-5)
+    np.testing.assert_allclose(page.pooled_cols[:cols], unit(col_means), atol=1e-5)
+    np.testing.assert_allclose(page.pooled_rows[rows:], page.special)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_pdf_in_and_out_of_search_exactly(name, tmp_path):
+    enc = encoder(name)
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf([(595, 842), (842, 595)]))
+    (folder / "b.pdf").write_bytes(make_pdf([(612, 792)]))
+    store = PageStore(EdgeBackend(tmp_path / "data"))
+    store.create_collection(
+        "c", model=name, max_visual_tokens=enc.max_visual_tokens, dim=enc.dim, family=name
+    )
+    report = IngestPipeline(enc, store, "c", render_workers=1, batch_size=2).run(discover([folder]))
+    assert report.ok and report.pages_embedded == 3
+    [query] = enc.embed_queries(["the red square"])
+    hits = store.search("c", query, top_k=10, mode="exact")
+    # Oracle: render each page ourselves at the family's size, embed it, brute-force MaxSim.
+    options = RenderOptions(max_visual_tokens=enc.max_visual_tokens, family=enc.family)
+    oracle = {}
+    for pdf in sorted(folder.iterdir()):
+        with open_document(pdf, options=options) as doc:
+            for i in range(doc.info.page_count):
+                [page] = enc.embed_pages([doc.render(i).image])
+                oracle[(pdf.name, i + 1)] = float((query @ page.multivector.T).max(1).sum())
+    assert len(hits) == 3
+    for hit in hits:
+        assert hit.score == pytest.approx(oracle[(hit.source, hit.page)], abs=2e-2)
+    ranked = [oracle[(h.source, h.page)] for h in hits]  # in the oracle's order, up to ties
+    assert all(a >= b - 2e-2 for a, b in itertools.pairwise(ranked))
+    store.close()

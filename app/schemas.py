@@ -121,5 +121,6 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     model: str
+    models_loaded: list[str]  # the configured model, then others loaded for their collections
     store: str
     jobs_queued: int

@@ -1,6 +1,10 @@
 """What the API runs on: the store, the job queue, the documents, and (once loaded) the model,
 the query embedder and the ingestion worker.
 
+Searches of a collection built with another model than the configured one embed their query
+with that collection's model, loaded on first use and kept among at most ``max_loaded_models``
+(the least recently used other model is dropped first; the configured one always stays).
+
 ``open`` is quick (no model), so the process answers ``/healthz`` within a second of its
 start; ``load_model`` then runs in the background (importing torch alone takes seconds) and
 ``/readyz`` turns ready when it is done. Routes reach the services through ``app.deps``;
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +29,7 @@ from indexer.worker import Worker, document_service, job_queue
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError, ModelLoadError
 from retrieval.store import PageStore
+from retrieval.types import CollectionInfo, model_name
 
 if TYPE_CHECKING:
     from retrieval.encoder import Encoder
@@ -45,6 +51,8 @@ class Services:
     _stop: threading.Event = field(default_factory=threading.Event)
     _worker: threading.Thread | None = None
     _loading: asyncio.Task | None = None
+    # Models of other collections: name -> a task that loads it into (encoder, embedder).
+    _others: OrderedDict[str, asyncio.Task] = field(default_factory=OrderedDict)
 
     @classmethod
     def open(cls, settings: Settings, *, run_worker: bool) -> Services:
@@ -82,6 +90,73 @@ class Services:
             raise NotReady(f"the model ({self.settings.model}) is still loading; retry shortly")
         return self.embedder
 
+    def models_loaded(self) -> list[str]:
+        """The configured model, then those loaded for other collections (most recent last)."""
+        loaded = [self.encoder.model_id] if self.encoder is not None else []
+        for task in self._others.values():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                loaded.append(task.result()[0].model_id)
+        return loaded
+
+    async def embedder_for(self, info: CollectionInfo) -> QueryBatcher | DirectEmbedder:
+        """The query embedder of the model ``info`` was built with: the configured model's, or
+        another one, loaded on first use (its first search waits for the load)."""
+        default = self.require_model()
+        encoder = self.encoder
+        assert encoder is not None
+        name = model_name(info.model)
+        if name == model_name(encoder.model_id):
+            info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
+            return default
+        task = self._others.get(name)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.create_task(self._load_other(info), name=f"load-{name}")
+            self._others[name] = task
+        self._others.move_to_end(name)
+        keep = max(self.settings.max_loaded_models - 1, 1)  # this one at least
+        for other_name in [n for n, t in self._others.items() if n != name and t.done()]:
+            if len(self._others) <= keep:
+                break
+            await _stop_loaded(self._others.pop(other_name))  # its waiting queries finish first
+        other, embedder = await asyncio.shield(task)
+        info.check_model(other.model_id, other.family.name, other.dim, action="search")
+        return embedder
+
+    async def _load_other(self, info: CollectionInfo) -> tuple[Encoder, QueryBatcher]:
+        from retrieval.encoder import Encoder
+
+        settings = self.settings
+        log.info("loading %s for collection '%s'", info.model, info.name)
+        encoder = await asyncio.to_thread(
+            Encoder.load,
+            info.model,
+            device=settings.device.split(",")[0],
+            dtype=settings.dtype,
+            max_visual_tokens=info.max_visual_tokens,
+            family=info.family,
+            query_batch_size=settings.query_batch_size,
+        )
+        embedder = self._embedder(encoder)
+        await embedder.start()
+        return encoder, embedder
+
+    def _embedder(self, encoder: Encoder) -> QueryBatcher | DirectEmbedder:
+        metrics, settings = self.metrics, self.settings
+
+        def on_batch(size: int, seconds: float) -> None:
+            metrics.query_batch.observe(size)
+            metrics.query_encode.observe(seconds)
+
+        if settings.query_batching:
+            return QueryBatcher(
+                encoder.embed_queries,
+                max_batch=settings.query_batch_size,
+                wait_ms=settings.query_batch_wait_ms,
+                max_pending=settings.max_pending_queries,
+                on_batch=on_batch,
+            )
+        return DirectEmbedder(encoder.embed_queries, on_batch=on_batch)
+
     async def _load(self, encoder: Encoder | None) -> None:
         try:
             if encoder is None:
@@ -99,24 +174,7 @@ class Services:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("the model cannot be loaded, searches will fail")
             return
-        metrics = self.metrics
-
-        def on_batch(size: int, seconds: float) -> None:
-            metrics.query_batch.observe(size)
-            metrics.query_encode.observe(seconds)
-
-        settings = self.settings
-        embedder = (
-            QueryBatcher(
-                encoder.embed_queries,
-                max_batch=settings.query_batch_size,
-                wait_ms=settings.query_batch_wait_ms,
-                max_pending=settings.max_pending_queries,
-                on_batch=on_batch,
-            )
-            if settings.query_batching
-            else DirectEmbedder(encoder.embed_queries, on_batch=on_batch)
-        )
+        embedder = self._embedder(encoder)
         await embedder.start()
         self.encoder, self.embedder = encoder, embedder
         log.info("ready: %s on %s, store %s", encoder.model_id, encoder.device, self.store.kind)
@@ -142,7 +200,20 @@ class Services:
             self._loading.cancel()
         if self.embedder is not None:
             await self.embedder.stop()
+        for task in self._others.values():
+            await _stop_loaded(task)
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, 60)
         self.jobs.close()
         self.store.close()
+
+
+async def _stop_loaded(task: asyncio.Task) -> None:
+    """Stop the embedder of a model loaded for another collection (or its load)."""
+    if not task.done():
+        task.cancel()
+        return
+    if task.cancelled() or task.exception() is not None:
+        return
+    _, embedder = task.result()
+    await embedder.stop()

@@ -18,6 +18,7 @@ from indexer.render import RenderOptions, open_document
 from indexer.secrets import Sealer
 from indexer.uploads import StoredUpload, UploadFolder
 from retrieval.errors import Conflict, NotFound
+from retrieval.models import family as model_family
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
 from retrieval.types import DocumentRecord
@@ -141,8 +142,9 @@ class DocumentService:
         path = Path(doc.source_path) if doc.source_path else None
         if path is None or not path.is_file():
             raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
+        info = self.store.collection(collection)
         options = RenderOptions(
-            max_visual_tokens=self.store.collection(collection).max_visual_tokens
+            max_visual_tokens=info.max_visual_tokens, family=model_family(info.family)
         )
         password = self.sealer.unseal(doc.password_sealed, name=doc.name)
         with (

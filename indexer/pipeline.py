@@ -208,13 +208,7 @@ class IngestPipeline:
         # needs more than one core. Its torch ops release the GIL, so threads suffice.
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
         info = store.collection(collection)
-        if (info.family, info.dim) != (encoder.family.name, encoder.dim):
-            raise Conflict(
-                f"collection '{collection}' holds {info.dim}-d vectors of a {info.family} model "
-                f"({info.model}); this run's model is {encoder.family.name} with "
-                f"{encoder.dim}-d vectors: ingest it with its own model, or into another "
-                "collection"
-            )
+        info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="ingest into")
         if info.max_visual_tokens != self.render_options.max_visual_tokens:
             raise Conflict(
                 f"collection '{collection}' was built with max_visual_tokens="

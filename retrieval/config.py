@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(8, ge=1, description="Pages per forward pass (halved on CUDA OOM).")
     query_batch_size: int = Field(32, ge=1, description="Queries per forward pass.")
+    max_loaded_models: int = Field(
+        2,
+        ge=1,
+        description="Models the API keeps loaded: the configured one, plus the models of "
+        "other collections, loaded when a search first needs them (least recently used goes).",
+    )
 
     # --- rendering -------------------------------------------------------------------------
     render_workers: int | None = Field(

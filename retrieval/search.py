@@ -51,7 +51,9 @@ class Searcher:
     ) -> list[Hit]:
         where = filter if isinstance(filter, Filter) or filter is None else parse_filter(filter)
         name = collection or self.collection
-        self.store.collection(name)  # a missing collection fails before the model runs
+        info = self.store.collection(name)  # a missing collection fails before the model runs
+        encoder = self.encoder
+        info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
         vectors = self.embed_query(query)
         return self.store.search(
             name, vectors, top_k=top_k, where=where, mode=mode, prefetch=prefetch

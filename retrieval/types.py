@@ -108,6 +108,25 @@ class CollectionInfo:
     def points_collection(self) -> str:
         return self.points or self.name
 
+    def check_model(self, model: str, family: str, dim: int, *, action: str) -> None:
+        """Raise ``Conflict`` unless vectors of ``model`` (of ``family``, ``dim``-d) belong in
+        this collection: the same checkpoint (by name: a hub id and a local copy of it agree),
+        family and vector size. Vectors of two models are not comparable, whatever their size."""
+        if (model_name(self.model), self.family, self.dim) == (model_name(model), family, dim):
+            return
+        from retrieval.errors import Conflict
+
+        raise Conflict(
+            f"collection '{self.name}' was built with {self.model} ({self.family}, {self.dim}-d "
+            f"vectors); cannot {action} it with {model} ({family}, {dim}-d): use its model "
+            "(COLQWEN_MODEL), or another collection"
+        )
+
+
+def model_name(ref: str) -> str:
+    """A checkpoint's name: the last part of its hub id or directory path."""
+    return ref.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
 
 @dataclass(frozen=True)
 class Hit:

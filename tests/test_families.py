@@ -150,7 +150,7 @@ def test_a_pdf_in_and_out_of_search_exactly(name, tmp_path):
     (folder / "b.pdf").write_bytes(make_pdf([(612, 792)]))
     store = PageStore(EdgeBackend(tmp_path / "data"))
     store.create_collection(
-        "c", model=name, max_visual_tokens=enc.max_visual_tokens, dim=enc.dim, family=name
+        "c", model=enc.model_id, max_visual_tokens=enc.max_visual_tokens, dim=enc.dim, family=name
     )
     report = IngestPipeline(enc, store, "c", render_workers=1, batch_size=2).run(discover([folder]))
     assert report.ok and report.pages_embedded == 3
@@ -170,3 +170,67 @@ def test_a_pdf_in_and_out_of_search_exactly(name, tmp_path):
     ranked = [oracle[(h.source, h.page)] for h in hits]  # in the oracle's order, up to ties
     assert all(a >= b - 2e-2 for a, b in itertools.pairwise(ranked))
     store.close()
+
+
+def test_one_service_searches_collections_of_several_models(tiny_model_dir, tmp_path):
+    """Each collection is searched with its own model, loaded on first use; at most
+    ``max_loaded_models`` stay loaded (the configured one always does)."""
+    import httpx
+
+    from app.main import create_app
+    from retrieval.config import Settings
+    from tests.server import serving
+
+    data = tmp_path / "data"
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf([(595, 842), (842, 595)]))
+    store = PageStore(EdgeBackend(data / "qdrant"))
+    for name in ("colqwen3", "colpali"):
+        enc = encoder(name)
+        store.create_collection(
+            name, model=enc.model_id, max_visual_tokens=768, dim=enc.dim, family=name
+        )
+        assert IngestPipeline(enc, store, name, render_workers=1).run(discover([folder])).ok
+    store.close()
+    settings = Settings(
+        _env_file=None,
+        model=str(tiny_model_dir),
+        device="cpu",
+        data_dir=data,
+        max_loaded_models=2,
+        qdrant_url=None,
+    )
+    with serving(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as api:
+        for name in ("colqwen3", "colpali", "colqwen3"):
+            body = {"query": "the red square", "collection": name, "mode": "exact"}
+            response = api.post("/v1/search", json=body)
+            assert response.status_code == 200, response.text
+            [query] = encoder(name).embed_queries(["the red square"])
+            options = RenderOptions(max_visual_tokens=768, family=encoder(name).family)
+            with open_document(folder / "a.pdf", options=options) as doc:
+                for hit in response.json()["hits"]:
+                    [page] = encoder(name).embed_pages([doc.render(hit["page"] - 1).image])
+                    oracle = float((query @ page.multivector.T).max(1).sum())
+                    assert hit["score"] == pytest.approx(oracle, abs=2e-2)
+            loaded = api.get("/readyz").json()["models_loaded"]
+            assert loaded == [str(tiny_model_dir), str(checkpoint(name))]  # the other went
+
+
+def test_colqwen_models_lists_every_family_with_its_a4_geometry():
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["family"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {*FAMILIES, "colqwen2_5_omni"}
+    assert not rows["colqwen2_5_omni"]["available"]
+    for name in FAMILIES:  # what the tiny checkpoint of each family really makes of an A4 page
+        enc = encoder(name)
+        [page] = enc.embed_pages([pages_for(enc)[0]])
+        assert rows[name]["a4_visual_tokens"] == page.grid[0] * page.grid[1], name
+        assert rows[name]["available"] and rows[name]["dim"] in (128, 320)

@@ -23,7 +23,7 @@ BUDGET = 64
 
 def ingest(encoder: Encoder, folder: Path, data: Path) -> tuple[PageStore, dict]:
     store = PageStore(EdgeBackend(data))
-    store.create_collection("c", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
+    store.create_collection("c", model=encoder.model_id, max_visual_tokens=BUDGET, dim=encoder.dim)
     pipeline = IngestPipeline(
         encoder,
         store,
@@ -151,17 +151,32 @@ def test_a_gpu_run_limits_cpu_thread_pools_and_restores_them():
     assert torch.get_num_threads() == before
 
 
-def test_a_collection_refuses_another_model_family(tiny_model_dir, tmp_path):
+def test_a_collection_refuses_another_model(tiny_model_dir, tiny_adapter_dir, tmp_path):
     from retrieval.errors import Conflict
+    from retrieval.search import Searcher
 
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
     store = PageStore(EdgeBackend(tmp_path / "q"))
     store.create_collection(
         "c", model="other", max_visual_tokens=BUDGET, dim=encoder.dim, family="colqwen2_5"
     )
-    with pytest.raises(Conflict, match="colqwen2_5 model"):
-        IngestPipeline(encoder, store, "c", render_options=RenderOptions(max_visual_tokens=BUDGET))
+    options = RenderOptions(max_visual_tokens=BUDGET)
+    with pytest.raises(Conflict, match=r"built with other \(colqwen2_5, 128-d vectors\)"):
+        IngestPipeline(encoder, store, "c", render_options=options)
     assert store.collection("c").family == "colqwen2_5"
+    # The same family and vector size, another checkpoint (here an adapter): not comparable.
+    store.create_collection(
+        "a", model=str(tiny_adapter_dir), max_visual_tokens=BUDGET, dim=encoder.dim
+    )
+    with pytest.raises(Conflict, match="cannot ingest into it"):
+        IngestPipeline(encoder, store, "a", render_options=options)
+    with pytest.raises(Conflict, match="cannot search it"):
+        Searcher(encoder, store, collection="a").search("anything")
+    # A local copy of a hub checkpoint is that checkpoint: its name decides.
+    store.create_collection(
+        "h", model=f"someone/{tiny_model_dir.name}", max_visual_tokens=BUDGET, dim=encoder.dim
+    )
+    IngestPipeline(encoder, store, "h", render_options=options)
     store.create_collection("d", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
     assert store.collection("d").family == "colqwen2"  # and records made before it read so too
     store.close()

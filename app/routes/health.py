@@ -42,6 +42,7 @@ async def readyz(request: Request):
     return Readiness(
         status="ready",
         model=services.encoder.model_id,
+        models_loaded=services.models_loaded(),
         store=services.store.kind,
         jobs_queued=queued,
     )

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 4
 @router.post(
     "",
     response_model=SearchResponse,
-    responses=errors(404, 429, 503),
+    responses=errors(404, 409, 429, 503),
 )
 async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     """Late-interaction search: the best-matching pages for a plain-language query."""
@@ -26,8 +26,9 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     collection = body.collection or services.settings.collection
     where = parse_filter(body.filter)
     store = services.store
-    await run_in_threadpool(store.collection, collection)  # 404 before the model runs
-    vectors = await services.require_model().embed(body.query)
+    info = await run_in_threadpool(store.collection, collection)  # 404 before the model runs
+    embedder = await services.embedder_for(info)  # the collection's model (409 if it cannot be)
+    vectors = await embedder.embed(body.query)
     hits = await run_in_threadpool(
         store.search,
         collection,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,6 @@ def embed(
     from retrieval.encoder import Encoder
 
     settings = settings_of(ctx, batch_size=batch_size)
-    options = RenderOptions(max_visual_tokens=settings.max_visual_tokens)
     table = Table(
         "file",
         "page",
@@ -38,6 +38,9 @@ def embed(
     )
     with user_errors():
         wanted = parse_page_range(pages) if pages else None
+        with console.status(f"loading {settings.model}"):
+            encoder = Encoder.from_settings(settings)
+        options = RenderOptions(max_visual_tokens=encoder.max_visual_tokens, family=encoder.family)
         rendered = []
         for f in files:
             with open_document(f, name=f.name, options=options) as document:
@@ -45,12 +48,10 @@ def embed(
                 rendered += [
                     (f, document.render(n - 1)) for n in numbers if n <= document.info.page_count
                 ]
-        with console.status(f"loading {settings.model}"):
-            encoder = Encoder.from_settings(settings)
         embeddings = encoder.embed_pages([page.image for _, page in rendered])
     for (f, page), emb in zip(rendered, embeddings, strict=True):
         rows, cols = emb.grid
-        prompt = len(emb.special)
+        prompt = len(emb.special)  # prompt tokens, and a global view where the family has one
         table.add_row(
             f.name,
             str(page.page_number),
@@ -84,7 +85,8 @@ def render(
     settings = settings_of(ctx)
     with user_errors():
         wanted = parse_page_range(pages) if pages else None
-    options = RenderOptions(max_visual_tokens=settings.max_visual_tokens, supersample=supersample)
+    with user_errors():
+        options = replace(RenderOptions.from_settings(settings), supersample=supersample)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(
         "page", "size (pt)", "rotation", "image (px)", "grid (cols x rows)", "tokens", "file"

@@ -26,6 +26,7 @@ class Family(ABC):
     processor_cls: str
     trained_budget: int  # visual tokens a page gets by default
     prompt_tokens: int  # text tokens around a page's image in its prompt (batch sizing only)
+    dim: int = 128  # token vector size of its checkpoints (a checkpoint may differ)
     model_types: tuple[str, ...] = ()  # config.json model_type values of its checkpoints
     examples: tuple[str, ...] = ()  # public checkpoints known to work
     unavailable: str | None = None  # why the installed libraries cannot run it, if they cannot
@@ -43,6 +44,16 @@ class Family(ABC):
     def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
         """(width_px, height_px) to render a page of ``width`` x ``height`` at."""
         return self.pixels_for(self.grid_for(width, height, budget))
+
+    @property
+    @abstractmethod
+    def geometry(self) -> str:
+        """How this family sees a page, in a few words."""
+
+    def tokens_per_page(self, width: float, height: float, budget: int) -> tuple[int, int]:
+        """(visual tokens, all tokens) of a page of this size."""
+        grid = self.grid_for(width, height, budget)
+        return grid[0] * grid[1], self.sequence_tokens(grid)
 
     def sequence_tokens(self, grid: tuple[int, int]) -> int:
         """Tokens of a page of ``grid`` in the model's input: what a batch's budget counts."""

@@ -28,6 +28,14 @@ class Tiles(Family):
     tile_px: int = 512
     side_tokens: int = 8  # visual tokens along a tile's side
 
+    @property
+    def geometry(self) -> str:
+        n = self.side_tokens
+        return (
+            f"{self.tile_px} px tiles of {n} x {n} tokens (longest side {self.longest_edge} px) "
+            "and a global view"
+        )
+
     def bind(self, processor: Any) -> Tiles:
         ip = processor.image_processor
         return replace(

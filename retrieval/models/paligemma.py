@@ -25,6 +25,11 @@ class SquareImage(Family):
     side_px: int = 448  # the square the processor resizes every image to
     side_tokens: int = 32  # visual tokens along each side
 
+    @property
+    def geometry(self) -> str:
+        n = self.side_tokens
+        return f"one {self.side_px} px square, {n} x {n} tokens, whatever the page's shape"
+
     def bind(self, processor: Any) -> SquareImage:
         size = processor.image_processor.size
         side_tokens = math.isqrt(int(processor.image_seq_length))

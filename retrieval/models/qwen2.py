@@ -35,6 +35,10 @@ class QwenVL(Family):
     def token_px(self) -> int:
         return self.patch_px * self.merge
 
+    @property
+    def geometry(self) -> str:
+        return f"a grid of {self.token_px} px tokens in the page's shape, within the budget"
+
     def bind(self, processor: Any) -> QwenVL:
         ip = processor.image_processor
         return replace(self, patch_px=int(ip.patch_size), merge=int(ip.merge_size))

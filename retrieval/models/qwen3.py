@@ -11,6 +11,7 @@ COLQWEN3 = QwenVL(
     "ColQwen3Processor",
     trained_budget=768,
     prompt_tokens=11,
+    dim=320,
     model_types=("qwen3_vl",),
     patch_px=16,
 )

@@ -2,6 +2,7 @@
 # The GPU measurements of one session, in priority order, each log into $OUT as it runs.
 #   bash bench/gpu_session.sh single   # one GPU: compiled and eager ingest, model probe, GPU test
 #   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled
+#   bash bench/gpu_session.sh families # forward pass of each family; compile modes; CUDA graphs
 # Expects the lock's wheels in .whl/ and the PDFs to ingest in .pdfs/ (see BENCHMARKS.md).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -26,5 +27,11 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
 multi)
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1
     run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)"
+    ;;
+families)
+    run probe_families -m bench.model_probe --families colqwen2 colqwen2_5 colqwen3_5
+    run probe_modes -m bench.model_probe --families colqwen2 --batches 32 \
+        --modes default reduce-overhead
+    run ingest_graphs $bench --compile --compile-mode reduce-overhead --repeat 2
     ;;
 esac

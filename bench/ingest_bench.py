@@ -35,44 +35,24 @@ def full_size_encoder(
     devices: list[str] | None = None,
     compile: bool = False,
     compile_mode: str | None = None,
+    family: str = "colqwen2",
 ) -> Encoder:
-    """ColQwen2 at its real size (Qwen2-VL-2B), random weights, bf16; replicated on ``devices``
-    beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
-    import torch
-    from colpali_engine.models import ColQwen2
+    """A family's model at its real size (bench.full_size), random weights, bf16; replicated on
+    ``devices`` beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
+    from bench.full_size import BUILDERS
+    from retrieval.models import family as family_named
 
-    from tests.tiny_model import build_processor, colqwen2_config
-
-    processor = build_processor(max_visual_tokens=768)
-    config = colqwen2_config(
-        processor,
-        text=dict(
-            vocab_size=151936,
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-            rope_theta=1e6,
-        ),
-        vision=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4),
-    )
-    config._attn_implementation = "sdpa"
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = ColQwen2(config).eval()
-    torch.set_default_dtype(torch.float32)
+    model, processor = BUILDERS[family](device)
     n = sum(p.numel() for p in model.parameters())
-    print(f"full-size ColQwen2: {n / 1e9:.2f} B parameters on {device}", flush=True)
+    print(f"full-size {family}: {n / 1e9:.2f} B parameters on {device}", flush=True)
     encoder = Encoder(
         model,
         processor,
-        model_id="colqwen2-full-size-random",
+        model_id=f"{family}-full-size-random",
         device=device,
         max_visual_tokens=768,
         batch_size=batch_size,
+        family=family_named(family).bind(processor),
     )
     encoder.replicate(devices or [])
     if compile:

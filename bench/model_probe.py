@@ -1,13 +1,16 @@
-"""Where the time goes on a GPU: the forward pass alone per batch size, eager then compiled
-(``Encoder.compile``) with the warm-up each costs, and preprocessing per page. Diagnostic
-companion to ingest_bench.
+"""The forward pass alone on a GPU, per model family and batch size: pages/s, peak memory and
+tokens per A4 page, eager and (with ``--modes``) compiled (``Encoder.compile``) with the
+warm-up each compile costs. Diagnostic companion to ingest_bench; full-size architectures with
+random weights (bench.full_size).
 
-    uv run python -m bench.model_probe --device cuda [--batches 8 16 32]
+    uv run python -m bench.model_probe --device cuda --families colqwen2 colqwen2_5 colqwen3_5 \\
+        [--batches 8 16 32] [--modes eager default reduce-overhead]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 from PIL import Image, ImageDraw
@@ -16,82 +19,112 @@ from bench.common import header, table
 from bench.ingest_bench import full_size_encoder
 
 
-def page(i: int) -> Image.Image:
-    image = Image.new("RGB", (644, 924), "white")
-    draw = ImageDraw.Draw(image)
-    for k in range(40):
-        draw.text((20 + (k % 3) * 200, 20 * k + i % 7), f"line {k} of page {i}", fill="black")
-    return image
+def a4_pages(encoder, n: int) -> list[Image.Image]:
+    """``n`` text-like A4 pages at the size the family renders them."""
+    size = encoder.family.size_for(595, 842, encoder.max_visual_tokens)
+    pages = []
+    for i in range(n):
+        image = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(image)
+        for k in range(40):
+            draw.text((20 + (k % 3) * 200, 20 * k + i % 7), f"line {k} of page {i}", fill="black")
+        pages.append(image)
+    return pages
 
 
-def measure(encoder, images, batches, device) -> dict[int, tuple[float, float, float]]:
-    """batch -> (first call s, pages/s, peak GiB)."""
+def measure(encoder, images, batches) -> dict[int, tuple[float, float, float]]:
+    """batch -> (first call s, pages/s, peak GiB) of the forward pass on preprocessed pages."""
     import torch
 
     out = {}
     for b in batches:
-        inputs = encoder.preprocess(images[:b])
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        batch = encoder.preprocess(images[:b])
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            encoder.model(**inputs)
-            torch.cuda.synchronize()
-            first = time.perf_counter() - t0
-            reps = max(3, 96 // b)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                encoder.model(**inputs)
-            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        encoder.forward(batch)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        reps = max(3, 96 // b)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            encoder.forward(batch)
+        torch.cuda.synchronize()
         rate = b * reps / (time.perf_counter() - t0)
         out[b] = (first, rate, torch.cuda.max_memory_allocated() / 2**30)
-        print(f"batch {b}: first call {first:.1f} s, {rate:.1f} pages/s", flush=True)
+        print(f"  batch {b}: first call {first:.1f} s, {rate:.1f} pages/s", flush=True)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--families", nargs="+", default=["colqwen2"])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager"],
+        help="eager, and torch.compile modes: default, reduce-overhead (CUDA graphs), ...",
+    )
     args = parser.parse_args()
-    encoder = full_size_encoder(args.device, max(args.batches))
-    images = [page(i) for i in range(max(args.batches))]
-    t0 = time.perf_counter()
-    encoder.preprocess(images[:32])
-    preprocess_ms = (time.perf_counter() - t0) / 32 * 1000
-    eager = measure(encoder, images, args.batches, args.device)
-    encoder.compile()
-    warm = encoder.warm_up(grids=((33, 23),))
-    print(f"compile warm-up (A4, batch {encoder.batch_size}): {warm:.1f} s", flush=True)
-    fast = measure(encoder, images, args.batches, args.device)
-    rows = [
-        [
-            b,
-            f"{eager[b][1]:.1f}",
-            f"{fast[b][1]:.1f}",
-            f"{fast[b][1] / eager[b][1]:.2f}x",
-            f"{fast[b][0]:.1f}",
-            f"{eager[b][2]:.1f} / {fast[b][2]:.1f}",
-        ]
-        for b in args.batches
-    ]
+    rows = []
+    for name in args.families:
+        for mode in args.modes:
+            print(f"{name}, {mode}:", flush=True)
+            encoder = full_size_encoder(args.device, max(args.batches), family=name)
+            params = sum(p.numel() for p in encoder.model.parameters()) / 1e9
+            images = a4_pages(encoder, max(args.batches))
+            [page] = encoder.embed_pages(images[:1])
+            visual = page.grid[0] * page.grid[1]
+            shape = f"{page.grid[1]} x {page.grid[0]} = {visual} (+{page.n_tokens - visual})"
+            warm = 0.0
+            if mode != "eager":
+                encoder.compile(None if mode == "default" else mode)
+                grid = encoder.family.grid_for(595, 842, encoder.max_visual_tokens)
+                warm = encoder.warm_up(grids=[grid])
+                print(f"  compile warm-up (A4, batch {encoder.batch_size}): {warm:.1f} s")
+            try:
+                for b, (_first, rate, peak) in measure(encoder, images, args.batches).items():
+                    rows.append(
+                        [
+                            name,
+                            f"{params:.2f}",
+                            mode,
+                            b,
+                            f"{rate:.1f}",
+                            f"{peak:.1f}",
+                            f"{warm:.0f}",
+                            shape,
+                        ]
+                    )
+            except Exception as exc:  # a mode that fails is a result too
+                print(f"  {mode} failed: {type(exc).__name__}: {exc}", flush=True)
+                rows.append([name, f"{params:.2f}", mode, "-", "failed", "-", "-", "-"])
+            del encoder
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch._dynamo.reset()
     print(
-        header("Forward pass alone, full-size ColQwen2 (random weights), bf16", "bench.model_probe")
+        header("Forward pass alone, full-size models (random weights), bf16", "bench.model_probe")
     )
     print(
         table(
             [
+                "family",
+                "B params",
+                "mode",
                 "batch (A4 pages)",
-                "eager pages/s",
-                "compiled pages/s",
-                "speed-up",
-                "compiled first call s (after warm-up)",
-                "peak GiB eager / compiled",
+                "pages/s",
+                "peak GiB",
+                "warm-up s",
+                "A4 tokens: cols x rows = visual (+ prompt)",
             ],
             rows,
         )
     )
-    print(f"\ncompile warm-up: {warm:.1f} s; preprocess {preprocess_ms:.1f} ms/page (1 thread)")
 
 
 if __name__ == "__main__":

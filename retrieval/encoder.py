@@ -202,7 +202,9 @@ class Encoder:
         for replica in self.replicas:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
-                    stack[i] = torch.compile(module, dynamic=False, mode=mode)
+                    compiled = torch.compile(module, dynamic=False, mode=mode)
+                    graphed = mode is not None and "reduce-overhead" in mode
+                    stack[i] = _OwnOutputs(compiled) if graphed else compiled
             replica.compiled = True
 
     def warm_up(self, grids: Sequence[tuple[int, int]] | None = None) -> float:
@@ -339,6 +341,32 @@ class Encoder:
                 np.ascontiguousarray(r[m], dtype=np.float32) for r, m in zip(out, mask, strict=True)
             )
         return result
+
+
+def _own_outputs_module() -> type:
+    import torch
+
+    class OwnOutputs(torch.nn.Module):
+        """A block compiled with CUDA graphs, called as one step of its own: the blocks of a
+        stack share one compiled graph, whose output memory the next block's replay reuses,
+        so each output is copied out before that."""
+
+        def __init__(self, compiled: Any) -> None:
+            super().__init__()
+            self.compiled = compiled
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            torch.compiler.cudagraph_mark_step_begin()
+            out = self.compiled(*args, **kwargs)
+            return torch.utils._pytree.tree_map(
+                lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out
+            )
+
+    return OwnOutputs
+
+
+def _OwnOutputs(compiled: Any) -> Any:  # builds the torch module class lazily
+    return _own_outputs_module()(compiled)
 
 
 def _compilable_stacks(model: Any) -> list[Any]:

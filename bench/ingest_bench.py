@@ -168,17 +168,7 @@ def main() -> None:
         help="extra pipeline runs, THREADS:SWITCH_MS each (preprocess threads, GIL switch "
         "interval in ms; 0 = default), e.g. 1:0 4:0.5 1:0.5",
     )
-    parser.add_argument(
-        "--shared-stream",
-        action="store_true",
-        help="preprocess on the forward pass's CUDA stream (as before the preprocessing "
-        "streams), for comparison",
-    )
     args = parser.parse_args()
-    if args.shared_stream:
-        from contextlib import nullcontext
-
-        Encoder._own_stream = lambda self: nullcontext()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
     inputs = args.pdfs or [SHARED_PDFS / "good"]

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +121,6 @@ class Encoder:
         self.image_token_id: int = family.image_token_id(model)
         self.dim: int = int(model.dim)
         self._lock = threading.Lock()
-        self._streams = threading.local()  # a CUDA stream per preprocessing thread
         # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
         self.replicas: list[Encoder] = [self]
         self.compiled = False
@@ -248,27 +246,8 @@ class Encoder:
         the family can) of page images: model inputs, and each image's size."""
         if not images:
             raise InvalidInput("no images to embed")
-        with self._own_stream():
-            inputs = self.family.preprocess(self.processor, images, self.device)
+        inputs = self.family.preprocess(self.processor, images, self.device)
         return PageBatch(inputs, [image.size for image in images])
-
-    @contextmanager
-    def _own_stream(self) -> Iterator[None]:
-        """On CUDA, a preprocessing thread queues its GPU work on a stream of its own, and waits
-        for that stream alone: on the forward pass's stream, each of its syncs (a ``.tolist()``
-        of the grid) would wait for the batch running on the GPU, and the next batch would come
-        late."""
-        if not self.device.startswith("cuda"):
-            yield
-            return
-        import torch
-
-        stream = getattr(self._streams, "stream", None)
-        if stream is None:
-            stream = self._streams.stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            yield
-        stream.synchronize()
 
     def forward(self, batch: PageBatch | Any) -> torch.Tensor:
         """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""
@@ -276,11 +255,7 @@ class Encoder:
 
         inputs = batch.inputs if isinstance(batch, PageBatch) else batch
         with self._lock, torch.inference_mode():
-            moved = {k: v.to(self.device) for k, v in inputs.items()}
-            if self.device.startswith("cuda"):  # made on a preprocessing stream: keep them
-                for value in moved.values():  # until the forward pass's stream is done
-                    value.record_stream(torch.cuda.current_stream(self.device))
-            return self.model(**moved)
+            return self.model(**{k: v.to(self.device) for k, v in inputs.items()})
 
     def postprocess(self, batch: PageBatch, output: torch.Tensor) -> list[PageEmbedding]:
         """CPU step: unpad each row, find the visual tokens by the image token id, and have the

@@ -17,6 +17,7 @@ same 768-token budget (the README's default processor would use ~2772 tokens per
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +101,58 @@ def ours(
     }
 
 
+def trace_batches(encoder: Encoder) -> list[dict]:
+    """Record, per batch each replica runs: pages, distinct grids, the seconds its forward call
+    takes to return (launching the kernels) and postprocess (waiting for the GPU, then the CPU
+    work). Returns the list it appends to."""
+    records: list[dict] = []
+    for replica in encoder.replicas:
+        forward, postprocess = replica.forward, replica.postprocess
+
+        def traced_forward(batch, forward=forward):
+            batch.t0 = time.perf_counter()
+            out = forward(batch)
+            batch.t1 = time.perf_counter()
+            return out
+
+        def traced_postprocess(batch, output, postprocess=postprocess):
+            result = postprocess(batch, output)
+            t2 = time.perf_counter()
+            grids = {p.grid for p in result}
+            records.append(
+                {
+                    "pages": len(result),
+                    "grids": len(grids),
+                    "launch": batch.t1 - batch.t0,
+                    "rest": t2 - batch.t1,
+                    "end": t2,
+                    "start": batch.t0,
+                }
+            )
+            return result
+
+        replica.forward, replica.postprocess = traced_forward, traced_postprocess
+    return records
+
+
+def print_trace(records: list[dict], batch_size: int) -> None:
+    kinds: dict[str, list[dict]] = {}
+    for r in records:
+        uniform = r["grids"] == 1 and r["pages"] == batch_size
+        kinds.setdefault("full, one grid" if uniform else "mixed or partial", []).append(r)
+    rows = []
+    for kind, rs in kinds.items():
+        pages = sum(r["pages"] for r in rs)
+        launch, rest = sum(r["launch"] for r in rs), sum(r["rest"] for r in rs)
+        rows.append(
+            [kind, len(rs), pages, f"{launch:.1f}", f"{rest:.1f}", f"{pages / (launch + rest):.1f}"]
+        )
+    ordered = sorted(records, key=lambda r: r["start"])
+    gaps = sum(max(0.0, b["start"] - a["end"]) for a, b in itertools.pairwise(ordered))
+    print(table(["batches", "n", "pages", "launch s", "wait + post s", "pages/s"], rows))
+    print(f"encode thread idle between batches: {gaps:.1f} s")
+
+
 def baseline(encoder: Encoder, files: list[Path], batch: int = 4) -> dict:
     """colpali-engine's README loop, fed with pages rendered at 200 DPI."""
     import pypdfium2 as pdfium
@@ -168,6 +221,7 @@ def main() -> None:
         help="extra pipeline runs, THREADS:SWITCH_MS each (preprocess threads, GIL switch "
         "interval in ms; 0 = default), e.g. 1:0 4:0.5 1:0.5",
     )
+    parser.add_argument("--trace", action="store_true", help="per-batch timings of the encoder")
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -203,7 +257,10 @@ def main() -> None:
             target.write_bytes(f.read_bytes() + f"\n%{i}\n".encode())  # new hash, same pages
             copies.append(target)
         files = copies
+    records = trace_batches(encoder) if args.trace else None
     o = ours(encoder, files, args.workers)
+    if records is not None:
+        print_trace(records, args.batch_size)
     with_index = o["seconds"] + o["index_s"]
     batching = f"batch {args.batch_size}"
     for label, seconds in [

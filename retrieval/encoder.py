@@ -110,6 +110,7 @@ class Encoder:
     ) -> None:
         self.model = model
         self.family = family  # the page geometry and prompt of this model
+        family.prepare(model)
         self.processor = processor
         self.model_id = model_id
         self.device = device

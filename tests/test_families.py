@@ -5,6 +5,7 @@ colpali-engine's own geometry says, and a PDF goes in and comes back out of sear
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -56,11 +57,27 @@ def pages_for(enc: Encoder) -> list:
     return images
 
 
+@contextmanager
+def transformers_attention(model):
+    """The model as transformers configures it: our packed vision attention switched off."""
+    from retrieval.models import attention
+
+    config = getattr(getattr(model, "visual", None), "config", None)
+    packed = getattr(config, "_attn_implementation", None) == attention.NAME
+    if packed:
+        config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        if packed:
+            config._attn_implementation = attention.NAME
+
+
 def reference(enc: Encoder, inputs) -> list[np.ndarray]:
     """colpali-engine's own output for processed inputs: each row without its padding."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), transformers_attention(enc.model):
         out = enc.model(**inputs).float().numpy()
     mask = inputs["attention_mask"].bool().numpy()
     return [row[m] for row, m in zip(out, mask, strict=True)]
@@ -234,3 +251,33 @@ def test_colqwen_models_lists_every_family_with_its_a4_geometry():
         [page] = enc.embed_pages([pages_for(enc)[0]])
         assert rows[name]["a4_visual_tokens"] == page.grid[0] * page.grid[1], name
         assert rows[name]["available"] and rows[name]["dim"] in (128, 320)
+
+
+def test_packed_vision_attention_equals_one_call_per_sequence():
+    """The packed attention the Qwen vision towers run on (one SDPA call a block) against
+    transformers' own loop of one call per image or window, for equal and unequal lengths."""
+    import torch
+    import torch.nn.functional as F
+
+    from retrieval.models.attention import packed_sdpa
+
+    torch.manual_seed(0)
+    for lengths in ([16, 16, 16], [5, 16, 9, 1]):
+        cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+        q, k, v = (torch.randn(1, 2, sum(lengths), 8) for _ in range(3))
+        ours, _ = packed_sdpa(None, q, k, v, cu_seq_lens_q=cu, max_length_q=max(lengths))
+        loop = torch.cat(
+            [
+                F.scaled_dot_product_attention(*(t[:, :, a:b] for t in (q, k, v)))
+                for a, b in itertools.pairwise(cu.tolist())
+            ],
+            dim=2,
+        ).transpose(1, 2)
+        torch.testing.assert_close(ours, loop, atol=1e-6, rtol=1e-5)
+
+
+def test_qwen_vision_towers_run_the_packed_attention():
+    from retrieval.models import attention
+
+    for name in ("colqwen2", "colqwen2_5", "colqwen3", "colqwen3_5"):
+        assert encoder(name).model.visual.config._attn_implementation == attention.NAME

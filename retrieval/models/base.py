@@ -69,6 +69,10 @@ class Family(ABC):
         """This family with the geometry a loaded processor is configured for."""
         return self
 
+    def prepare(self, model: Any) -> None:
+        """Adjust a loaded model for serving (same outputs); nothing by default."""
+        return None
+
     def processor_kwargs(self, budget: int) -> dict[str, Any]:
         """Extra arguments to the processor's ``from_pretrained`` for a visual-token budget."""
         return {}

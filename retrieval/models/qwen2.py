@@ -43,6 +43,12 @@ class QwenVL(Family):
         ip = processor.image_processor
         return replace(self, patch_px=int(ip.patch_size), merge=int(ip.merge_size))
 
+    def prepare(self, model: Any) -> None:
+        """The vision tower's per-image attention as one call a block (``attention``)."""
+        from retrieval.models import attention
+
+        attention.use(model)
+
     def processor_kwargs(self, budget: int) -> dict[str, Any]:
         return {"max_num_visual_tokens": budget}  # else the checkpoint's 12.8 MP cap governs
 

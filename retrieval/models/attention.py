@@ -1,0 +1,88 @@
+"""Packed attention for vision towers that attend within each image (or window) of a batch.
+
+transformers' Qwen2-VL, Qwen2.5-VL and Qwen3-VL vision towers pack a batch's patches into one
+sequence. Unless a flash-attention implementation is configured, every vision block then
+splits it with ``cu_seqlens.tolist()`` (a GPU sync) and runs one attention call per image or
+per window: for a batch of 32 pages, 32 syncs and 1,024 attention calls a forward pass on
+Qwen2-VL, tens of thousands of tiny ones on Qwen2.5-VL's 8 x 8 windows. The CPU and the GPU
+then take turns instead of overlapping, and any contention for the GIL adds to every turn.
+
+``packed_sdpa`` takes the flash-attention calling convention (``cu_seq_lens_q`` and
+``max_length_q`` once a forward pass, no sync in the blocks) and runs PyTorch's SDPA once per
+block: as a batch when every sequence has the same length (the common case: a batch of pages of
+one grid), else over sequences padded to the longest, with the padding masked out of the keys.
+Same attention, same inputs to each softmax; ``use(model)`` switches a model's vision tower to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+NAME = "packed_flash_sdpa"  # "flash" in the name: transformers passes cu_seqlens, as to flash
+# The gather plans of the last few cu_seqlens tensors, by identity: the blocks of one forward
+# pass share one (or two: Qwen2.5-VL's windows and whole images).
+_layouts: deque[tuple[Any, tuple[Any, Any]]] = deque(maxlen=8)
+
+
+def packed_sdpa(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any = None,
+    *,
+    cu_seq_lens_q: Any,
+    max_length_q: int,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """query, key, value: (1, heads, total, head_dim), the sequences packed back to back as
+    ``cu_seq_lens_q`` says. Returns (1, total, heads, head_dim), as transformers' flash path."""
+    import torch.nn.functional as F
+
+    _, heads, total, dim = query.shape
+    n = cu_seq_lens_q.numel() - 1
+    longest = int(max_length_q)
+    if n * longest == total:  # every sequence is the longest: a plain batch
+        q, k, v = (t.reshape(heads, n, longest, dim).transpose(0, 1) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
+        return out.transpose(0, 1).reshape(1, heads, total, dim).transpose(1, 2), None
+    index, valid = _layout(cu_seq_lens_q, n, longest)
+    q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # (n, H, L, d)
+    mask = valid[:, None, None, :]  # padded keys take no part
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    packed = out.transpose(1, 2)[valid]  # (total, H, d): the padded rows dropped, order kept
+    return packed.unsqueeze(0), None
+
+
+def _layout(cu_seqlens: Any, n: int, longest: int) -> tuple[Any, Any]:
+    """(index, valid), each (n, longest): where each padded slot reads from, and whether it
+    holds a token. Computed once per ``cu_seqlens`` (once a forward pass), without a sync."""
+    import torch
+
+    for seen, plan in list(_layouts):
+        if seen is cu_seqlens and plan[0].shape == (n, longest):
+            return plan
+    starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
+    offsets = torch.arange(longest, device=cu_seqlens.device)
+    valid = offsets[None, :] < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + offsets[None, :], 0)
+    _layouts.append((cu_seqlens, (index, valid)))
+    return index, valid
+
+
+def use(model: Any) -> bool:
+    """Run ``model``'s vision tower on ``packed_sdpa`` where it uses SDPA; True if it does."""
+    from transformers import AttentionInterface
+
+    visual = getattr(model, "visual", None) or getattr(
+        getattr(model, "model", None), "visual", None
+    )
+    config = getattr(visual, "config", None)
+    if config is None or config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(NAME, packed_sdpa)
+    config._attn_implementation = NAME
+    return True

@@ -248,6 +248,7 @@ class Encoder:
         if not images:
             raise InvalidInput("no images to embed")
         inputs = self.family.preprocess(self.processor, images, self.device)
+        inputs = self.family.complete(self.model, inputs)
         return PageBatch(inputs, [image.size for image in images])
 
     def forward(self, batch: PageBatch | Any) -> torch.Tensor:

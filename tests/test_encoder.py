@@ -102,9 +102,16 @@ def test_preprocess_equals_colpali_process_images(encoder):
     images = [page_image(300, 200), page_image(644, 924, seed=1), page_image(80, 900, seed=2)]
     ours = encoder.preprocess(images).inputs
     theirs = encoder.processor.process_images(images)
-    assert set(ours) == set(theirs)
+    assert set(ours) == {*theirs, "position_ids"}  # the rotary positions, computed beforehand
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
+    positions, _ = encoder.model.get_rope_index(
+        theirs["input_ids"],
+        mm_token_type_ids=theirs["mm_token_type_ids"],
+        image_grid_thw=theirs["image_grid_thw"],
+        attention_mask=theirs["attention_mask"],
+    )
+    assert torch.equal(ours["position_ids"], positions)
 
 
 def test_batching_does_not_change_embeddings(encoder):

@@ -91,6 +91,11 @@ class Family(ABC):
         """Model inputs for page images: colpali-engine's own ``process_images``."""
         return processor.process_images(list(images))
 
+    def complete(self, model: Any, inputs: Any) -> Any:
+        """Inputs the model would otherwise derive itself inside its forward pass, computed
+        beforehand (in the preprocessing threads); the inputs as they are by default."""
+        return inputs
+
     @abstractmethod
     def arrange(
         self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int

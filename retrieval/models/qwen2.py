@@ -107,6 +107,23 @@ class QwenVL(Family):
         batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True)
         return batch
 
+    def complete(self, model: Any, inputs: Any) -> Any:
+        """The 3-D rotary positions (M-RoPE) of the batch, computed on the CPU here: inside
+        the forward pass, transformers computes them in a Python loop of GPU syncs after the
+        vision tower, with the GPU idle meanwhile. Same positions."""
+        rope_index = getattr(model, "get_rope_index", None)
+        if rope_index is None or "position_ids" in inputs or "mm_token_type_ids" not in inputs:
+            return inputs
+        keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask")
+        cpu = {k: inputs[k].cpu() for k in keys}
+        inputs["position_ids"], _ = rope_index(
+            cpu["input_ids"],
+            mm_token_type_ids=cpu["mm_token_type_ids"],
+            image_grid_thw=cpu["image_grid_thw"],
+            attention_mask=cpu["attention_mask"],
+        )
+        return inputs
+
     def arrange(
         self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -4,10 +4,11 @@
 
 Each stage is a thread joined to the next by bounded queues, so the device never waits on
 rendering and memory stays flat however large the input. Batches are formed by visual-token
-budget, not page count, and may span documents. With several GPUs (``encoder.replicas``),
-batches go round-robin to one forward thread per device, each fed by its own queue, and the
-store puts them back in order: it sees a document's ``open``, then its pages, then its ``end``
-(or ``fail``), exactly as with one device.
+budget, not page count, and may span documents; pages of one grid are batched together (full
+batches have the shapes a compiled model was warmed up for). With several GPUs
+(``encoder.replicas``), batches go round-robin to one forward thread per device, each fed by
+its own queue. The store puts every message back in stream order: it sees a document's
+``open``, then its pages, then its ``end`` (or ``fail``), exactly as rendered.
 
 Safe to kill at any point: pages have deterministic ids (re-writing one overwrites it), a
 document is marked ``indexed`` only once all its pages are stored, and a re-run skips indexed
@@ -122,6 +123,7 @@ class _Doc:
 class _Msg:
     kind: Literal["open", "page", "end", "fail", "skip", "done"]
     doc: _Doc
+    seq: int = -1  # position in the stream: the store takes messages in this order
     page: RenderedPage | None = None
     error: str | None = None
     embedding: PageEmbedding | None = None
@@ -130,10 +132,11 @@ class _Msg:
 
 @dataclass
 class _Work:
-    """Messages in order; ``inputs`` are the preprocessed images of its page messages."""
+    """A batch: its page messages (of one grid where possible) and any control messages that
+    travel with it; ``inputs`` are the preprocessed images of its pages."""
 
     messages: list[_Msg]
-    seq: int = 0  # position in the stream: the store writes batches in this order
+    seq: int = 0  # the batch's number: which device runs it
     inputs: Any = None
     replica: Any = None  # the Encoder whose device runs it
 
@@ -415,28 +418,61 @@ class IngestPipeline:
             self._put(out, _END)
 
     def _batches(self, inp: queue.Queue) -> Iterator[list[_Msg]]:
-        work: list[_Msg] = []
-        tokens = pages = 0
+        """Batches of pages of one grid, across documents: ``batch_size`` pages of one grid
+        have the shapes a compiled model was warmed up for, and pad nothing. A page waits in
+        its grid's bucket at most ``_max_lag`` messages (or until the input pauses); then the
+        buckets it waited with go out together, cut by token budget. Control messages travel
+        with the next batch: the store puts every message back in stream order."""
+        buckets: dict[tuple[int, int], list[_Msg]] = {}
+        controls: list[_Msg] = []
+        seq = 0
+        max_lag = 4 * self.batch_size * len(self.replicas)
         finished = False
         while not finished:
             try:
-                msg = self._get(inp, timeout=_IDLE_FLUSH_S if work else None)
+                msg = self._get(inp, timeout=_IDLE_FLUSH_S if buckets or controls else None)
             except queue.Empty:
-                msg = None  # idle: send what we have
-            if msg is _END:
-                finished = True
-            elif msg is not None:
-                work.append(msg)
-                if msg.kind == "page":
-                    tokens += self.encoder.family.sequence_tokens(msg.page.grid)
-                    pages += 1
-                # Full batches of a document's pages have the shapes a compiled model was
-                # warmed up for (batch_size pages of one grid); smaller pages fill by tokens.
-                if tokens < self.token_budget and pages < self.batch_size:
-                    continue
-            if work:
+                msg = None  # the input paused: send everything
+            if msg is _END or msg is None:
+                finished = msg is _END
+                yield from self._cut([m for b in buckets.values() for m in b], controls)
+                buckets, controls = {}, []
+                continue
+            msg.seq, seq = seq, seq + 1
+            if msg.kind != "page":
+                controls.append(msg)
+                if not buckets:  # nothing to wait for: on its way
+                    yield controls
+                    controls = []
+                continue
+            bucket = buckets.setdefault(msg.page.grid, [])
+            bucket.append(msg)
+            tokens = len(bucket) * self.encoder.family.sequence_tokens(msg.page.grid)
+            if len(bucket) >= self.batch_size or tokens >= self.token_budget:
+                yield bucket + controls
+                del buckets[msg.page.grid]
+                controls = []
+            stale = [g for g, b in buckets.items() if seq - b[0].seq > max_lag]
+            if stale:
+                yield from self._cut([m for g in stale for m in buckets.pop(g)], controls)
+                controls = []
+
+    def _cut(self, pages: list[_Msg], controls: list[_Msg]) -> Iterator[list[_Msg]]:
+        """Pages of several grids, in stream order, cut into batches by token budget (at most
+        ``batch_size`` pages); the control messages go with the first."""
+        pages.sort(key=lambda m: m.seq)
+        work, tokens = list(controls), 0
+        for msg in pages:
+            cost = self.encoder.family.sequence_tokens(msg.page.grid)
+            if len(work) > len(controls) and (
+                tokens + cost > self.token_budget or len(work) - len(controls) >= self.batch_size
+            ):
                 yield work
-                work, tokens, pages = [], 0, 0
+                work, tokens, controls = [], 0, []
+            work.append(msg)
+            tokens += cost
+        if work:
+            yield work
 
     def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
         work = _Work(messages, seq=seq, replica=replica)
@@ -487,25 +523,31 @@ class IngestPipeline:
     # --- stage 4: store ------------------------------------------------------------------------
 
     def _write(self, inp: queue.Queue) -> None:
-        """Store batches in stream order (several devices finish them out of order)."""
-        waiting: dict[int, _Work] = {}
+        """Store messages in stream order: batches are formed by grid, and several devices
+        finish them out of order, but the store sees each document's ``open``, its pages,
+        then its ``end``, as they were rendered."""
+        waiting: dict[int, _Msg] = {}
         next_seq, ends = 0, 0
         while ends < len(self.replicas):
             work = self._get(inp)
             if work is _END:
                 ends += 1
                 continue
-            waiting[work.seq] = work
+            for msg in work.messages:
+                waiting[msg.seq] = msg
+            ready = []
             while next_seq in waiting:
-                self._store(waiting.pop(next_seq))
+                ready.append(waiting.pop(next_seq))
                 next_seq += 1
+            if ready:
+                self._store(ready)
         if waiting:
-            raise RuntimeError(f"batches {sorted(waiting)} arrived without their predecessors")
+            raise RuntimeError(f"messages {sorted(waiting)} arrived without their predecessors")
 
-    def _store(self, work: _Work) -> None:
+    def _store(self, messages: list[_Msg]) -> None:
         t0 = time.perf_counter()
         pending: list[tuple[_Doc, PageRecord]] = []
-        for msg in work.messages:
+        for msg in messages:
             if msg.kind == "page":
                 pending.append((msg.doc, self._record(msg)))
                 continue

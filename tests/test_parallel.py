@@ -180,3 +180,31 @@ def test_a_collection_refuses_another_model(tiny_model_dir, tiny_adapter_dir, tm
     store.create_collection("d", model="tiny", max_visual_tokens=BUDGET, dim=encoder.dim)
     assert store.collection("d").family == "colqwen2"  # and records made before it read so too
     store.close()
+
+
+def test_pages_of_one_grid_are_batched_together_across_documents(tiny_model_dir, tmp_path):
+    """Documents of two page shapes, interleaved: full batches hold pages of one grid, taken
+    across documents, and the store still sees each document's open, pages, end in order."""
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for i in range(6):
+        size = (595, 842) if i % 2 == 0 else (842, 595)
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([size] * 3))
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    grids = []
+    forward = encoder.forward
+
+    def recording_forward(batch):
+        grids.append({tuple(g) for g in batch.inputs["image_grid_thw"].tolist()})
+        return forward(batch)
+
+    encoder.forward = recording_forward
+    store, seen = ingest(encoder, folder, tmp_path / "data")  # batches of 2 pages
+    # Each document's third page waits for the next document of its shape: every batch is of
+    # one grid but perhaps the last, which takes what is left when the input ends.
+    assert len(grids) == 9 and sum(len(g) > 1 for g in grids) <= 1
+    opened = [name for kind, name in seen["events"] if kind == "open"]
+    ended = [name for kind, name in seen["events"] if kind == "end"]
+    assert opened == ended == [f"d{i}.pdf" for i in range(6)]
+    assert store.count_pages("c") == 18
+    store.close()

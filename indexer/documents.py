@@ -21,7 +21,7 @@ from retrieval.errors import Conflict, NotFound
 from retrieval.models import family as model_family
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
-from retrieval.types import DocumentRecord
+from retrieval.types import DocumentRecord, model_name
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,19 @@ class DocumentService:
                 password=self.sealer.seal(password),
             )
         return Accepted(job=job)
+
+    def check_model(self, collection: str, model: str) -> None:
+        """``Conflict`` if ``collection`` exists and was built with another model than
+        ``model``, the one that would ingest into it: refuse the upload, not fail its job."""
+        try:
+            info = self.store.collection(collection)
+        except NotFound:
+            return
+        if model_name(info.model) != model_name(model):
+            raise Conflict(
+                f"collection '{collection}' was built with {info.model}; this service ingests "
+                f"with {model}: upload into a collection of this model"
+            )
 
     def delete(self, collection: str, doc_id: str) -> None:
         """Delete a document's pages, record and kept original. A job still ingesting it is

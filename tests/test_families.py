@@ -232,6 +232,11 @@ def test_one_service_searches_collections_of_several_models(tiny_model_dir, tmp_
                     assert hit["score"] == pytest.approx(oracle, abs=2e-2)
             loaded = api.get("/readyz").json()["models_loaded"]
             assert loaded == [str(tiny_model_dir), str(checkpoint(name))]  # the other went
+        # Ingestion uses the configured model: an upload into another model's collection is
+        # refused at once, not failed later by its job.
+        files = {"file": ("a.pdf", (folder / "a.pdf").read_bytes(), "application/pdf")}
+        refused = api.post("/v1/documents", files=files, data={"collection": "colpali"})
+        assert refused.status_code == 409 and "was built with" in refused.json()["detail"]
 
 
 def test_colqwen_models_lists_every_family_with_its_a4_geometry():

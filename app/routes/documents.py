@@ -39,7 +39,7 @@ def document_public(doc: DocumentRecord, collection: str) -> DocumentPublic:
     openapi_extra={"requestBody": OPENAPI_BODY},
     responses={
         200: {"model": DocumentPublic, "description": "Already indexed: the document."},
-        **errors(413, 415),
+        **errors(409, 413, 415),
     },
 )
 async def upload_document(request: Request, services: ServicesDep):
@@ -58,6 +58,7 @@ async def upload_document(request: Request, services: ServicesDep):
         collection = fields.get("collection") or settings.collection
         if len(collection) > 64:
             raise InvalidInput("collection: at most 64 characters")
+        await run_in_threadpool(services.documents.check_model, collection, settings.model)
         accepted = await run_in_threadpool(
             lambda: services.documents.accept(
                 received.upload,

@@ -95,6 +95,35 @@ class SearchRequest(BaseModel):
         '"metadata": {"year": {"gte": 2020}, "team": ["a", "b"]}}',
     )
     collection: str | None = Field(None, min_length=1, max_length=64)
+    explain: bool = Field(
+        False,
+        description="Add to each hit its similarity map: which patches of the page matched "
+        "which query tokens (from the stored vectors; no page is embedded again).",
+    )
+
+
+class QueryToken(BaseModel):
+    index: int = Field(description="Row of the token in the query's embedding.")
+    text: str = Field(description="The token as text (prompt and augmentation tokens too).")
+    score: float = Field(description="Its best dot product with a patch of the page.")
+
+
+class Region(BaseModel):
+    row: int
+    col: int
+    value: float
+
+
+class Explanation(BaseModel):
+    grid: tuple[int, int] = Field(description="(rows, cols) of the page's visual tokens.")
+    map: list[list[float]] = Field(
+        description="rows x cols, in [0, 1]: the sum over query tokens of each patch's share of "
+        "that token's best match on the page (its dot product / the token's MaxSim term, "
+        "clipped at 0), scaled to a maximum of 1."
+    )
+    tokens: list[QueryToken] = Field(description="The query tokens that match the page best.")
+    regions: list[Region] = Field(description="The brightest cells of the map.")
+    heatmap_url: str = Field(description="The page image with the map drawn over it (PNG).")
 
 
 class HitPublic(BaseModel):
@@ -104,6 +133,7 @@ class HitPublic(BaseModel):
     score: float
     metadata: dict[str, Any]
     image_url: str = Field(description="The page as the model saw it (PNG).")
+    explanation: Explanation | None = None
 
 
 class SearchResponse(BaseModel):

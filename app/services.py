@@ -98,8 +98,10 @@ class Services:
                 loaded.append(task.result()[0].model_id)
         return loaded
 
-    async def embedder_for(self, info: CollectionInfo) -> QueryBatcher | DirectEmbedder:
-        """The query embedder of the model ``info`` was built with: the configured model's, or
+    async def model_for(
+        self, info: CollectionInfo
+    ) -> tuple[Encoder, QueryBatcher | DirectEmbedder]:
+        """The model ``info`` was built with and its query embedder: the configured model, or
         another one, loaded on first use (its first search waits for the load)."""
         default = self.require_model()
         encoder = self.encoder
@@ -107,7 +109,7 @@ class Services:
         name = model_name(info.model)
         if name == model_name(encoder.model_id):
             info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
-            return default
+            return encoder, default
         task = self._others.get(name)
         if task is None or (task.done() and task.exception() is not None):
             task = asyncio.create_task(self._load_other(info), name=f"load-{name}")
@@ -120,7 +122,7 @@ class Services:
             await _stop_loaded(self._others.pop(other_name))  # its waiting queries finish first
         other, embedder = await asyncio.shield(task)
         info.check_model(other.model_id, other.family.name, other.dim, action="search")
-        return embedder
+        return other, embedder
 
     async def _load_other(self, info: CollectionInfo) -> tuple[Encoder, QueryBatcher]:
         from retrieval.encoder import Encoder

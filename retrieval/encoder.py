@@ -277,6 +277,7 @@ class Encoder:
                     grid=(int(grid.shape[0]), int(grid.shape[1])),
                     visual=grid,
                     special=np.concatenate([tokens[~is_visual], beside]),
+                    visual_runs=runs(is_visual),
                 )
             )
         return pages
@@ -321,6 +322,13 @@ class Encoder:
 
     # --- queries -------------------------------------------------------------------------------
 
+    def query_pieces(self, text: str) -> list[str]:
+        """The text piece of each token of ``text``'s embedding, row for row (prompt and
+        augmentation tokens included, as the model sees them)."""
+        batch = self.processor.process_queries([text])
+        mask = batch["attention_mask"][0].bool()
+        return _pieces(self.processor.tokenizer, batch["input_ids"][0][mask].tolist())
+
     def embed_queries(
         self, texts: Sequence[str], batch_size: int | None = None
     ) -> list[np.ndarray]:
@@ -343,6 +351,12 @@ class Encoder:
                 np.ascontiguousarray(r[m], dtype=np.float32) for r, m in zip(out, mask, strict=True)
             )
         return result
+
+
+def runs(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """(start, length) of each run of True in a 1-D boolean mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return tuple((int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True))
 
 
 def _own_outputs_module() -> type:
@@ -369,6 +383,10 @@ def _own_outputs_module() -> type:
 
 def _OwnOutputs(compiled: Any) -> Any:  # builds the torch module class lazily
     return _own_outputs_module()(compiled)
+
+
+def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([i]) for i in ids]
 
 
 def _compilable_stacks(model: Any) -> list[Any]:

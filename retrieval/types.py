@@ -29,6 +29,9 @@ class PageEmbedding:
     grid: tuple[int, int]  # (rows, cols) of the visual tokens
     visual: np.ndarray  # (rows, cols, dim) float32
     special: np.ndarray  # (n_special, dim) float32: prompt tokens before and after the image
+    # Where the visual tokens sit in ``multivector``: (start, length) runs, in the model's order
+    # (one run for most families; a run per tile for tiled ones). Similarity maps need it.
+    visual_runs: tuple[tuple[int, int], ...] = ()
 
     @property
     def n_tokens(self) -> int:

@@ -22,6 +22,7 @@ def page_embedding(
         grid=(rows, cols),
         visual=visual.reshape(rows, cols, dim),
         special=np.concatenate([prefix, suffix]),
+        visual_runs=((4, rows * cols),),
     )
 
 

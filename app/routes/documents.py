@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 from dataclasses import asdict
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -13,7 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from app.deps import ServicesDep
 from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
 from app.uploads import OPENAPI_BODY, receive_upload
+from indexer.heatmap import overlay, png
+from retrieval.encoder import MAX_QUERY_CHARS
 from retrieval.errors import InvalidInput
+from retrieval.explain import explain_page
 from retrieval.store import check_metadata, parse_filter_json
 from retrieval.store.filters import parse_json
 from retrieval.types import DocumentRecord
@@ -21,6 +25,9 @@ from retrieval.types import DocumentRecord
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=errors(400, 422))
 CollectionQuery = Annotated[
     str | None, Query(min_length=1, max_length=64, description="Default: COLQWEN_COLLECTION.")
+]
+WidthQuery = Annotated[
+    int | None, Query(ge=16, le=4096, description="Image width in pixels (a thumbnail).")
 ]
 PRIVATE_FIELDS = ("source_path", "password_sealed")
 
@@ -130,24 +137,83 @@ async def delete_document(
 @router.get(
     "/{doc_id}/pages/{page}/image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **errors(404)},
+    responses={
+        200: {"content": {"image/png": {}}},
+        304: {"description": "Not modified."},
+        **errors(404),
+    },
 )
 async def page_image(
     doc_id: str,
     page: int,
+    request: Request,
     services: ServicesDep,
     collection: CollectionQuery = None,
-    width: Annotated[
-        int | None, Query(ge=16, le=4096, description="Thumbnail width in pixels.")
-    ] = None,
+    width: WidthQuery = None,
 ) -> Response:
-    """The page as the model saw it (PNG), rendered from the stored original."""
+    """The page as the model saw it (PNG), rendered from the stored original. Cached by
+    clients with an ETag: a document's id is its content's hash, so its pages never change."""
     collection = collection or services.settings.collection
+    info = await run_in_threadpool(services.store.collection, collection)
+    tag = (
+        '"'
+        + hashlib.sha256(
+            f"{collection}/{doc_id}/{page}/{width}/{info.family}/{info.max_visual_tokens}".encode()
+        ).hexdigest()[:32]
+        + '"'
+    )
+    headers = {"ETag": tag, "Cache-Control": "private, max-age=86400"}
+    if tag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
 
     def render() -> bytes:
-        image = services.documents.page_image(collection, doc_id, page, width=width)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return png(services.documents.page_image(collection, doc_id, page, width=width))
 
-    return Response(await run_in_threadpool(render), media_type="image/png")
+    return Response(await run_in_threadpool(render), media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/{doc_id}/pages/{page}/heatmap",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **errors(404, 409, 429, 503)},
+)
+async def page_heatmap(
+    doc_id: str,
+    page: int,
+    services: ServicesDep,
+    query: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
+    collection: CollectionQuery = None,
+    token: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="One query token's map (its index in the query's tokens); "
+            "default: the combined map.",
+        ),
+    ] = None,
+    width: WidthQuery = None,
+) -> Response:
+    """The page with the similarity map of ``query`` drawn over it (PNG): bright where the
+    page's patches match the query's tokens best. From the stored vectors."""
+    collection = collection or services.settings.collection
+    info = await run_in_threadpool(services.store.collection, collection)
+    _, embedder = await services.model_for(info)
+    vectors = await embedder.embed(query)
+
+    def render() -> bytes:
+        found = explain_page(services.store, collection, doc_id, page, vectors)
+        if token is None:
+            grid_map = found.combined
+        elif token >= len(found.token_maps):
+            raise InvalidInput(f"token: the query has {len(found.token_maps)} tokens")
+        else:
+            best = max(float(found.token_scores[token]), 1e-6)
+            grid_map = np.clip(found.token_maps[token] / best, 0, 1)
+        image = services.documents.page_image(collection, doc_id, page, width=width)
+        return png(overlay(image, grid_map))
+
+    return Response(
+        await run_in_threadpool(render),
+        media_type="image/png",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )

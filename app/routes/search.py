@@ -9,7 +9,16 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
-from app.schemas import HitPublic, SearchRequest, SearchResponse, errors
+from app.schemas import (
+    Explanation,
+    HitPublic,
+    QueryToken,
+    Region,
+    SearchRequest,
+    SearchResponse,
+    errors,
+)
+from retrieval.explain import explain_page
 from retrieval.store import parse_filter
 
 router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 422))
@@ -27,7 +36,7 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     where = parse_filter(body.filter)
     store = services.store
     info = await run_in_threadpool(store.collection, collection)  # 404 before the model runs
-    embedder = await services.embedder_for(info)  # the collection's model (409 if it cannot be)
+    encoder, embedder = await services.model_for(info)  # the collection's (409 if it cannot be)
     vectors = await embedder.embed(body.query)
     hits = await run_in_threadpool(
         store.search,
@@ -38,6 +47,13 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
         mode=body.mode,
         prefetch=body.prefetch,
     )
+    explanations = {}
+    if body.explain:
+        pieces = await run_in_threadpool(encoder.query_pieces, body.query)
+        for h in hits:
+            explanations[(h.doc_id, h.page)] = await run_in_threadpool(
+                explain_public, services, collection, h.doc_id, h.page, vectors, pieces, body.query
+            )
     return SearchResponse(
         query=body.query,
         mode=body.mode,
@@ -52,7 +68,30 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
                 metadata=h.metadata,
                 image_url=f"/v1/documents/{h.doc_id}/pages/{h.page}/image"
                 f"?collection={quote(collection)}",
+                explanation=explanations.get((h.doc_id, h.page)),
             )
             for h in hits
         ],
+    )
+
+
+def explain_public(
+    services, collection: str, doc_id: str, page: int, vectors, pieces: list[str], query: str
+) -> Explanation:
+    """A hit's similarity map, its best query tokens and regions, as the API returns them."""
+    found = explain_page(services.store, collection, doc_id, page, vectors)
+    return Explanation(
+        grid=found.grid,
+        map=[[round(float(v), 3) for v in row] for row in found.combined],
+        tokens=[
+            QueryToken(
+                index=i,
+                text=pieces[i] if i < len(pieces) else "",
+                score=round(float(found.token_maps[i].max()), 4),
+            )
+            for i in found.top_tokens(5)
+        ],
+        regions=[Region(row=r, col=c, value=round(v, 3)) for r, c, v in found.top_regions(3)],
+        heatmap_url=f"/v1/documents/{doc_id}/pages/{page}/heatmap?query={quote(query)}"
+        f"&collection={quote(collection)}",
     )

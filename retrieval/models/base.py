@@ -96,6 +96,16 @@ class Family(ABC):
         beforehand (in the preprocessing threads); the inputs as they are by default."""
         return inputs
 
+    def grid_tokens(
+        self, visual: np.ndarray, grid: tuple[int, int], image_size: tuple[int, int]
+    ) -> np.ndarray:
+        """A stored page's visual tokens (model order) laid out on its ``grid``: (rows, cols,
+        dim). The default: raster order, and whatever follows the grid (none) dropped."""
+        rows, cols = grid
+        if len(visual) < rows * cols:
+            raise grid_error(self.name, len(visual), f"{rows}x{cols}")
+        return visual[: rows * cols].reshape(rows, cols, -1)
+
     @abstractmethod
     def arrange(
         self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int

@@ -81,6 +81,14 @@ class Tiles(Family):
         tiles = (grid[0] // self.side_tokens) * (grid[1] // self.side_tokens)
         return per_tile * (tiles + 1) + grid[0] // self.side_tokens + self.prompt_tokens
 
+    def grid_tokens(
+        self, visual: np.ndarray, grid: tuple[int, int], image_size: tuple[int, int]
+    ) -> np.ndarray:
+        grid_tokens, _ = self.arrange(visual, image_size, {}, 0)
+        if grid_tokens.shape[:2] != tuple(grid):
+            raise grid_error(self.name, len(visual), f"a {grid[0]}x{grid[1]} grid")
+        return grid_tokens
+
     def arrange(
         self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int
     ) -> tuple[np.ndarray, np.ndarray]:

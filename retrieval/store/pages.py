@@ -436,6 +436,7 @@ class PageStore:
             "grid_rows": rows,
             "grid_cols": cols,
             "n_tokens": emb.n_tokens,
+            "visual_runs": [list(r) for r in emb.visual_runs],
             "model": info.model,
             "max_visual_tokens": info.max_visual_tokens,
             "created_at": created_at,
@@ -453,6 +454,18 @@ class PageStore:
         if not records:
             raise NotFound(f"page {page_number} of document '{doc_id}' is not stored")
         return records[0].payload
+
+    def page_tokens(
+        self, collection: str, doc_id: str, page_number: int
+    ) -> tuple[dict, np.ndarray]:
+        """A stored page's payload and its full multivector, (n_tokens, dim) float32 (as
+        stored: float16 or TurboQuant values read back)."""
+        where = Filter((Match("doc_id", doc_id), Match("page", page_number)))
+        records, _ = self.backend.scroll(self._points(collection), where, 1, vectors=["original"])
+        if not records or not records[0].vectors:
+            raise NotFound(f"page {page_number} of document '{doc_id}' is not stored")
+        record = records[0]
+        return record.payload, np.asarray(record.vectors["original"], dtype=np.float32)
 
     def count_pages(self, collection: str, where: Filter | None = None) -> int:
         return self.backend.count(self._points(collection), where)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.errors import Conflict
+from retrieval.errors import Conflict, InvalidInput
 from retrieval.models import family as family_named
 from retrieval.store import PageStore
 
@@ -27,6 +27,19 @@ class Explanation:
     combined: np.ndarray  # (rows, cols) float32 in [0, 1]
     token_scores: np.ndarray  # (n_query,) float32: each query token's MaxSim term on the page
     image_size: tuple[int, int]  # (width, height) px of the page image the grid covers
+
+    def map_for(self, token: int | None = None) -> np.ndarray:
+        """(rows, cols) in [0, 1]: the combined map, or one query token's (its dot product
+        with each patch over its MaxSim term, clipped at 0)."""
+        if token is None:
+            return self.combined
+        if not 0 <= token < len(self.token_maps):
+            raise InvalidInput(
+                f"token: the query has {len(self.token_maps)} tokens (0 to "
+                f"{len(self.token_maps) - 1})"
+            )
+        best = max(float(self.token_scores[token]), 1e-6)
+        return np.clip(self.token_maps[token] / best, 0, 1).astype(np.float32)
 
     def top_tokens(self, n: int = 5) -> list[int]:
         """Indices of the query tokens that match the page's grid best (by their best patch)."""

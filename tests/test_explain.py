@@ -102,3 +102,39 @@ def test_page_images_are_cached_with_an_etag(served):
     assert again.status_code == 304 and again.content == b""
     other = client.get(f"/v1/documents/{doc_id}/pages/1/image?width=200")
     assert other.headers["etag"] != tag
+
+
+def test_cli_explains_hits_and_draws_the_heatmap(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    monkeypatch.setenv("COLQWEN_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("COLQWEN_MAX_VISUAL_TOKENS", str(BUDGET))
+    monkeypatch.setenv("COLQWEN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLQWEN_DEVICE", "cpu")
+    monkeypatch.setenv("COLQWEN_RENDER_WORKERS", "0")
+    monkeypatch.delenv("COLQWEN_QDRANT_URL", raising=False)
+    (tmp_path / "wide.pdf").write_bytes(make_pdf([(842, 400)]))
+
+    def cli(*args):
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    cli("ingest", str(tmp_path / "wide.pdf"), "--quiet")
+    [hit] = json.loads(cli("search", QUERY, "--explain", "--json"))["hits"]
+    found = hit["explanation"]
+    assert found["grid"] == [5, 11] and len(found["regions"]) == 3 and found["tokens"]
+    table = cli("search", QUERY, "--explain")
+    assert "5 x 11" in table and "best regions" in table
+    out = tmp_path / "map.png"
+    cli("heatmap", hit["doc_id"][:10], "1", QUERY, "--out", str(out))
+    assert Image.open(out).size == (11 * 28, 5 * 28)
+    cli("heatmap", hit["doc_id"][:10], "1", QUERY, "--out", str(out), "--token", "0")
+    result = CliRunner().invoke(
+        app, ["heatmap", hit["doc_id"], "1", QUERY, "-o", str(out), "--token", "500"]
+    )
+    assert result.exit_code == 1 and "the query has" in result.output

@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import asdict
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -201,14 +200,7 @@ async def page_heatmap(
     vectors = await embedder.embed(query)
 
     def render() -> bytes:
-        found = explain_page(services.store, collection, doc_id, page, vectors)
-        if token is None:
-            grid_map = found.combined
-        elif token >= len(found.token_maps):
-            raise InvalidInput(f"token: the query has {len(found.token_maps)} tokens")
-        else:
-            best = max(float(found.token_scores[token]), 1e-6)
-            grid_map = np.clip(found.token_maps[token] / best, 0, 1)
+        grid_map = explain_page(services.store, collection, doc_id, page, vectors).map_for(token)
         image = services.documents.page_image(collection, doc_id, page, width=width)
         return png(overlay(image, grid_map))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,6 +62,12 @@ def search(
         ),
     ] = None,
     collection: CollectionOpt = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Also show, per hit, the regions and query tokens that matched."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search a collection and print the best-matching pages."""
@@ -85,13 +92,29 @@ def search(
             hits = searcher.search(
                 query, top_k=top_k, filter=where, mode=mode.value, prefetch=prefetch
             )
+            why = _explain(encoder, store, settings.collection, query, hits) if explain else {}
     if as_json:
-        print_json({"query": query, "mode": mode.value, "hits": [asdict(h) for h in hits]})
+        rows = [{**asdict(h), **why.get((h.doc_id, h.page), {})} for h in hits]
+        print_json({"query": query, "mode": mode.value, "hits": rows})
         return
     table = Table("#", "score", "document", "page", "doc id")
+    if explain:
+        table.add_column("grid (rows x cols)")
+        table.add_column("best regions (row, col)")
+        table.add_column("best query tokens")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.source, str(hit.page), hit.doc_id[:12])
+        cells = [str(rank), f"{hit.score:.3f}", hit.source, str(hit.page), hit.doc_id[:12]]
+        if explain:
+            found = why[(hit.doc_id, hit.page)]["explanation"]
+            cells += [
+                "{} x {}".format(*found["grid"]),
+                ", ".join(f"({r['row'] + 1}, {r['col'] + 1})" for r in found["regions"]),
+                " ".join(repr(t["text"]) for t in found["tokens"]),
+            ]
+        table.add_row(*cells)
     console.print(table)
+    if explain:
+        console.print("regions count from (1, 1), the top-left token; `colqwen heatmap` draws them")
     if not hits:
         console.print("no page matched" + (" the filter" if where else ""))
 
@@ -100,3 +123,71 @@ def _quiet():
     from contextlib import nullcontext
 
     return nullcontext()
+
+
+def _explain(encoder, store, collection: str, query: str, hits) -> dict:
+    """Each hit's grid, brightest regions and best query tokens (retrieval.explain)."""
+    from retrieval.explain import explain_page
+
+    [vectors] = encoder.embed_queries([query])
+    pieces = encoder.query_pieces(query)
+    out = {}
+    for hit in hits:
+        found = explain_page(store, collection, hit.doc_id, hit.page, vectors)
+        out[(hit.doc_id, hit.page)] = {
+            "explanation": {
+                "grid": list(found.grid),
+                "regions": [{"row": r, "col": c, "value": v} for r, c, v in found.top_regions(3)],
+                "tokens": [{"index": i, "text": pieces[i]} for i in found.top_tokens(5)],
+            }
+        }
+    return out
+
+
+@app.command()
+def heatmap(
+    ctx: typer.Context,
+    doc_id: Annotated[str, typer.Argument(help="The document's id (or its first characters).")],
+    page: Annotated[int, typer.Argument(min=1, help="Page number, from 1.")],
+    query: Annotated[str, typer.Argument(help="The query whose matches to draw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    token: Annotated[
+        int | None,
+        typer.Option(min=0, help="Draw one query token's map (see `search --explain`)."),
+    ] = None,
+    collection: CollectionOpt = None,
+) -> None:
+    """Draw over a page where it matches a query (its similarity map), as a PNG."""
+    from indexer.cli.catalog import _resolve
+    from indexer.heatmap import overlay
+    from indexer.worker import document_service, job_queue
+    from retrieval.explain import explain_page
+
+    settings = settings_of(ctx, collection=collection)
+    with user_errors():
+        if not query.strip():
+            raise InvalidInput("the query is empty: say what to look for on the page")
+        with open_store(settings) as store:
+            doc = _resolve(store, settings.collection, doc_id)
+            info = store.collection(settings.collection)
+            if "model" not in settings.model_fields_set and info.model != settings.model:
+                settings = settings.model_copy(update={"model": info.model})
+            from retrieval.encoder import Encoder
+
+            with err_console.status(f"loading {settings.model}"):
+                encoder = Encoder.from_settings(settings)
+            info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
+            [vectors] = encoder.embed_queries([query])
+            found = explain_page(store, settings.collection, doc.doc_id, page, vectors)
+            grid_map = found.map_for(token)
+            jobs = job_queue(settings)
+            try:
+                image = document_service(settings, store, jobs).page_image(
+                    settings.collection, doc.doc_id, page
+                )
+            finally:
+                jobs.close()
+        overlay(image, grid_map).save(out)
+    console.print(
+        f"wrote {out} ({image.width} x {image.height} px, grid {found.grid[0]} x {found.grid[1]})"
+    )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import errors
+from app import errors, ui
 from app.deps import require_api_key
 from app.middleware import RequestContext
 from app.routes import documents, health, jobs, search
@@ -43,6 +43,8 @@ def create_app(
         version="1",
         summary="Search PDF collections by how their pages look (ColQwen2 + Qdrant).",
         lifespan=lifespan,
+        docs_url=None,  # served by app.ui from local assets, not a CDN
+        redoc_url=None,
     )
     errors.install(app)
     guarded = {"dependencies": [Depends(require_api_key)], "responses": errors_of(401)}
@@ -50,6 +52,7 @@ def create_app(
     app.include_router(documents.router, **guarded)
     app.include_router(jobs.router, **guarded)
     app.include_router(search.router, **guarded)
+    ui.install(app)  # the web UI at /, Swagger UI at /docs
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -58,5 +61,6 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(ui.SecurityHeaders)
     app.add_middleware(RequestContext)  # outermost: every answer gets an id, errors as JSON
     return app

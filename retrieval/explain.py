@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.errors import Conflict, InvalidInput
+from retrieval.errors import Conflict, InvalidInput, NotFound
 from retrieval.models import family as family_named
 from retrieval.store import PageStore
 
@@ -74,6 +74,9 @@ def explain_page(
 ) -> Explanation:
     """The similarity maps of ``query`` (n_query, dim) on a stored page."""
     info = store.collection(collection)
+    doc = store.document(collection, doc_id)
+    if not 1 <= page <= doc.page_count:
+        raise NotFound(f"document '{doc_id}' has no page {page} ({doc.page_count} pages)")
     payload, tokens = store.page_tokens(collection, doc_id, page)
     if query.shape[1] != tokens.shape[1]:
         raise Conflict(

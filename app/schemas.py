@@ -80,11 +80,12 @@ class SearchRequest(BaseModel):
         min_length=1, max_length=MAX_QUERY_CHARS, description="Plain-language query."
     )
     top_k: int = Field(10, ge=1, le=100)
-    mode: Literal["two_stage", "exact", "pooled"] = Field(
+    mode: Literal["two_stage", "exact", "pooled", "hybrid", "text"] = Field(
         "two_stage",
         description="two_stage: fast candidates reranked by every token vector; exact: every "
         "page scored by every token vector (slow on large collections); pooled: the fast "
-        "first stage alone.",
+        "first stage alone; text: BM25 over the pages' own text; hybrid: two_stage and text "
+        "fused by reciprocal rank (scores are then fused ranks).",
     )
     prefetch: int | None = Field(
         None, ge=1, le=10000, description="Candidates the full token vectors rerank."

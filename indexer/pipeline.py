@@ -504,6 +504,7 @@ class IngestPipeline:
                         "size_pt": page.size_pt,
                         "rotation": page.rotation,
                         "pixel_size": page.pixel_size,
+                        "text": page.text,
                     }
                     msg.page = None  # the image is no longer needed: free it early
             self._put(out, work)
@@ -571,6 +572,7 @@ class IngestPipeline:
             pixel_size=page["pixel_size"],
             embedding=emb,
             metadata=doc.metadata,
+            text=page.get("text", ""),
         )
 
     def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:

@@ -23,6 +23,7 @@ from retrieval.errors import (
     UnsupportedFormat,
 )
 from retrieval.models import COLQWEN2, Family, resolve
+from retrieval.text import clean
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -72,6 +73,7 @@ class RenderedPage:
     size_pt: tuple[float, float]  # (width, height) in points as displayed (after /Rotate)
     rotation: int  # the page's /Rotate in degrees (0 for images)
     grid: tuple[int, int]  # (rows, cols) of visual tokens the model will see
+    text: str = ""  # the page's own text layer (empty for scans and images), cleaned, capped
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -214,9 +216,23 @@ class PdfDocument(Document):
                 size_pt=(round(width_pt, 2), round(height_pt, 2)),
                 rotation=page.get_rotation(),
                 grid=grid,
+                text=self._text(page),
             )
         finally:
             page.close()
+
+    @staticmethod
+    def _text(page) -> str:
+        """The page's text layer in reading order as PDFium extracts it, cleaned and capped."""
+        import pypdfium2 as pdfium
+
+        textpage = page.get_textpage()
+        try:
+            return clean(textpage.get_text_bounded())
+        except pdfium.PdfiumError:
+            return ""  # an unreadable text layer: the page still has its pixels
+        finally:
+            textpage.close()
 
     def _grid(self, width: float, height: float, number: int) -> tuple[int, int]:
         try:

@@ -56,5 +56,5 @@ class Searcher:
         info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
         vectors = self.embed_query(query)
         return self.store.search(
-            name, vectors, top_k=top_k, where=where, mode=mode, prefetch=prefetch
+            name, vectors, top_k=top_k, where=where, mode=mode, prefetch=prefetch, text=query
         )

@@ -17,6 +17,18 @@ DATATYPES: tuple[Datatype, ...] = ("float32", "float16", "turbo16", "turbo8")
 FirstStage = Literal["fde", "rows"]
 
 
+@dataclass(frozen=True)
+class Sparse:
+    """A sparse vector: the weights at its non-zero indices."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+
 @dataclass(frozen=True, eq=False)
 class PageEmbedding:
     """One page's late-interaction embedding.
@@ -63,6 +75,7 @@ class PageRecord:
     pixel_size: tuple[int, int]  # (width, height) rendered
     embedding: PageEmbedding
     metadata: dict[str, Any] = field(default_factory=dict)
+    text: str = ""  # the page's own text layer (retrieval.text), empty for scans and images
 
 
 @dataclass
@@ -106,6 +119,9 @@ class CollectionInfo:
     fde: dict[str, int] | None = None  # retrieval.muvera.FdeParams of the "fde" first stage
     points: str = ""  # the Qdrant collection holding the pages, when not `name` (after upgrade)
     family: str = "colqwen2"  # retrieval.models family of `model` (records before it: ColQwen2)
+    # Pages carry their text and a BM25 vector ("bm25"): the text and hybrid modes. Collections
+    # made before have neither until `colqwen collections upgrade` extracts them.
+    text: bool = False
 
     @property
     def points_collection(self) -> str:

@@ -46,6 +46,7 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
         where=where,
         mode=body.mode,
         prefetch=body.prefetch,
+        text=body.query,
     )
     explanations = {}
     if body.explain:

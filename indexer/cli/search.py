@@ -33,6 +33,8 @@ class Mode(StrEnum):
     two_stage = "two_stage"
     exact = "exact"
     pooled = "pooled"
+    hybrid = "hybrid"
+    text = "text"
 
 
 @app.command()
@@ -46,7 +48,8 @@ def search(
         Mode,
         typer.Option(
             help="two_stage: fast candidates reranked by every token vector; exact: every page "
-            "scored (slow, the oracle); pooled: the fast first stage alone."
+            "scored (slow, the oracle); pooled: the fast first stage alone; text: BM25 over the "
+            "pages' text; hybrid: two_stage and text fused by reciprocal rank."
         ),
     ] = Mode.two_stage,
     prefetch: Annotated[

@@ -6,11 +6,21 @@ Everything else (schema, ids, the document catalog, search modes) is written onc
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from retrieval.store.model import FieldKind, Filter, PointData, Prefetch, Record, VectorSpec
+from retrieval.store.model import (
+    FieldKind,
+    Filter,
+    PointData,
+    Prefetch,
+    Record,
+    Sparse,
+    VectorSpec,
+)
+
+RRF_K = 2  # Qdrant's default: a page's fused score is the sum of 1 / (k + its rank) per ranking
 
 
 class Backend(Protocol):
@@ -34,19 +44,21 @@ class Backend(Protocol):
     def query(
         self,
         name: str,
-        vector: np.ndarray,
+        vector: np.ndarray | Sparse | None,
         *,
-        using: str,
+        using: str | None,
         limit: int,
         where: Filter | None = None,
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
         oversampling: float | None = None,
+        fusion: Literal["rrf"] | None = None,
     ) -> list[Record]:
         """Score ``vector`` against ``using``: MaxSim for a multivector (n, dim), a dot product
-        for a single vector (dim,); reranking the prefetches' results if given. ``where``
-        applies to every stage."""
+        for a single vector (dim,) or a sparse one; reranking the prefetches' results if given.
+        With ``fusion="rrf"`` (``vector`` and ``using`` None) the prefetches' rankings are fused
+        instead: reciprocal rank fusion, k = ``RRF_K``. ``where`` applies to every stage."""
 
     def scroll(
         self,

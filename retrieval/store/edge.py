@@ -11,11 +11,13 @@ import re
 import shutil
 import threading
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import qdrant_edge as qe
 
 from retrieval.errors import ConfigurationError, NotFound, StoreError, StoreLocked
+from retrieval.store.backend import RRF_K
 from retrieval.store.model import (
     FieldKind,
     Filter,
@@ -25,6 +27,7 @@ from retrieval.store.model import (
     Prefetch,
     Range,
     Record,
+    Sparse,
     VectorSpec,
 )
 
@@ -101,7 +104,15 @@ class EdgeBackend:
 
     def create_collection(self, name: str, vectors: list[VectorSpec]) -> None:
         path = self._path(name)
-        config = qe.EdgeConfig(vectors={v.name: _vector_params(v) for v in vectors})
+        config = qe.EdgeConfig(
+            vectors={v.name: _vector_params(v) for v in vectors if not v.sparse},
+            sparse_vectors={
+                v.name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+                for v in vectors
+                if v.sparse
+            }
+            or None,
+        )
         # Also the opener's lock: its folder exists before it is registered, and a reader that
         # saw the folder would load it and collide with the creator on the WAL lock. (Order:
         # _write, then _open, as in ``_update``.)
@@ -122,7 +133,7 @@ class EdgeBackend:
 
     def upsert(self, name: str, points: list[PointData]) -> None:
         edge_points = [
-            qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload) for p in points
+            qe.Point(p.id, {k: _vector(v) for k, v in p.vectors.items()}, p.payload) for p in points
         ]
         self._update(name, qe.UpdateOperation.upsert_points(edge_points))
         # The WAL holds every write (~0.5 MB a page) until a flush: bound it on long runs.
@@ -146,32 +157,34 @@ class EdgeBackend:
     def query(
         self,
         name: str,
-        vector: np.ndarray,
+        vector: np.ndarray | Sparse | None,
         *,
-        using: str,
+        using: str | None,
         limit: int,
         where: Filter | None = None,
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
         oversampling: float | None = None,
+        fusion: Literal["rrf"] | None = None,
     ) -> list[Record]:
-        q = vector.tolist()
+        q = None if vector is None else _vector(vector)
         flt = _filter(where)
 
-        def stage(p: Prefetch) -> qe.Prefetch:
+        def stage(p: Prefetch, outer) -> qe.Prefetch:  # a stage's vector, else its outer one's
+            own = outer if p.vector is None else _vector(p.vector)
             return qe.Prefetch(
                 limit=p.limit,
-                query=qe.Query.Nearest(q if p.vector is None else p.vector.tolist(), using=p.using),
-                prefetches=[stage(inner) for inner in p.prefetch] or None,
+                query=qe.Query.Nearest(own, using=p.using),
+                prefetches=[stage(inner, own) for inner in p.prefetch] or None,
                 filter=flt,
                 params=_params(p.hnsw_ef, p.oversampling),
             )
 
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(q, using=using),
-            prefetches=[stage(p) for p in prefetch or []] or None,
+            query=qe.Fusion.Rrf(k=RRF_K) if fusion else qe.Query.Nearest(q, using=using),
+            prefetches=[stage(p, q) for p in prefetch or []] or None,
             filter=flt,
             with_payload=True,
             params=qe.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling),
@@ -250,10 +263,21 @@ def _params(hnsw_ef: int | None, oversampling: float | None) -> qe.SearchParams 
     return qe.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
 
 
-def _vectors(vector) -> dict[str, np.ndarray] | None:
+def _vectors(vector) -> dict[str, np.ndarray | Sparse] | None:
     if not vector:
         return None
-    return {k: np.asarray(v, dtype=np.float32) for k, v in vector.items()}
+    return {
+        k: Sparse(tuple(v.indices), tuple(v.values))
+        if isinstance(v, qe.SparseVector)
+        else np.asarray(v, dtype=np.float32)
+        for k, v in vector.items()
+    }
+
+
+def _vector(v: np.ndarray | Sparse):
+    if isinstance(v, Sparse):
+        return qe.SparseVector(list(v.indices), list(v.values))
+    return v.tolist()
 
 
 def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:

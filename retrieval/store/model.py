@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.types import Datatype
+from retrieval.types import Datatype, Sparse
 
 FieldKind = Literal["keyword", "integer", "float", "bool", "datetime"]
 # Binary quantization: bits per dimension of the codes kept in RAM for the graph search.
@@ -28,6 +28,10 @@ class VectorSpec:
     datatype: Datatype = "float32"
     # Binary codes held in RAM for the graph search, rescored from the stored vectors.
     binary: BinaryBits | None = None
+    # A sparse vector (``size`` unused), its dot products weighted by each index's inverse
+    # document frequency over the collection, computed by Qdrant: BM25 with term-frequency
+    # weights on the document side (retrieval.text).
+    sparse: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Filter:
 @dataclass
 class PointData:
     id: str
-    vectors: dict[str, np.ndarray]  # name -> float32 (n, dim) multivector
+    vectors: dict[str, np.ndarray | Sparse]  # name -> float32 (n, dim) multivector, or sparse
     payload: dict[str, Any]
 
 
@@ -94,7 +98,7 @@ class Prefetch:
 
     using: str
     limit: int
-    vector: np.ndarray | None = None
+    vector: np.ndarray | Sparse | None = None
     prefetch: tuple[Prefetch, ...] = ()
     hnsw_ef: int | None = None
     oversampling: float | None = None

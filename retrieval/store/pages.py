@@ -46,6 +46,9 @@ from retrieval.store.model import (
     Record,
     VectorSpec,
 )
+from retrieval.text import clean
+from retrieval.text import document_vector as text_vector
+from retrieval.text import query_vector as text_query_vector
 from retrieval.types import (
     DATATYPES,
     CollectionInfo,
@@ -57,7 +60,8 @@ from retrieval.types import (
     PageRecord,
 )
 
-SearchMode = Literal["two_stage", "exact", "pooled"]
+SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
+SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
 POOLINGS = ("rows", "cols", "buckets")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
@@ -181,6 +185,7 @@ class PageStore:
             first_stage=self.first_stage,
             fde=self.fde.to_dict() if self.first_stage == "fde" else None,
             family=family,
+            text=True,
         )
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
@@ -224,6 +229,8 @@ class PageStore:
                 VectorSpec(p, info.dim, hnsw_m=self.hnsw_m, ef_construct=self.hnsw_ef_construct)
                 for p in info.pooling
             ]
+        if info.text:
+            vectors.append(VectorSpec("bm25", 0, multivector=False, sparse=True))
         self.backend.create_collection(name, vectors)
         for key, kind in [("doc_id", "keyword"), ("source", "keyword"), ("page", "integer")]:
             self.backend.create_payload_index(name, key, kind)
@@ -442,6 +449,10 @@ class PageStore:
             "created_at": created_at,
             "metadata": page.metadata,
         }
+        if info.text:
+            payload["text"] = clean(page.text)
+            if (bm25 := text_vector(payload["text"])) is not None:
+                vectors["bm25"] = bm25
         return PointData(page_point_id(page.doc_id, page.page_number), vectors, payload)
 
     def stored_page_numbers(self, collection: str, doc_id: str) -> set[int]:
@@ -499,14 +510,18 @@ class PageStore:
         where: Filter | None = None,
         mode: SearchMode = "two_stage",
         prefetch: int | None = None,
+        text: str | None = None,
     ) -> list[Hit]:
-        """MaxSim search with a query multivector (n_tokens, dim) float32.
+        """MaxSim search with a query multivector (n_tokens, dim) float32, and with ``text``
+        (the query's words) BM25 over the pages' own text.
 
         ``two_stage``: candidates from the first stage (FDE graph, then the pooled vectors if
         stored; or the pooled vectors' graph in collections made before FDEs), reranked with
         ``original``; ``exact``: MaxSim over ``original`` for every page that passes the filter;
         ``pooled``: the first stage alone. With neither FDEs nor pooled vectors every mode is
-        ``exact``. Every stage runs inside Qdrant: no vector leaves it.
+        ``exact``. ``text``: BM25 alone; ``hybrid``: the ``two_stage`` ranking and the BM25
+        ranking fused by reciprocal rank (scores are then fused ranks, not MaxSim), filters
+        applying to both. Every stage runs inside Qdrant: no vector leaves it.
         """
         info = self.collection(collection)
         if top_k < 1:
@@ -518,11 +533,40 @@ class PageStore:
                 f"collection '{collection}' holds {info.dim}-d token vectors from {info.model}; "
                 f"this query has {query.shape[1]}-d ones: search it with that model"
             )
-        if mode not in ("two_stage", "exact", "pooled"):
-            raise InvalidInput(f"unknown search mode '{mode}': use two_stage, exact or pooled")
+        if mode not in SEARCH_MODES:
+            raise InvalidInput(f"unknown search mode '{mode}': use {', '.join(SEARCH_MODES)}")
         candidates = max(top_k, prefetch or self.prefetch)
         points = info.points_collection
-        if mode == "exact" or (info.first_stage == "rows" and not info.pooling):
+        words = None
+        if mode in ("hybrid", "text"):
+            if not info.text:
+                raise InvalidInput(
+                    f"collection '{collection}' was made before pages kept their text: mode "
+                    f"'{mode}' needs it (search it visually, or ingest into a new collection)"
+                )
+            words = text_query_vector(text or "")
+        if mode == "text":
+            if words is None:
+                return []  # nothing in the query that BM25 indexes (only stop words, say)
+            records = self.backend.query(points, words, using="bm25", limit=top_k, where=where)
+        elif mode == "hybrid" and words is not None:
+            visual = Prefetch(
+                "original",
+                candidates,
+                vector=query,
+                prefetch=tuple(self._candidate_stages(info, query, candidates)),
+            )
+            textual = Prefetch("bm25", candidates, vector=words)
+            records = self.backend.query(
+                points,
+                None,
+                using=None,
+                limit=top_k,
+                where=where,
+                prefetch=[visual, textual],
+                fusion="rrf",
+            )
+        elif mode == "exact" or (info.first_stage == "rows" and not info.pooling):
             records = self.backend.query(
                 points, query, using="original", limit=top_k, where=where, exact=True
             )

@@ -6,11 +6,14 @@ server; the tests use it to exercise this code path without a server.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from retrieval.errors import NotFound, StoreError
+from retrieval.store.backend import RRF_K
 from retrieval.store.model import (
     FieldKind,
     Filter,
@@ -20,6 +23,7 @@ from retrieval.store.model import (
     Prefetch,
     Range,
     Record,
+    Sparse,
     VectorSpec,
 )
 
@@ -77,7 +81,13 @@ class ServerBackend:
         _call(
             self.client.create_collection,
             name,
-            vectors_config={v.name: _vector_params(v) for v in vectors},
+            vectors_config={v.name: _vector_params(v) for v in vectors if not v.sparse},
+            sparse_vectors_config={
+                v.name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                for v in vectors
+                if v.sparse
+            }
+            or None,
             **{k: v for k, v in self._cluster.items() if v is not None},
         )
 
@@ -98,7 +108,7 @@ class ServerBackend:
                 batch, size = [], 0
             batch.append(
                 models.PointStruct(
-                    id=p.id, vector={k: v.tolist() for k, v in p.vectors.items()}, payload=p.payload
+                    id=p.id, vector={k: _vector(v) for k, v in p.vectors.items()}, payload=p.payload
                 )
             )
             size += n
@@ -112,25 +122,27 @@ class ServerBackend:
     def query(
         self,
         name: str,
-        vector: np.ndarray,
+        vector: np.ndarray | Sparse | None,
         *,
-        using: str,
+        using: str | None,
         limit: int,
         where: Filter | None = None,
         prefetch: list[Prefetch] | None = None,
         exact: bool = False,
         hnsw_ef: int | None = None,
         oversampling: float | None = None,
+        fusion: Literal["rrf"] | None = None,
     ) -> list[Record]:
-        q = vector.tolist()
+        q = None if vector is None else _vector(vector)
         flt = _filter(where)
 
-        def stage(p: Prefetch) -> models.Prefetch:
+        def stage(p: Prefetch, outer) -> models.Prefetch:  # a stage's vector, else its outer one's
+            own = outer if p.vector is None else _vector(p.vector)
             return models.Prefetch(
-                query=q if p.vector is None else p.vector.tolist(),
+                query=own,
                 using=p.using,
                 limit=p.limit,
-                prefetch=[stage(inner) for inner in p.prefetch] or None,
+                prefetch=[stage(inner, own) for inner in p.prefetch] or None,
                 filter=flt,
                 params=_params(p.hnsw_ef, p.oversampling),
             )
@@ -138,9 +150,9 @@ class ServerBackend:
         response = _call(
             self.client.query_points,
             name,
-            query=q,
-            using=using,
-            prefetch=[stage(p) for p in prefetch or []] or None,
+            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion else q,
+            using=None if fusion else using,
+            prefetch=[stage(p, q) for p in prefetch or []] or None,
             query_filter=flt,
             search_params=(
                 models.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling)
@@ -219,10 +231,21 @@ def _params(hnsw_ef: int | None, oversampling: float | None) -> models.SearchPar
     return models.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
 
 
-def _vectors(vector) -> dict[str, np.ndarray] | None:
+def _vectors(vector) -> dict[str, np.ndarray | Sparse] | None:
     if not isinstance(vector, dict) or not vector:
         return None
-    return {k: np.asarray(v, dtype=np.float32) for k, v in vector.items()}
+    return {
+        k: Sparse(tuple(v.indices), tuple(v.values))
+        if isinstance(v, models.SparseVector)
+        else np.asarray(v, dtype=np.float32)
+        for k, v in vector.items()
+    }
+
+
+def _vector(v: np.ndarray | Sparse):
+    if isinstance(v, Sparse):
+        return models.SparseVector(indices=list(v.indices), values=list(v.values))
+    return v.tolist()
 
 
 def _vector_params(spec: VectorSpec) -> models.VectorParams:

@@ -1,0 +1,59 @@
+"""The text signal beside the pixels: a page's own text layer, as a BM25 sparse vector.
+
+Tokenised, stemmed and stop-worded by Qdrant's own BM25 (``qdrant_edge.Bm25``, the model
+Qdrant's server uses for ``qdrant/bm25`` inference; English defaults: k 1.2, b 0.75, an average
+page of 256 tokens). It needs no model download. A document's vector holds the BM25
+term-frequency weight of each term; Qdrant multiplies it by the term's inverse document
+frequency over the collection at query time (the IDF modifier), so BM25 scores stay exact as the
+collection grows. Pages without text (scans, images) get no vector and take no part in text
+search.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import cache
+
+from retrieval.types import Sparse
+
+MAX_TEXT_CHARS = 20_000  # kept in the payload (and indexed) per page
+_SPACE = re.compile(r"\s+")
+
+
+def clean(text: str | None) -> str:
+    """Whitespace runs to one space, NUL and other control characters out, capped."""
+    if not text:
+        return ""
+    text = "".join(ch if ch.isprintable() or ch.isspace() else " " for ch in text)
+    return _SPACE.sub(" ", text).strip()[:MAX_TEXT_CHARS]
+
+
+_lock = threading.Lock()
+
+
+@cache
+def _model():
+    import qdrant_edge
+
+    return qdrant_edge.Bm25()
+
+
+def document_vector(text: str) -> Sparse | None:
+    """BM25 term-frequency weights of a page's text; None when it has no indexable term."""
+    if not text:
+        return None
+    with _lock:
+        vector = _model().embed_document(text)
+    if not vector.indices:
+        return None
+    return Sparse(tuple(vector.indices), tuple(vector.values))
+
+
+def query_vector(text: str) -> Sparse | None:
+    """A query's terms, weight 1 each (the IDF comes from the collection)."""
+    with _lock:
+        vector = _model().embed_query(text)
+    if not vector.indices:
+        return None
+    return Sparse(tuple(vector.indices), tuple(vector.values))

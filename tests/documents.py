@@ -21,9 +21,10 @@ def make_pdf(
     *,
     rotations: Sequence[int] | None = None,
     cropboxes: Sequence[tuple[float, float, float, float] | None] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> bytes:
     """A PDF with one page per (width, height) in points, each showing ``marked_image`` over the
-    whole page."""
+    whole page, and with ``texts``, a line of real (extractable) text on each page."""
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument.new()
@@ -34,6 +35,8 @@ def make_pdf(
         image.set_bitmap(bitmap)
         image.set_matrix(pdfium.PdfMatrix().scale(width, height))
         page.insert_obj(image)
+        if texts and texts[i]:
+            _add_text(pdf, page, texts[i])
         page.gen_content()
         if rotations:
             page.set_rotation(rotations[i])
@@ -48,3 +51,17 @@ def image_bytes(image: Image.Image, fmt: str, **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def _add_text(pdf, page, text: str) -> None:
+    """A line of Helvetica text near the top of ``page``, through PDFium's own API."""
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    obj = pdfium_c.FPDFPageObj_NewTextObj(pdf.raw, b"Helvetica", 12.0)
+    encoded = (text + "\x00").encode("utf-16-le")
+    buffer = ctypes.create_string_buffer(encoded, len(encoded))
+    pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
+    pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, 20, page.get_height() - 40)
+    pdfium_c.FPDFPage_InsertObject(page.raw, obj)

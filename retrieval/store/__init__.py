@@ -1,9 +1,16 @@
 """Storage of page embeddings in Qdrant: embedded (qdrant-edge) or server (qdrant-client)."""
 
 from retrieval.store.filters import check_metadata, parse_filter, parse_filter_json
-from retrieval.store.pages import PageStore, SearchMode, open_backend, page_point_id
+from retrieval.store.pages import (
+    SEARCH_MODES,
+    PageStore,
+    SearchMode,
+    open_backend,
+    page_point_id,
+)
 
 __all__ = [
+    "SEARCH_MODES",
     "PageStore",
     "SearchMode",
     "check_metadata",

@@ -60,7 +60,7 @@ def test_a_toy_dataset_scored_by_hand(tmp_path):
 
 
 def test_bad_datasets_are_refused_with_the_reason(tmp_path):
-    with pytest.raises(InvalidInput, match="queries.jsonl"):
+    with pytest.raises(InvalidInput, match=r"queries\.jsonl"):
         Dataset.load(tmp_path)
     write_dataset(tmp_path, "q9\tc1\t1\n")
     with pytest.raises(InvalidInput, match="q9"):
@@ -93,13 +93,28 @@ def test_colqwen_eval_on_a_tiny_collection(tiny_model_dir, tmp_path, monkeypatch
     runner = CliRunner()
     assert runner.invoke(app, ["ingest", str(pdf), "--quiet"]).exit_code == 0
     result = runner.invoke(
-        app, ["eval", str(data), "--modes", "text,two_stage,hybrid", "--prefetch", "5,10",
-              "--fidelity", "1", "--json"],
+        app,
+        [
+            "eval",
+            str(data),
+            "--modes",
+            "text,two_stage,hybrid",
+            "--prefetch",
+            "5,10",
+            "--fidelity",
+            "1",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = {(r["mode"], r["prefetch"]): r for r in json.loads(result.stdout)}
-    assert set(rows) == {("text", None), ("two_stage", 5), ("two_stage", 10), ("hybrid", 5),
-                         ("hybrid", 10)}
+    assert set(rows) == {
+        ("text", None),
+        ("two_stage", 5),
+        ("two_stage", 10),
+        ("hybrid", 5),
+        ("hybrid", 10),
+    }
     assert rows[("text", None)]["mrr"] == 1.0  # the words are on page 1 alone
     assert rows[("two_stage", 10)]["fidelity_recall@10"] == 1.0  # two pages: exact's top 10
     bad = runner.invoke(app, ["eval", str(data), "--modes", "fuzzy"])

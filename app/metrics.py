@@ -36,6 +36,14 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.fidelity = Histogram(
+            "colqwen_fidelity_recall_at_10",
+            "Share of exact MaxSim's top 10 that the served mode also returned, on sampled "
+            "queries re-run in exact mode in the background",
+            ["mode", "collection"],
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "colqwen_jobs_queued", "Ingestion jobs waiting", registry=self.registry
         )

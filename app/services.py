@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from app.batching import DirectEmbedder, QueryBatcher
 from app.errors import NotReady
+from app.fidelity import FidelityMonitor
 from app.metrics import Metrics
 from indexer.documents import DocumentService
 from indexer.jobs import JobQueue
@@ -48,6 +49,7 @@ class Services:
     encoder: Encoder | None = None
     embedder: QueryBatcher | DirectEmbedder | None = None
     load_error: str | None = None
+    fidelity: FidelityMonitor | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _worker: threading.Thread | None = None
     _loading: asyncio.Task | None = None
@@ -69,7 +71,10 @@ class Services:
         except BaseException:
             store.close()
             raise
-        return cls(settings, store, jobs, documents, metrics, run_worker=run_worker)
+        monitor = FidelityMonitor(store, metrics, settings.fidelity_sample)
+        return cls(
+            settings, store, jobs, documents, metrics, run_worker=run_worker, fidelity=monitor
+        )
 
     def start_loading(self, encoder: Encoder | None = None) -> None:
         """Load the model in the background, then start the embedder and the worker."""
@@ -204,6 +209,8 @@ class Services:
             await self.embedder.stop()
         for task in self._others.values():
             await _stop_loaded(task)
+        if self.fidelity is not None:
+            await self.fidelity.drain()
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, 60)
         self.jobs.close()

@@ -172,6 +172,14 @@ class Settings(BaseSettings):
     max_pending_queries: int = Field(
         256, ge=1, description="Queries waiting for the model beyond this get HTTP 429."
     )
+    fidelity_sample: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of API searches (two_stage, pooled) re-run in exact mode in the "
+        "background to measure recall@10 of the served mode against exact MaxSim "
+        "(colqwen_fidelity_recall_at_10 on /metrics); 0 = off.",
+    )
 
     @property
     def api_key_list(self) -> list[str]:

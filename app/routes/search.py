@@ -48,6 +48,8 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
         prefetch=body.prefetch,
         text=body.query,
     )
+    if services.fidelity is not None:  # a sampled exact re-run, after the answer is sent
+        services.fidelity.maybe_check(collection, body.mode, vectors, where, hits)
     explanations = {}
     if body.explain:
         pieces = await run_in_threadpool(encoder.query_pieces, body.query)

@@ -7,14 +7,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from indexer.jobs import Job, JobQueue
-from indexer.render import RenderOptions, open_document
+from indexer.render import RenderOptions, open_document, page_texts
 from indexer.secrets import Sealer
 from indexer.uploads import StoredUpload, UploadFolder
 from retrieval.errors import Conflict, NotFound
@@ -168,6 +170,28 @@ class DocumentService:
         if width and width < image.width:
             image = image.resize((width, max(1, round(image.height * width / image.width))))
         return image
+
+    def text_reader(self, collection: str) -> Callable[[str, int], str]:
+        """``page_text(doc_id, page)`` from the kept originals, for giving an old collection
+        its text (``PageStore.upgrade_collection``); "" where the original is gone. Pages come
+        in any order: each document's texts are read once and the last 64 kept."""
+
+        @lru_cache(maxsize=64)
+        def texts(doc_id: str) -> tuple[str, ...]:
+            doc = self._document(collection, doc_id)
+            path = Path(doc.source_path) if doc and doc.source_path else None
+            if path is None or not path.is_file():
+                log.warning("no original for %s: its pages get no text", doc_id[:12])
+                return ()
+            password = self.sealer.unseal(doc.password_sealed, name=doc.name)
+            with self._pdfium:
+                return tuple(page_texts(path, password))
+
+        def page_text(doc_id: str, page: int) -> str:
+            found = texts(doc_id)
+            return found[page - 1] if 0 < page <= len(found) else ""
+
+        return page_text
 
     def _document(self, collection: str, doc_id: str) -> DocumentRecord | None:
         try:

@@ -81,6 +81,27 @@ class RenderedPage:
         return self.image.size
 
 
+def page_texts(source: Path, password: str | None = None) -> list[str]:
+    """Every page's text layer (cleaned, capped), without rendering: for collections made
+    before pages kept their text. An image has one page with no text."""
+    import pypdfium2 as pdfium
+
+    if sniff(source.read_bytes()[:_SNIFF_BYTES]) != "pdf":
+        return [""]
+    pdf = pdfium.PdfDocument(str(source), password=password)
+    try:
+        texts = []
+        for i in range(len(pdf)):
+            page = pdf[i]
+            try:
+                texts.append(PdfDocument._text(page))
+            finally:
+                page.close()
+        return texts
+    finally:
+        pdf.close()
+
+
 def sniff(head: bytes) -> Kind | None:
     """What a file is, from its first bytes: a PDF, an image PIL can open, or neither."""
     if b"%PDF-" in head[:_SNIFF_BYTES]:

@@ -216,6 +216,33 @@ def test_collections_upgrade_gives_an_old_collection_the_fde_first_stage(
     assert "already has the FDE first stage" in cli("collections", "upgrade", "old")
 
 
+def test_collections_upgrade_gives_a_collection_made_before_text_its_text(env, tmp_path):
+    """A collection whose pages have no text (as before pages kept it) gets it from the kept
+    originals: the text and hybrid modes then work, nothing is embedded again."""
+    import dataclasses
+
+    from retrieval.config import Settings
+    from retrieval.store import PageStore
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf([(595, 842)] * 2, texts=["zebra stripes", "tax law"]))
+    cli("collections", "create", "old")
+    store = PageStore.from_settings(Settings())
+    store._write_schema(dataclasses.replace(store.collection("old"), text=False))  # as before
+    store.close()
+    cli("ingest", str(folder), "--collection", "old", "--quiet")
+    bad = CliRunner().invoke(app, ["search", "zebra", "-c", "old", "--mode", "text"])
+    assert bad.exit_code == 1 and "before pages kept their text" in bad.output
+    exact = cli_json("search", "zebra", "-c", "old", "--mode", "exact")["hits"]
+    cli("collections", "upgrade", "old")
+    [hit] = cli_json("search", "zebra", "-c", "old", "--mode", "text")["hits"]
+    assert hit["page"] == 1 and hit["payload"]["text"] == "zebra stripes"
+    after = cli_json("search", "zebra", "-c", "old", "--mode", "exact")["hits"]
+    assert [(h["doc_id"], h["page"]) for h in after] == [(h["doc_id"], h["page"]) for h in exact]
+    assert "already has the FDE first stage and page text" in cli("collections", "upgrade", "old")
+
+
 def test_user_errors_are_one_line_not_tracebacks(env, tmp_path):
     for args, message in [
         (["ingest", str(tmp_path / "missing")], "no such file or directory"),

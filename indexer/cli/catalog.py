@@ -218,20 +218,27 @@ def collections_upgrade(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Collection made before FDE search.")],
 ) -> None:
-    """Give a collection made before FDEs the fast first stage, from its stored vectors.
+    """Give a collection made before FDEs the fast first stage, and one made before pages kept
+    their text its text and BM25 vectors (modes text and hybrid).
 
     No model and no GPU: each page's FDE and pooled vectors are computed from the token
-    vectors already stored. Searches keep working meanwhile; stop ingesting into the collection
-    until it is done. Resumable: run it again after an interruption.
+    vectors already stored, and its text is read again from the kept original. Searches keep
+    working meanwhile; stop ingesting into the collection until it is done. Resumable: run it
+    again after an interruption.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from indexer.worker import document_service, job_queue
+
     settings = settings_of(ctx)
     with user_errors(), open_store(settings) as store:
-        if store.collection(name).first_stage == "fde":
+        info = store.collection(name)
+        if info.first_stage == "fde" and info.text:
             store.upgrade_collection(name)  # finishes an upgrade stopped after its switch
-            console.print(f"collection {name} already has the FDE first stage")
+            console.print(f"collection {name} already has the FDE first stage and page text")
             return
+        jobs = job_queue(settings)
+        page_text = document_service(settings, store, jobs).text_reader(name)
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -240,7 +247,14 @@ def collections_upgrade(
             console=console,
         ) as bar:
             task = bar.add_task(f"upgrading {name}", total=None)
-            store.upgrade_collection(
-                name, progress=lambda done, total: bar.update(task, completed=done, total=total)
-            )
-    console.print(f"upgraded collection {name}: FDE first stage, bucket-pooled middle stage")
+            try:
+                store.upgrade_collection(
+                    name,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    page_text=page_text,
+                )
+            finally:
+                jobs.close()
+    console.print(
+        f"upgraded collection {name}: FDE first stage, bucket-pooled middle stage, page text"
+    )

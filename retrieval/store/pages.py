@@ -66,6 +66,7 @@ POOLINGS = ("rows", "cols", "buckets")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
 UPGRADED_SUFFIX = "__v2"  # the pages of an upgraded collection
+TEXT_SUFFIX = "__v3"  # the pages of a collection upgraded (again) to keep its text
 _NAMESPACE = uuid.UUID("6f1c2f4e-8a7b-4c1e-9e55-2b0c7d3a9f10")
 _COLLECTION_POINT = str(uuid.uuid5(_NAMESPACE, "collection"))
 _DUMMY = {"_": np.ones((1,), dtype=np.float32)}  # catalog points need a vector; it means nothing
@@ -317,53 +318,78 @@ class PageStore:
         info = self.collection(name)  # NotFound if absent
         with self._lock:
             self._collections.pop(name, None)
-        for points in {info.points_collection, name, name + UPGRADED_SUFFIX}:
+        for points in {info.points_collection, name, name + UPGRADED_SUFFIX, name + TEXT_SUFFIX}:
             if self.backend.collection_exists(points):
                 self.backend.delete_collection(points)
         self.backend.delete_collection(name + CATALOG_SUFFIX)
 
     def upgrade_collection(
-        self, name: str, *, progress: Callable[[int, int], None] | None = None, batch: int = 64
+        self,
+        name: str,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        batch: int = 64,
+        page_text: Callable[[str, int], str] | None = None,
     ) -> CollectionInfo:
-        """Give a collection made before FDEs the FDE first stage, from its stored vectors.
+        """Give a collection made before FDEs the FDE first stage, from its stored vectors, and
+        with ``page_text(doc_id, page)`` one made before pages kept their text its text and
+        BM25 vectors (the text and hybrid modes).
 
-        Copies every page into ``<name>__v2`` with its FDE and bucket-pooled vectors computed
-        from the stored ``original`` (no re-embedding: the schema of new collections, built on
-        the CPU), then switches the schema record to it and drops the old points. Searches keep
-        working on the old points until the switch. Resumable: pages already copied are
-        skipped. Stop ingesting into the collection while it runs. ``progress(done, total)``
-        after each batch.
+        Copies every page into a new points collection with its FDE and bucket-pooled vectors
+        computed from the stored ``original`` (no re-embedding: the schema of new collections,
+        built on the CPU), then switches the schema record to it and drops the old points.
+        Searches keep working on the old points until the switch. Resumable: pages already
+        copied are skipped. Stop ingesting into the collection while it runs.
+        ``progress(done, total)`` after each batch.
         """
         info = self.collection(name)
-        if info.first_stage == "fde":
-            if info.points_collection != name and self.backend.collection_exists(name):
-                self.backend.delete_collection(name)  # stopped between the switch and the drop
+        add_text = page_text is not None and not info.text
+        if info.first_stage == "fde" and not add_text:
+            for stale in {name, name + UPGRADED_SUFFIX} - {info.points_collection}:
+                if self.backend.collection_exists(stale):
+                    self.backend.delete_collection(stale)  # stopped between switch and drop
             return info
-        target = name + UPGRADED_SUFFIX
+        target = name + (
+            TEXT_SUFFIX if info.points_collection.endswith(UPGRADED_SUFFIX) else UPGRADED_SUFFIX
+        )
         new = replace(
-            info, first_stage="fde", fde=self.fde.to_dict(), points=target, pooling=("buckets",)
+            info,
+            first_stage="fde",
+            fde=info.fde if info.first_stage == "fde" else self.fde.to_dict(),
+            points=target,
+            pooling=("buckets",),
+            text=info.text or add_text,
         )
         if not self.backend.collection_exists(target):
             self._create_points(target, new)
         source, encoder = info.points_collection, self._muvera(new)
+        wanted = ["original", "bm25"] if info.text else ["original"]
         total, done = self.backend.count(source), self.backend.count(target)
         if progress:
             progress(done, total)
         offset = None
         while True:
-            records, offset = self.backend.scroll(source, None, batch, offset, vectors=["original"])
+            records, offset = self.backend.scroll(source, None, batch, offset, vectors=wanted)
             copied = {r.id for r in self.backend.retrieve(target, [r.id for r in records])}
             points = []
             for r in records:
                 if r.id in copied or not r.vectors:
                     continue
                 original = r.vectors["original"]
-                vectors = {
+                vectors: dict = {
                     "original": original,
                     "fde": encoder.encode_document(original),
                     "buckets": pool_buckets(original),
                 }
-                points.append(PointData(r.id, vectors, r.payload))
+                payload = r.payload
+                if add_text:
+                    text = clean(page_text(payload["doc_id"], int(payload["page"])))
+                    payload = {**payload, "text": text}
+                    if (bm25 := text_vector(text)) is not None:
+                        vectors["bm25"] = bm25
+                elif "bm25" in r.vectors:
+                    vectors["bm25"] = r.vectors["bm25"]
+                points.append(PointData(r.id, vectors, payload))
             if points:
                 self.backend.upsert(target, points)
                 done += len(points)

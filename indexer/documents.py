@@ -115,6 +115,10 @@ class DocumentService:
             if doc is not None:
                 log.info("deleting %s from '%s': its ingestion was cancelled", doc.name, collection)
                 self.forget(collection, doc_id)
+            else:
+                # Deleted while its job ran: the pipeline may have stored pages after the
+                # delete, and its worker died before removing them. No record: no live page.
+                self._delete_pages(collection, doc_id)
         if sweep_uploads:
             for doc_id in self.uploads.doc_ids():
                 self.release_upload(doc_id)

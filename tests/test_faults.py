@@ -56,6 +56,13 @@ def test_a_start_finishes_what_a_killed_process_left(tmp_path):
     job = jobs.create(doc_id="cancelled", collection="c", name="x", path=Path("x"), metadata={})
     jobs.cancel_for("cancelled", "c", "deleted")
     stored("kept", "indexed")
+    # Deleted (its record gone) while its job still ran; the pipeline stored two more pages
+    # before its worker, killed, could clean up after it.
+    stored("late", "indexing")
+    late = jobs.create(doc_id="late", collection="c", name="l", path=Path("l"), metadata={})
+    jobs.cancel_for("late", "c", "deleted")
+    store.delete_document("c", "late")
+    store.upsert_pages("c", [page_record("late", p, page_embedding(rng)) for p in (3, 4)])
     orphan = kept("orphan")  # killed between storing an upload and queueing its job
     queued = kept("queued")
     jobs.create(doc_id=queued.stem, collection="c", name="q", path=queued, metadata={})
@@ -66,6 +73,8 @@ def test_a_start_finishes_what_a_killed_process_left(tmp_path):
     assert store.count_pages("c") == 2
     assert not orphan.exists() and queued.exists()
     assert jobs.get(job.id).status == "cancelled"
+    assert jobs.get(late.id).status == "cancelled"
+    assert store.stored_page_numbers("c", "late") == set()  # no orphan of a deleted document
     store.close()
 
 

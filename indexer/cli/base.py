@@ -10,7 +10,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.markup import escape
 
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError
+
+if TYPE_CHECKING:
+    from retrieval.types import CollectionInfo
 
 app = typer.Typer(
     name="colqwen",
@@ -141,6 +144,19 @@ def open_store(settings: Settings):
         yield store
     finally:
         store.close()
+
+
+def load_encoder_for(settings: Settings, info: CollectionInfo, *, quiet: bool = False):
+    """The model that searches collection ``info``: the one it was built with, unless --model
+    or COLQWEN_MODEL names another; loaded with a spinner on stderr (none when ``quiet``)."""
+    from contextlib import nullcontext
+
+    from retrieval.encoder import Encoder
+
+    if "model" not in settings.model_fields_set and info.model != settings.model:
+        settings = settings.model_copy(update={"model": info.model})
+    with nullcontext() if quiet else err_console.status(f"loading {settings.model}"):
+        return Encoder.from_settings(settings)
 
 
 def print_json(data: Any) -> None:

@@ -16,6 +16,7 @@ from indexer.cli.base import (
     app,
     console,
     err_console,
+    load_encoder_for,
     open_store,
     print_json,
     settings_of,
@@ -67,13 +68,9 @@ def evaluate_command(
         data = Dataset.load(dataset)
         with open_store(settings) as store:
             info = store.collection(settings.collection)
-            if "model" not in settings.model_fields_set and info.model != settings.model:
-                settings = settings.model_copy(update={"model": info.model})
-            from retrieval.encoder import Encoder
             from retrieval.search import Searcher
 
-            with err_console.status(f"loading {settings.model}"):
-                encoder = Encoder.from_settings(settings)
+            encoder = load_encoder_for(settings, info)
             embed = cache(lambda text: encoder.embed_queries([text])[0])  # once per query
             searcher = Searcher(encoder, store, collection=settings.collection, embed_query=embed)
 

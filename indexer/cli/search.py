@@ -20,7 +20,7 @@ from indexer.cli.base import (
     JsonOpt,
     app,
     console,
-    err_console,
+    load_encoder_for,
     open_store,
     print_json,
     settings_of,
@@ -83,14 +83,9 @@ def search(
         where = parse_filter_json(filter_json, what="--filter")
         with open_store(settings) as store:
             info = store.collection(settings.collection)  # before the model loads
-            if "model" not in settings.model_fields_set and info.model != settings.model:
-                settings = settings.model_copy(update={"model": info.model})
-            from retrieval.encoder import Encoder
             from retrieval.search import Searcher
 
-            status = err_console.status(f"loading {settings.model}")
-            with status if not as_json else _quiet():
-                encoder = Encoder.from_settings(settings)
+            encoder = load_encoder_for(settings, info, quiet=as_json)
             searcher = Searcher(encoder, store, collection=settings.collection)
             hits = searcher.search(
                 query, top_k=top_k, filter=where, mode=mode.value, prefetch=prefetch
@@ -120,12 +115,6 @@ def search(
         console.print("regions count from (1, 1), the top-left token; `colqwen heatmap` draws them")
     if not hits:
         console.print("no page matched" + (" the filter" if where else ""))
-
-
-def _quiet():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _explain(encoder, store, collection: str, query: str, hits) -> dict:
@@ -173,12 +162,7 @@ def heatmap(
         with open_store(settings) as store:
             doc = _resolve(store, settings.collection, doc_id)
             info = store.collection(settings.collection)
-            if "model" not in settings.model_fields_set and info.model != settings.model:
-                settings = settings.model_copy(update={"model": info.model})
-            from retrieval.encoder import Encoder
-
-            with err_console.status(f"loading {settings.model}"):
-                encoder = Encoder.from_settings(settings)
+            encoder = load_encoder_for(settings, info)
             info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
             [vectors] = encoder.embed_queries([query])
             found = explain_page(store, settings.collection, doc.doc_id, page, vectors)

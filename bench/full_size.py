@@ -54,15 +54,9 @@ def colqwen2(device: str, budget: int = 768) -> tuple[Any, Any]:
 
 def colqwen2_5(device: str, budget: int = 768) -> tuple[Any, Any]:
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
-    from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLConfig
 
-    from tests.tiny_families import _qwen_tokenizer
-
-    processor = ColQwen2_5_Processor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=budget * 28 * 28),
-        tokenizer=_qwen_tokenizer(),
-        video_processor=Qwen2VLVideoProcessor(),
-    )
+    processor = build_processor(budget, ColQwen2_5_Processor)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=151936,

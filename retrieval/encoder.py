@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -359,6 +360,7 @@ def runs(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True))
 
 
+@cache
 def _own_outputs_module() -> type:
     import torch
 

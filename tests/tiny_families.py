@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.tiny_model import SPECIAL_TOKENS as QWEN_SPECIALS
+from tests.tiny_model import build_processor, qwen_tokenizer
 
 SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 SMALL_VISION = dict(
@@ -53,16 +54,6 @@ def _seeded(model_cls: Any, config: Any, seed: int) -> Any:
 # --- the Qwen family ----------------------------------------------------------------------------
 
 
-def _qwen_tokenizer() -> Any:
-    from transformers import Qwen2Tokenizer
-
-    vocab = {s: i for i, s in enumerate(sorted(_byte_vocab([])))}
-    vocab[QWEN_SPECIALS[0]] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
-    return tok
-
-
 def _qwen_ids(tok: Any) -> dict[str, int]:
     ids = dict(zip(QWEN_SPECIALS, tok.convert_tokens_to_ids(QWEN_SPECIALS), strict=True))
     return dict(
@@ -82,7 +73,7 @@ def _qwen3_processor(processor_cls: Any, budget: int) -> Any:
     )
     return processor_cls(
         image_processor=image_processor,
-        tokenizer=_qwen_tokenizer(),
+        tokenizer=qwen_tokenizer(),
         video_processor=Qwen3VLVideoProcessor(),
     )
 
@@ -103,13 +94,9 @@ _QWEN3_VISION = dict(
 
 def colqwen2_5(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
-    from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLConfig
 
-    processor = ColQwen2_5_Processor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=budget * 28 * 28),
-        tokenizer=_qwen_tokenizer(),
-        video_processor=Qwen2VLVideoProcessor(),
-    )
+    processor = build_processor(budget, ColQwen2_5_Processor)
     tok = processor.tokenizer
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -333,7 +320,7 @@ def colmodernvbert(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
 
 
 def colqwen2(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
-    from tests.tiny_model import build_model, build_processor
+    from tests.tiny_model import build_model
 
     processor = build_processor(budget)
     return build_model(processor, seed=seed), processor

@@ -28,22 +28,29 @@ SPECIAL_TOKENS = [
 ]
 
 
-def build_processor(max_visual_tokens: int = 768):
-    """A ColQwen2Processor with a byte-level tokenizer (256 symbols + the Qwen2-VL specials)."""
-    from colpali_engine.models import ColQwen2Processor
+def qwen_tokenizer():
+    """A byte-level Qwen2 tokenizer: the 256 byte symbols and the Qwen2-VL special tokens."""
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2Tokenizer
 
     vocab = {symbol: i for i, symbol in enumerate(sorted(ByteLevel.alphabet()))}
     vocab[SPECIAL_TOKENS[0]] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    return tokenizer
+
+
+def build_processor(max_visual_tokens: int = 768, processor_cls=None):
+    """A ColQwen2Processor (or ``processor_cls``, ColQwen2.5's) with ``qwen_tokenizer``."""
+    from colpali_engine.models import ColQwen2Processor
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
     image_processor = Qwen2VLImageProcessor(
         min_pixels=4 * 28 * 28, max_pixels=max_visual_tokens * 28 * 28
     )
-    return ColQwen2Processor(
+    return (processor_cls or ColQwen2Processor)(
         image_processor=image_processor,
-        tokenizer=tokenizer,
+        tokenizer=qwen_tokenizer(),
         video_processor=Qwen2VLVideoProcessor(),
     )
 

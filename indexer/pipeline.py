@@ -38,7 +38,7 @@ from indexer.render_pool import (
     RenderRequest,
 )
 from indexer.sources import SourceFile, sha256_file, sidecar_metadata
-from retrieval.encoder import Encoder
+from retrieval.encoder import Encoder, Launched
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
@@ -490,36 +490,52 @@ class IngestPipeline:
     # --- stage 3: forward pass -----------------------------------------------------------------
 
     def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
+        """Keep the device one batch ahead: launch a batch, then finish the one before it
+        (wait for its output, lay its tokens out) while the device runs the new one."""
+        previous: tuple[_Work, Launched | list[PageEmbedding] | None] | None = None
         while (work := self._get(inp)) is not _END:
-            pages = work.pages
-            if pages:
-                t0 = time.perf_counter()
-                embeddings = self._embed(work)
-                self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
-                for msg, emb in zip(pages, embeddings, strict=True):
-                    page = msg.page
-                    msg.embedding = emb
-                    msg.page_info = {
-                        "page_number": page.page_number,
-                        "size_pt": page.size_pt,
-                        "rotation": page.rotation,
-                        "pixel_size": page.pixel_size,
-                        "text": page.text,
-                    }
-                    msg.page = None  # the image is no longer needed: free it early
-            self._put(out, work)
+            t0 = time.perf_counter()
+            launched = self._launch(work) if work.pages else None
+            self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
+            if previous is not None:
+                self._finish_batch(*previous, out)
+            previous = (work, launched)
+        if previous is not None:
+            self._finish_batch(*previous, out)
         self._put(out, _END)
 
-    def _embed(self, work: _Work) -> list[PageEmbedding]:
+    def _launch(self, work: _Work) -> Launched | list[PageEmbedding]:
         import torch
 
         encoder = work.replica
         try:
-            return encoder.postprocess(work.inputs, encoder.forward(work.inputs))
+            return encoder.launch(work.inputs)
         except torch.cuda.OutOfMemoryError:
             # Let the encoder find a batch size that fits (it halves and remembers).
             torch.cuda.empty_cache()
             return encoder.embed_pages([m.page.image for m in work.pages], len(work.pages) // 2)
+
+    def _finish_batch(
+        self, work: _Work, launched: Launched | list[PageEmbedding] | None, out: queue.Queue
+    ) -> None:
+        if launched is not None:
+            t0 = time.perf_counter()
+            embeddings = (
+                work.replica.finish(launched) if isinstance(launched, Launched) else launched
+            )
+            self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
+            for msg, emb in zip(work.pages, embeddings, strict=True):
+                page = msg.page
+                msg.embedding = emb
+                msg.page_info = {
+                    "page_number": page.page_number,
+                    "size_pt": page.size_pt,
+                    "rotation": page.rotation,
+                    "pixel_size": page.pixel_size,
+                    "text": page.text,
+                }
+                msg.page = None  # the image is no longer needed: free it early
+        self._put(out, work)
 
     # --- stage 4: store ------------------------------------------------------------------------
 

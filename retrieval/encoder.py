@@ -94,6 +94,16 @@ class PageBatch:
     sizes: list[tuple[int, int]]
 
 
+@dataclass
+class Launched:
+    """A batch whose forward pass is queued: its output (batch, seq_len, dim), a host copy on
+    its way, complete once ``done`` (a CUDA event; None: complete already) has fired."""
+
+    batch: PageBatch
+    output: Any
+    done: Any = None
+
+
 class Encoder:
     """A loaded late-interaction model and processor. Thread-safe: forward passes are serialised."""
 
@@ -253,18 +263,40 @@ class Encoder:
         return PageBatch(inputs, [image.size for image in images])
 
     def forward(self, batch: PageBatch | Any) -> torch.Tensor:
-        """Device step: (batch, seq_len, dim) embeddings, zero on padding. Serialised by a lock."""
+        """Device step: (batch, seq_len, dim) embeddings, zero on padding, on the device.
+        Returns once the work is queued where the model allows it. Serialised by a lock."""
         import torch
 
         inputs = batch.inputs if isinstance(batch, PageBatch) else batch
         with self._lock, torch.inference_mode():
-            return self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            return self.model(**self.family.to_device(self.processor, inputs, self.device))
+
+    def launch(self, batch: PageBatch) -> Launched:
+        """Queue ``batch``'s forward pass and the copy of its output to the host, and return
+        without waiting for them (on CUDA): the caller can prepare or finish another batch
+        while the device works. ``finish`` waits and returns the pages."""
+        import torch
+
+        output = self.forward(batch)
+        if output.device.type == "cpu":
+            return Launched(batch, output)
+        with torch.inference_mode():
+            host = output.float().to("cpu", non_blocking=True)  # into pinned memory
+        done = torch.cuda.Event()
+        done.record()
+        return Launched(batch, host, done)
+
+    def finish(self, launched: Launched) -> list[PageEmbedding]:
+        """Wait for a launched batch (without holding the GIL) and return its pages."""
+        if launched.done is not None:
+            launched.done.synchronize()
+        return self.postprocess(launched.batch, launched.output)
 
     def postprocess(self, batch: PageBatch, output: torch.Tensor) -> list[PageEmbedding]:
         """CPU step: unpad each row, find the visual tokens by the image token id, and have the
         family lay them out on the page grid."""
         inputs = batch.inputs
-        out = output.float().cpu().numpy()  # (batch, seq_len, dim)
+        out = output.float().cpu().numpy()  # (batch, seq_len, dim); a launched one's: no copy
         mask = inputs["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
         ids = inputs["input_ids"].cpu().numpy()  # (batch, seq_len)
         pages = []
@@ -301,11 +333,11 @@ class Encoder:
             chunk = images[start : start + size]
             batch = self.preprocess(chunk)
             try:
-                output = self.forward(batch)
+                launched = self.launch(batch)
             except Exception as exc:
                 size = self._smaller_batch_after(exc, len(chunk))
                 continue
-            pages.extend(self.postprocess(batch, output))
+            pages.extend(self.finish(launched))
             start += len(chunk)
         return pages
 

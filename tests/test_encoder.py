@@ -99,10 +99,16 @@ def test_a4_page_stays_within_the_visual_token_budget(encoder, dpi):
 
 
 def test_preprocess_equals_colpali_process_images(encoder):
+    """What the model receives (preprocessed on the host, finished by ``to_device``) equals
+    colpali-engine's ``process_images``, plus what the model would derive itself."""
+    from transformers import vision_utils
+
     images = [page_image(300, 200), page_image(644, 924, seed=1), page_image(80, 900, seed=2)]
-    ours = encoder.preprocess(images).inputs
+    batch = encoder.preprocess(images).inputs
+    ours = encoder.family.to_device(encoder.processor, batch, "cpu")
     theirs = encoder.processor.process_images(images)
-    assert set(ours) == {*theirs, "position_ids"}  # the rotary positions, computed beforehand
+    derived = {"position_ids", "image_position_ids", "image_cu_seqlens", "image_max_seqlen"}
+    assert set(ours) == {*theirs, *derived}
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
     positions, _ = encoder.model.get_rope_index(
@@ -112,6 +118,23 @@ def test_preprocess_equals_colpali_process_images(encoder):
         attention_mask=theirs["attention_mask"],
     )
     assert torch.equal(ours["position_ids"], positions)
+    grid = theirs["image_grid_thw"]
+    merge = encoder.model.visual.spatial_merge_size
+    expected = vision_utils.get_vision_position_ids(grid, merge)
+    assert torch.equal(ours["image_position_ids"], expected)
+    lengths = (grid[:, 1] * grid[:, 2]).tolist()
+    assert ours["image_cu_seqlens"].tolist() == [0, *np.cumsum(lengths)]
+    assert ours["image_max_seqlen"] == max(lengths)
+
+
+def test_a_batch_whose_tokens_do_not_match_its_grids_is_refused_before_the_model(encoder):
+    from retrieval.errors import ColqwenError
+
+    batch = encoder.preprocess([page_image(644, 924)]).inputs
+    del batch["position_ids"]
+    batch["image_grid_thw"] = batch["image_grid_thw"] * torch.tensor([1, 2, 1])
+    with pytest.raises((ColqwenError, RuntimeError), match="image tokens"):
+        encoder.family.complete(encoder.model, batch)
 
 
 def test_batching_does_not_change_embeddings(encoder):

@@ -12,6 +12,9 @@ then take turns instead of overlapping, and any contention for the GIL adds to e
 block: as a batch when every sequence has the same length (the common case: a batch of pages of
 one grid), else over sequences padded to the longest, with the padding masked out of the keys.
 Same attention, same inputs to each softmax; ``use(model)`` switches a model's vision tower to it.
+``cu_seq_lens_q`` may stay on the host (``QwenVL.complete`` computes it there): the gather plan
+is then built on the host and copied over without waiting for the device, and no step of it
+(no boolean-mask indexing either) reads a device value back.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 NAME = "packed_flash_sdpa"  # "flash" in the name: transformers passes cu_seqlens, as to flash
 # The gather plans of the last few cu_seqlens tensors, by identity: the blocks of one forward
 # pass share one (or two: Qwen2.5-VL's windows and whole images).
-_layouts: deque[tuple[Any, tuple[Any, Any]]] = deque(maxlen=8)
+_layouts: deque[tuple[Any, tuple[Any, Any, Any]]] = deque(maxlen=8)
 
 
 def packed_sdpa(
@@ -49,28 +52,35 @@ def packed_sdpa(
         q, k, v = (t.reshape(heads, n, longest, dim).transpose(0, 1) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
         return out.transpose(0, 1).reshape(1, heads, total, dim).transpose(1, 2), None
-    index, valid = _layout(cu_seq_lens_q, n, longest)
+    index, valid, rows = _layout(cu_seq_lens_q, n, longest, query.device, total)
     q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # (n, H, L, d)
     mask = valid[:, None, None, :]  # padded keys take no part
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
-    packed = out.transpose(1, 2)[valid]  # (total, H, d): the padded rows dropped, order kept
+    packed = out.transpose(1, 2).reshape(n * longest, heads, dim)[rows]  # padding dropped
     return packed.unsqueeze(0), None
 
 
-def _layout(cu_seqlens: Any, n: int, longest: int) -> tuple[Any, Any]:
-    """(index, valid), each (n, longest): where each padded slot reads from, and whether it
-    holds a token. Computed once per ``cu_seqlens`` (once a forward pass), without a sync."""
+def _layout(cu_seqlens: Any, n: int, longest: int, device: Any, total: int) -> tuple[Any, Any, Any]:
+    """(index, valid, rows): where each of the (n, longest) padded slots reads from, whether it
+    holds a token, and for each token, in order, its padded slot (total,). Computed once per
+    ``cu_seqlens`` (once a forward pass) where ``cu_seqlens`` is, then moved to ``device``;
+    every size is known beforehand, so nothing is read back from the device."""
     import torch
 
     for seen, plan in list(_layouts):
-        if seen is cu_seqlens and plan[0].shape == (n, longest):
+        if seen is cu_seqlens and plan[0].shape == (n, longest) and plan[0].device == device:
             return plan
-    starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
-    offsets = torch.arange(longest, device=cu_seqlens.device)
+    bounds = cu_seqlens.long()
+    starts, lengths = bounds[:-1], bounds[1:] - bounds[:-1]
+    offsets = torch.arange(longest, device=bounds.device)
     valid = offsets[None, :] < lengths[:, None]
     index = torch.where(valid, starts[:, None] + offsets[None, :], 0)
-    _layouts.append((cu_seqlens, (index, valid)))
-    return index, valid
+    token = torch.arange(total, device=bounds.device)
+    sequence = torch.searchsorted(bounds[1:], token, right=True)
+    rows = sequence * longest + token - starts[sequence]
+    plan = tuple(t.to(device, non_blocking=True) for t in (index, valid, rows))
+    _layouts.append((cu_seqlens, plan))
+    return plan
 
 
 def use(model: Any) -> bool:

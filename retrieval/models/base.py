@@ -91,6 +91,21 @@ class Family(ABC):
         """Model inputs for page images: colpali-engine's own ``process_images``."""
         return processor.process_images(list(images))
 
+    def to_device(self, processor: Any, inputs: Any, device: str) -> dict[str, Any]:
+        """The model's inputs on ``device``, copied without waiting for it (``non_blocking``:
+        a blocking copy would stall until the device finished all its queued work), except
+        those the model reads on the host (``host_inputs``); values that are not tensors as
+        they are."""
+        host = self.host_inputs()
+        return {
+            k: v.to(device, non_blocking=True) if hasattr(v, "to") and k not in host else v
+            for k, v in inputs.items()
+        }
+
+    def host_inputs(self) -> frozenset[str]:
+        """Names of the inputs the model reads on the host: they stay there. None by default."""
+        return frozenset()
+
     def complete(self, model: Any, inputs: Any) -> Any:
         """Inputs the model would otherwise derive itself inside its forward pass, computed
         beforehand (in the preprocessing threads); the inputs as they are by default."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,10 +45,12 @@ class QwenVL(Family):
         return replace(self, patch_px=int(ip.patch_size), merge=int(ip.merge_size))
 
     def prepare(self, model: Any) -> None:
-        """The vision tower's per-image attention as one call a block (``attention``)."""
+        """The vision tower's per-image attention as one call a block (``attention``), and
+        the placeholder check that reads a count back from the device moved to ``complete``."""
         from retrieval.models import attention
 
         attention.use(model)
+        _check_placeholders_on_host(model)
 
     def processor_kwargs(self, budget: int) -> dict[str, Any]:
         return {"max_num_visual_tokens": budget}  # else the checkpoint's 12.8 MP cap governs
@@ -83,45 +86,102 @@ class QwenVL(Family):
         return cols * self.token_px, rows * self.token_px
 
     def preprocess(self, processor: Any, images: Sequence[Any], device: str) -> Any:
-        """colpali-engine's ``process_images``, plus one thing: on CUDA the image processor
-        runs on the GPU (~13 ms a page of CPU otherwise, more than a core at GPU speed)."""
+        """colpali-engine's ``process_images``, split so that nothing here touches the device:
+        the prompt of each grid is tokenized once and reused, and the pixels stay uint8, one
+        stack per image size (pinned for a fast copy when ``device`` is a GPU). ``to_device``
+        does the rest (rescale, normalize, patchify: the image processor's own steps) where the
+        model runs. Images of another size than their grid's are resized here first, by the
+        image processor's own resize."""
         import torch
 
-        on_gpu = {"device": device} if device.startswith("cuda") else {}
-        with warnings.catch_warnings():
-            # transformers warns on every call that the processor sets max_pixels its old way.
-            warnings.filterwarnings(
-                "ignore", message="Passing `min_pixels`", category=FutureWarning
-            )
-            batch = processor(
-                text=[processor.visual_prompt_prefix] * len(images),
-                images=[image.convert("RGB") for image in images],
-                padding="longest",
-                return_tensors="pt",
-                **on_gpu,
-            )
-        # As colpali-engine does: one padded row of patches per image.
-        grid = batch["image_grid_thw"]  # (batch, 3)
-        offsets = (grid[:, 1] * grid[:, 2]).tolist()
-        patches = torch.split(batch["pixel_values"], offsets)  # [(n_patches_i, patch_dim)]
-        batch["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True)
+        ip = processor.image_processor
+        by_size: dict[tuple[int, int], list[int]] = {}
+        arrays = []
+        for i, image in enumerate(images):
+            array = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+            if _target_size(ip, array.shape[:2], self.token_px) != array.shape[:2]:
+                chw = torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+                resized = ip.resize(chw, size=ip.size, resample=ip.resample, factor=self.token_px)
+                array = resized[0].permute(1, 2, 0).numpy()
+            arrays.append(array)
+            by_size.setdefault(array.shape[:2], []).append(i)
+        pin = device.startswith("cuda")
+        groups = []
+        for size, indices in by_size.items():
+            stack = torch.empty((len(indices), *size, 3), dtype=torch.uint8, pin_memory=pin)
+            for row, i in enumerate(indices):
+                stack[row].numpy()[...] = arrays[i]  # one copy, straight into the stack
+            groups.append((indices, stack))
+        rows = [_prompt(processor, array.shape[:2]) for array in arrays]
+        batch = _left_padded(rows, processor.tokenizer.pad_token_id)
+        sizes = [array.shape[:2] for array in arrays]
+        grids = [(1, h // self.patch_px, w // self.patch_px) for h, w in sizes]
+        batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+        batch["pixel_groups"] = groups
         return batch
 
+    def to_device(self, processor: Any, inputs: dict[str, Any], device: str) -> dict[str, Any]:
+        """Copy the inputs over without waiting (``non_blocking``), and turn the uint8 pixel
+        stacks into the model's patches there: rescaled and normalized as the image processor
+        does (to float32, minus mean, over std, with its fused constants) and cut by its own
+        ``patchify``, one padded row of patches per image as colpali-engine gives them. The
+        grid and sequence bounds stay on the host: the model reads them there, without a sync."""
+        import torch
+
+        ip = processor.image_processor
+        out = super().to_device(processor, inputs, device)
+        groups = out.pop("pixel_groups", None)
+        if groups is None:
+            return out
+        mean, std = _normalization(ip, device)
+        patches: list[Any] = [None] * len(inputs["input_ids"])
+        for indices, stack in groups:
+            pixels = stack.to(device, non_blocking=True).permute(0, 3, 1, 2)  # (n, 3, H, W)
+            pixels = pixels.to(torch.float32).sub_(mean).div_(std)
+            flat, _, _ = ip.patchify(
+                pixels,
+                patch_size=self.patch_px,
+                merge_size=self.merge,
+                temporal_patch_size=ip.temporal_patch_size,
+            )  # (n, patches, patch_dim)
+            for row, i in enumerate(indices):
+                patches[i] = flat[row]
+        if len(groups) == 1:
+            out["pixel_values"] = flat
+        else:
+            out["pixel_values"] = torch.nn.utils.rnn.pad_sequence(patches, batch_first=True)
+        return out
+
+    def host_inputs(self) -> frozenset[str]:
+        return _HOST_INPUTS
+
     def complete(self, model: Any, inputs: Any) -> Any:
-        """The 3-D rotary positions (M-RoPE) of the batch, computed on the CPU here: inside
-        the forward pass, transformers computes them in a Python loop of GPU syncs after the
-        vision tower, with the GPU idle meanwhile. Same positions."""
-        rope_index = getattr(model, "get_rope_index", None)
-        if rope_index is None or "position_ids" in inputs or "mm_token_type_ids" not in inputs:
-            return inputs
+        """What the forward pass would otherwise derive from the inputs with the GPU waiting,
+        computed on the host beforehand (in the preprocessing threads), by transformers' own
+        helpers: the 3-D rotary positions of the text (M-RoPE; a Python loop of syncs after the
+        vision tower otherwise), and the vision tower's patch positions, sequence bounds,
+        windows and position-embedding taps (``.tolist()`` syncs otherwise). Also checks, here
+        where it costs no sync, that each image's tokens match its grid: the model's own check
+        reads a count back from the device."""
         keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "attention_mask")
+        if "mm_token_type_ids" not in inputs or "image_grid_thw" not in inputs:
+            return inputs
         cpu = {k: inputs[k].cpu() for k in keys}
-        inputs["position_ids"], _ = rope_index(
-            cpu["input_ids"],
-            mm_token_type_ids=cpu["mm_token_type_ids"],
-            image_grid_thw=cpu["image_grid_thw"],
-            attention_mask=cpu["attention_mask"],
-        )
+        grid = cpu["image_grid_thw"]
+        inputs["image_grid_thw"] = grid
+        expected = int((grid.prod(-1) // self.merge**2).sum())
+        found = int((cpu["input_ids"] == self.image_token_id(model)).sum())
+        if found != expected:
+            raise grid_error(self.name, found, f"{expected} (the batch's image grids)")
+        rope_index = getattr(model, "get_rope_index", None)
+        if rope_index is not None and "position_ids" not in inputs:
+            inputs["position_ids"], _ = rope_index(
+                cpu["input_ids"],
+                mm_token_type_ids=cpu["mm_token_type_ids"],
+                image_grid_thw=grid,
+                attention_mask=cpu["attention_mask"],
+            )
+        inputs.update(_vision_inputs(model, grid))
         return inputs
 
     def arrange(
@@ -144,3 +204,134 @@ COLQWEN2 = QwenVL(
     model_types=("qwen2_vl",),
     examples=("vidore/colqwen2-v1.0", "vidore/colqwen2-v0.1"),
 )
+
+
+# Inputs the model reads on the host: the grids (split sizes, colpali-engine's unpadding) and
+# the packed attention's sequence bounds. Everything else goes to the device.
+_HOST_INPUTS = frozenset({"image_grid_thw", "image_cu_seqlens", "image_cu_window_seqlens"})
+_prompts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_norms: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _target_size(ip: Any, size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """(height, width) the image processor resizes an image of ``size`` to."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    return smart_resize(
+        *size, factor=factor, min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge
+    )
+
+
+def _prompt(processor: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The processor's text inputs (input_ids, attention_mask, mm_token_type_ids; each (1, n))
+    for one image of ``size`` (height, width), computed once per processor and size."""
+    from PIL import Image
+
+    cache = _prompts.setdefault(processor, {})
+    if size not in cache:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="Passing `min_pixels`", category=FutureWarning
+            )
+            blank = Image.new("RGB", (size[1], size[0]))
+            batch = processor(
+                text=[processor.visual_prompt_prefix], images=[blank], return_tensors="pt"
+            )
+        cache[size] = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    return cache[size]
+
+
+def _left_padded(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Rows of text inputs as one batch, left-padded to the longest as colpali-engine's
+    processor pads (``padding="longest"``, its tokenizer's ``padding_side="left"``)."""
+    import torch
+
+    longest = max(r["input_ids"].shape[1] for r in rows)
+    batch = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
+        out = torch.full((len(rows), longest), fill, dtype=rows[0][key].dtype)
+        for i, r in enumerate(rows):
+            n = r[key].shape[1]
+            out[i, longest - n :] = r[key][0]
+        batch[key] = out
+    return batch
+
+
+def _normalization(ip: Any, device: str) -> tuple[Any, Any]:
+    """The image processor's fused mean and std (its ``_fuse_mean_std_and_rescale_factor``:
+    mean / rescale_factor, std / rescale_factor), as (3, 1, 1) tensors on ``device``; built
+    once, since building them on the device waits for it."""
+    import torch
+
+    key = (id(ip), device)
+    if key not in _norms:
+        if not (ip.do_rescale and ip.do_normalize):
+            raise ValueError("the image processor neither rescales nor normalizes: unsupported")
+        fuse = 1.0 / ip.rescale_factor
+        mean = torch.tensor(ip.image_mean) * fuse
+        std = torch.tensor(ip.image_std) * fuse
+        _norms[key] = (mean.view(-1, 1, 1).to(device), std.view(-1, 1, 1).to(device))
+    return _norms[key]
+
+
+def _vision_inputs(model: Any, grid: Any) -> dict[str, Any]:
+    """The vision tower's own derived inputs for ``grid`` (on the host), by transformers'
+    helpers, under the names its ``get_image_features`` takes them (``image_`` + the name)."""
+    from transformers import vision_utils as vu
+    from transformers.utils.generic import get_max_seqlen
+
+    from retrieval.models import attention
+
+    visual = model.visual
+    merge = visual.spatial_merge_size
+    out = {"image_position_ids": vu.get_vision_position_ids(grid, merge)}
+    if visual.config._attn_implementation == attention.NAME:  # host bounds: packed attention
+        cu_seqlens, longest = vu.get_vision_attention_seqlens(grid, visual.config)
+        out |= {"image_cu_seqlens": cu_seqlens, "image_max_seqlen": longest}
+        if hasattr(visual, "window_size"):  # Qwen2.5-VL: attention within windows
+            window_index, cu_window = vu.get_vision_window_index(
+                grid,
+                spatial_merge_size=merge,
+                window_size=visual.window_size,
+                patch_size=visual.patch_size,
+            )
+            out |= {
+                "image_window_index": window_index,
+                "image_cu_window_seqlens": cu_window,
+                "image_max_window_seqlen": get_max_seqlen(cu_window, visual.config),
+            }
+    if hasattr(visual, "num_grid_per_side"):  # Qwen3-VL, 3.5: interpolated position embeddings
+        indices, weights = vu.get_vision_interpolation_indices_and_weights(
+            grid,
+            num_grid_per_side=visual.num_grid_per_side,
+            mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners,
+            spatial_merge_size=visual.config.spatial_merge_size,
+        )
+        out |= {"image_interp_indices": indices, "image_interp_weights": weights}
+    return out
+
+
+def _check_placeholders_on_host(model: Any) -> None:
+    """Replace the model's ``get_placeholder_mask`` by the same masks without its count check,
+    which reads the count back from the device (and formats it into a message even when the
+    check passes); ``QwenVL.complete`` checks the counts on the host instead."""
+    import types
+
+    original = model.get_placeholder_mask
+    image_id, video_id = model.config.image_token_id, model.config.video_token_id
+
+    def get_placeholder_mask(
+        self: Any,
+        input_ids: Any,
+        inputs_embeds: Any,
+        image_features: Any = None,
+        video_features: Any = None,
+    ) -> tuple[Any, Any]:
+        if input_ids is None:
+            return original(input_ids, inputs_embeds, image_features, video_features)
+        image = (input_ids == image_id).unsqueeze(-1).to(inputs_embeds.device)
+        video = (input_ids == video_id).unsqueeze(-1).to(inputs_embeds.device)
+        return image, video
+
+    model.get_placeholder_mask = types.MethodType(get_placeholder_mask, model)

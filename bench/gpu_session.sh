@@ -15,8 +15,8 @@ run() { local name=$1; shift; echo "== $name: $*"; python3 "$@" 2>&1 | tee "$OUT
 bench="-m bench.ingest_bench .pdfs --full-size --device cuda --batch-size 32"
 case "${1:-single}" in
 single)
-    run ingest_compiled $bench --compile --repeat 2 --variants 2:0
-    run ingest_eager $bench --baseline --repeat 2
+    run ingest_compiled $bench --compile --repeat 2 --baseline --trace --variants 4:0.5
+    [ -n "${FAMILIES:-}" ] && run probe_families -m bench.model_probe --batches 32 --families $FAMILIES
     [ -n "${GPU_TEST:-}" ] && run gpu_test -c "from tests.test_parallel import test_compiled_forward_is_as_faithful_as_eager_on_the_full_size_model as t; t(); print('compiled is as faithful as eager: ok')"
     ;;
 store)  # after a change to the store stage: compiled, then with one BLAS thread for numpy

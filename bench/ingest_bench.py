@@ -102,37 +102,65 @@ def ours(
 
 
 def trace_batches(encoder: Encoder) -> list[dict]:
-    """Record, per batch each replica runs: pages, distinct grids, the seconds its forward call
-    takes to return (launching the kernels) and postprocess (waiting for the GPU, then the CPU
-    work). Returns the list it appends to."""
+    """Record, per batch each replica runs: pages, distinct grids, the seconds its launch takes
+    to return (queueing the device's work; any sync inside it shows here) and its finish
+    (waiting for the device, then the CPU work). Returns the list it appends to."""
     records: list[dict] = []
     for replica in encoder.replicas:
-        forward, postprocess = replica.forward, replica.postprocess
+        launch, finish = replica.launch, replica.finish
 
-        def traced_forward(batch, forward=forward):
-            batch.t0 = time.perf_counter()
-            out = forward(batch)
-            batch.t1 = time.perf_counter()
-            return out
+        def traced_launch(batch, launch=launch):
+            t0 = time.perf_counter()
+            launched = launch(batch)
+            launched.times = (t0, time.perf_counter())
+            return launched
 
-        def traced_postprocess(batch, output, postprocess=postprocess):
-            result = postprocess(batch, output)
+        def traced_finish(launched, finish=finish):
             t2 = time.perf_counter()
-            grids = {p.grid for p in result}
+            result = finish(launched)
+            t3 = time.perf_counter()
+            t0, t1 = launched.times
             records.append(
                 {
                     "pages": len(result),
-                    "grids": len(grids),
-                    "launch": batch.t1 - batch.t0,
-                    "rest": t2 - batch.t1,
-                    "end": t2,
-                    "start": batch.t0,
+                    "grids": len({p.grid for p in result}),
+                    "launch": t1 - t0,
+                    "rest": t3 - t2,
+                    "end": t3,
+                    "start": t0,
                 }
             )
             return result
 
-        replica.forward, replica.postprocess = traced_forward, traced_postprocess
+        replica.launch, replica.finish = traced_launch, traced_finish
     return records
+
+
+def sync_check(encoder: Encoder) -> None:
+    """Count the device syncs inside one launch (torch's sync debug mode): a batch of one
+    grid, and a mixed batch of two. Zero means the device is never left waiting for the CPU
+    inside the forward pass."""
+    import warnings
+
+    import torch
+    from PIL import Image
+
+    family, budget = encoder.family, encoder.max_visual_tokens
+    a4 = family.size_for(595, 842, budget)
+    wide = family.size_for(842, 595, budget)
+    for label, sizes in [("one grid", [a4] * 4), ("two grids", [a4, wide, a4, wide])]:
+        batch = encoder.preprocess([Image.new("RGB", s, "white") for s in sizes])
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                encoder.finish(encoder.launch(batch))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        where = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})
+        print(f"syncs in one launch + finish, {label}: {len(syncs)} {where}", flush=True)
 
 
 def print_trace(records: list[dict], batch_size: int) -> None:
@@ -189,11 +217,11 @@ def forward_alone(encoder: Encoder, batch: int, reps: int = 6) -> float:
     from PIL import Image
 
     inputs = encoder.preprocess([Image.effect_noise((644, 924), 64).convert("RGB")] * batch)
-    encoder.forward(inputs).float().cpu()  # warm, and wait for the device
+    encoder.finish(encoder.launch(inputs))  # warm, and wait for the device
     start = time.perf_counter()
     for _ in range(reps):
-        out = encoder.forward(inputs)
-    out.float().cpu()
+        launched = encoder.launch(inputs)
+    encoder.finish(launched)
     return batch * reps / (time.perf_counter() - start)
 
 
@@ -244,6 +272,8 @@ def main() -> None:
             encoder.compile(args.compile_mode)
     warm_s = encoder.warm_up()
     print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
+    if device.startswith("cuda"):
+        sync_check(encoder)
     alone = forward_alone(encoder, args.batch_size)
     print(f"forward alone, batch {args.batch_size}: {alone:.1f} pages/s per device", flush=True)
     files = files * args.repeat

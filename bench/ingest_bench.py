@@ -37,6 +37,7 @@ def full_size_encoder(
     compile: bool = False,
     compile_mode: str | None = None,
     family: str = "colqwen2",
+    other_shapes: str = "eager",
 ) -> Encoder:
     """A family's model at its real size (bench.full_size), random weights, bf16; replicated on
     ``devices`` beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
@@ -57,7 +58,7 @@ def full_size_encoder(
     )
     encoder.replicate(devices or [])
     if compile:
-        encoder.compile(compile_mode)
+        encoder.compile(compile_mode, other_shapes=other_shapes)
     return encoder
 
 
@@ -243,6 +244,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
     parser.add_argument(
+        "--other-shapes",
+        default="eager",
+        choices=["eager", "dynamic"],
+        help="compiled: how shapes the warm-up did not trace run",
+    )
+    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -263,13 +270,18 @@ def main() -> None:
         ] or files[:3]
     if args.full_size:
         encoder = full_size_encoder(
-            device, args.batch_size, extra, compile=args.compile, compile_mode=args.compile_mode
+            device,
+            args.batch_size,
+            extra,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+            other_shapes=args.other_shapes,
         )
     else:
         encoder = tiny_encoder(device, args.batch_size)
         encoder.replicate(extra)
         if args.compile:
-            encoder.compile(args.compile_mode)
+            encoder.compile(args.compile_mode, other_shapes=args.other_shapes)
     warm_s = encoder.warm_up()
     print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
     if device.startswith("cuda"):

@@ -199,12 +199,14 @@ class Encoder:
                 )
             )
 
-    def compile(self, mode: str | None = None) -> None:
+    def compile(self, mode: str | None = None, *, other_shapes: str = "eager") -> None:
         """``torch.compile`` each vision block and text decoder layer, on every replica: fused
         elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
         attention; same embeddings. Graphs are static: ``warm_up`` traces the common page
-        shapes (a full batch of A4, Letter, landscape pages), after which any other shape runs
-        eager rather than stalling ingestion for a new trace. ``mode``: torch.compile's
+        shapes (a full batch of A4, Letter, landscape pages). Any other shape (a document's
+        last, partial batch; a batch of several grids) runs ``other_shapes``: ``eager``, or
+        ``dynamic``, one more graph per block with symbolic sizes, traced by ``warm_up`` too,
+        so no shape stalls ingestion for a new trace. ``mode``: torch.compile's
         (``reduce-overhead`` adds CUDA graphs)."""
         import torch
 
@@ -216,24 +218,40 @@ class Encoder:
                 for i, module in enumerate(stack):
                     compiled = torch.compile(module, dynamic=False, mode=mode)
                     graphed = mode is not None and "reduce-overhead" in mode
-                    stack[i] = _OwnOutputs(compiled) if graphed else compiled
+                    compiled = _OwnOutputs(compiled) if graphed else compiled
+                    if other_shapes == "dynamic":
+                        compiled = _by_shape_module()(compiled, torch.compile(module, dynamic=True))
+                    stack[i] = compiled
             replica.compiled = True
 
     def warm_up(self, grids: Sequence[tuple[int, int]] | None = None) -> float:
         """Run a batch of blank pages of each (rows, cols) grid (default: the family's grids of
         A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's autotuning)
-        is paid before real pages arrive. Returns seconds spent."""
+        is paid before real pages arrive; with dynamic graphs for other shapes, also a partial
+        batch and a batch of two grids. Returns seconds spent."""
         import torch
         from PIL import Image
 
         start = time.perf_counter()
         if self.compiled:
             torch.compiler.set_stance("default")
-        for grid in grids or self.family.warm_up_grids(self.max_visual_tokens):
+        grids = list(grids or self.family.warm_up_grids(self.max_visual_tokens))
+        dispatchers = [m for r in self.replicas for m in r.model.modules() if _is_by_shape(m)]
+        for d in dispatchers:
+            d.learning = True  # the shapes of these full batches run the static graphs
+        for grid in grids:
             size = self.family.pixels_for(grid)
             pages = [Image.new("RGB", size, "white")] * self.batch_size
             for replica in self.replicas:
                 replica.embed_pages(pages)
+        for d in dispatchers:
+            d.learning = False
+        if dispatchers:  # the dynamic graphs: a partial batch, then a batch of two grids
+            first = Image.new("RGB", self.family.pixels_for(grids[0]))
+            last = Image.new("RGB", self.family.pixels_for(grids[-1]))
+            for replica in self.replicas:
+                replica.embed_pages([first] * max(2, self.batch_size // 2 + 1))
+                replica.embed_pages([first, last] * max(1, self.batch_size // 4))
         if self.compiled:
             torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall
         return time.perf_counter() - start
@@ -417,6 +435,34 @@ def _own_outputs_module() -> type:
 
 def _OwnOutputs(compiled: Any) -> Any:  # builds the torch module class lazily
     return _own_outputs_module()(compiled)
+
+
+@cache
+def _by_shape_module() -> type:
+    import torch
+
+    class ByShape(torch.nn.Module):
+        """A block compiled twice: static graphs for the shapes of the warm-up's full batches
+        (``learning`` while it runs them), a graph of symbolic sizes for every other shape."""
+
+        def __init__(self, static: Any, dynamic: Any) -> None:
+            super().__init__()
+            self.static, self.dynamic = static, dynamic
+            self.shapes: set[tuple[int, ...]] = set()
+            self.learning = False
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            shape = tuple(args[0].shape) if args and hasattr(args[0], "shape") else None
+            if self.learning and shape is not None:
+                self.shapes.add(shape)
+            run = self.static if shape in self.shapes else self.dynamic
+            return run(*args, **kwargs)
+
+    return ByShape
+
+
+def _is_by_shape(module: Any) -> bool:
+    return type(module).__name__ == "ByShape" and hasattr(module, "learning")
 
 
 def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:

@@ -257,6 +257,9 @@ def main() -> None:
         "interval in ms; 0 = default), e.g. 1:0 4:0.5 1:0.5",
     )
     parser.add_argument("--trace", action="store_true", help="per-batch timings of the encoder")
+    parser.add_argument(
+        "--processes", action="store_true", help="also run with an encoder process per GPU"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -359,6 +362,42 @@ def main() -> None:
     if rows:
         print()
         print(table(["preprocess threads", "GIL switch ms", "pages/s", "busy s"], rows))
+    if args.processes:
+        in_process(encoder, args, device, extra, files)
+
+
+def in_process(encoder: Encoder, args, device: str, extra: list[str], files: list[Path]) -> None:
+    """The same run with the model in a process of its own per device (EncoderProcess)."""
+    import functools
+
+    from retrieval.encoder_process import EncoderProcess
+
+    if args.full_size:
+        build = functools.partial(
+            full_size_encoder,
+            batch_size=args.batch_size,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
+            other_shapes=args.other_shapes,
+        )
+    else:
+        build = functools.partial(tiny_encoder, batch_size=args.batch_size)
+    threads = encoder.replicas
+    t0 = time.perf_counter()
+    processes = [EncoderProcess(functools.partial(build, d), d) for d in [device, *extra]]
+    print(f"encoder processes ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    try:
+        encoder.replicas = processes
+        p = ours(encoder, files, args.workers)
+    finally:
+        encoder.replicas = threads
+        for process in processes:
+            process.close()
+    rate = p["pages"] / p["seconds"]
+    busy = ", ".join(f"{k} {x:.1f}" for k, x in p["busy"].items())
+    n = len(processes)
+    print(f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s")
+    print(f"busy time (s): {busy}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from indexer.render_pool import (
     RenderRequest,
 )
 from indexer.sources import SourceFile, sha256_file, sidecar_metadata
-from retrieval.encoder import Encoder, Launched
+from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
@@ -492,7 +492,7 @@ class IngestPipeline:
     def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
         """Keep the device one batch ahead: launch a batch, then finish the one before it
         (wait for its output, lay its tokens out) while the device runs the new one."""
-        previous: tuple[_Work, Launched | list[PageEmbedding] | None] | None = None
+        previous: tuple[_Work, Any] | None = None
         while (work := self._get(inp)) is not _END:
             t0 = time.perf_counter()
             launched = self._launch(work) if work.pages else None
@@ -504,7 +504,9 @@ class IngestPipeline:
             self._finish_batch(*previous, out)
         self._put(out, _END)
 
-    def _launch(self, work: _Work) -> Launched | list[PageEmbedding]:
+    def _launch(self, work: _Work) -> Any:
+        """The replica's handle on the launched batch (or, after an out-of-memory error, the
+        batch's pages, embedded at once in smaller batches)."""
         import torch
 
         encoder = work.replica
@@ -515,14 +517,10 @@ class IngestPipeline:
             torch.cuda.empty_cache()
             return encoder.embed_pages([m.page.image for m in work.pages], len(work.pages) // 2)
 
-    def _finish_batch(
-        self, work: _Work, launched: Launched | list[PageEmbedding] | None, out: queue.Queue
-    ) -> None:
+    def _finish_batch(self, work: _Work, launched: Any, out: queue.Queue) -> None:
         if launched is not None:
             t0 = time.perf_counter()
-            embeddings = (
-                work.replica.finish(launched) if isinstance(launched, Launched) else launched
-            )
+            embeddings = launched if isinstance(launched, list) else work.replica.finish(launched)
             self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
             for msg, emb in zip(work.pages, embeddings, strict=True):
                 page = msg.page

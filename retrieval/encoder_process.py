@@ -1,0 +1,192 @@
+"""An encoder in a process of its own, one per device, for ingestion.
+
+The thread that launches a forward pass must keep the device fed, and in one interpreter it
+shares the GIL with everything else ingestion does (receiving rendered pages, batching,
+computing and writing the stored vectors): each of those holds it for milliseconds at a time,
+and every kernel launch waits its turn. In a process of its own the launching thread competes
+only with the preprocessing of the next batch and the finishing of the last one, and several
+devices no longer share one interpreter at all.
+
+``EncoderProcess`` has the part of ``Encoder``'s interface the ingestion pipeline uses
+(``preprocess``, ``launch``, ``finish``, ``embed_pages``), so the pipeline drives one the same
+way as an in-process replica. Inside, one thread prepares and launches batches as they arrive
+and another waits for each and sends its pages back, so the device always has the next batch
+queued. Page images go in and ``PageEmbedding``s come back through pipes (pickled: about 2 MB
+a page in, 0.8 MB out; a pipe moves gigabytes a second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from retrieval.errors import ColqwenError, ModelLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from retrieval.encoder import Encoder
+    from retrieval.types import PageEmbedding
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.5  # how often a wait checks that the process is still alive
+_STOP = "stop"
+
+
+class EncoderProcessError(ColqwenError):
+    """The encoder process failed a batch, or exited."""
+
+
+class Submitted:
+    """A batch sent to the process; its pages come back in submission order."""
+
+    def __init__(self, images: Sequence[Image.Image]) -> None:
+        self.images = list(images)
+
+
+class EncoderProcess:
+    """A model on one device, in a child process (``spawn``), built by ``factory``.
+
+    ``factory`` is a picklable callable returning a loaded ``Encoder`` (for example
+    ``functools.partial(Encoder.load, path, device="cuda:1")``); the child compiles and warms
+    it up as the parent would. Not thread-safe: one pipeline thread drives it."""
+
+    def __init__(self, factory: Callable[[], Encoder], device: str, *, warm_up: bool = True):
+        context = multiprocessing.get_context("spawn")
+        self.device = device
+        self._requests = context.Queue(maxsize=2)
+        self._responses = context.Queue()
+        self._process = context.Process(
+            target=_serve,
+            args=(factory, warm_up, self._requests, self._responses),
+            name=f"encoder-{device}",
+            daemon=True,
+        )
+        self._process.start()
+        kind, payload = self._receive()
+        if kind != "ready":
+            self.close()
+            raise ModelLoadError(f"the encoder process for {device} could not start: {payload}")
+        self.warm_up_s: float = payload["warm_up_s"]
+        self.dim: int = payload["dim"]
+
+    # --- the pipeline's interface --------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Submitted:
+        """Nothing to do here: the process preprocesses the images itself."""
+        return Submitted(images)
+
+    def launch(self, batch: Submitted) -> Submitted:
+        """Send ``batch`` to the process; returns once it is queued there."""
+        while True:
+            try:
+                self._requests.put(batch.images, timeout=_POLL_S)
+                return batch
+            except queue.Full:
+                self._check_alive()
+
+    def finish(self, launched: Submitted) -> list[PageEmbedding]:
+        """The pages of the oldest batch sent and not yet finished."""
+        kind, payload = self._receive()
+        if kind == "error":
+            raise EncoderProcessError(f"the encoder process for {self.device}: {payload}")
+        return payload
+
+    def embed_pages(
+        self, images: Sequence[Image.Image], batch_size: int | None = None
+    ) -> list[PageEmbedding]:
+        return self.finish(self.launch(self.preprocess(images)))
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the process (it finishes the batch in hand first); kill it if it hangs."""
+        if self._process.is_alive():
+            with contextlib.suppress(queue.Full):  # busy with a full queue: killed below
+                self._requests.put(_STOP, timeout=10)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            log.warning("encoder process for %s did not stop; killing it", self.device)
+            self._process.kill()
+            self._process.join()
+        self._requests.close()
+        self._responses.close()
+
+    def __enter__(self) -> EncoderProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _receive(self) -> tuple[str, Any]:
+        while True:
+            try:
+                return self._responses.get(timeout=_POLL_S)
+            except queue.Empty:
+                self._check_alive()
+
+    def _check_alive(self) -> None:
+        if not self._process.is_alive():
+            raise EncoderProcessError(
+                f"the encoder process for {self.device} exited (code {self._process.exitcode})"
+            )
+
+
+def _serve(
+    factory: Callable[[], Encoder],
+    warm_up: bool,
+    requests: multiprocessing.Queue,
+    responses: multiprocessing.Queue,
+) -> None:
+    """The child: build the encoder, then launch batches as they come (this thread) while
+    another thread finishes each and sends its pages back, in order."""
+    try:
+        encoder = factory()
+        seconds = encoder.warm_up() if warm_up and encoder.compiled else 0.0
+    except BaseException as exc:  # the parent reports it; nothing else can
+        responses.put(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    responses.put(("ready", {"warm_up_s": seconds, "dim": encoder.dim}))
+    launched: queue.Queue = queue.Queue(maxsize=1)  # one batch queued behind the running one
+    finisher = threading.Thread(
+        target=_finish_each, args=(encoder, launched, responses), name="finish", daemon=True
+    )
+    finisher.start()
+    while (images := requests.get()) != _STOP:
+        launched.put(_launch(encoder, images))
+    launched.put(None)
+    finisher.join()
+
+
+def _launch(encoder: Encoder, images: list[Image.Image]) -> Any:
+    """Launch a batch; on CUDA out-of-memory embed it at once, in halves (the encoder learns
+    the size that fits); any other failure goes back to the parent as the batch's result."""
+    import torch
+
+    try:
+        return encoder.launch(encoder.preprocess(images))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        try:
+            return encoder.embed_pages(images, max(1, len(images) // 2))
+        except Exception as exc:
+            return exc
+    except Exception as exc:
+        return exc
+
+
+def _finish_each(encoder: Encoder, launched: queue.Queue, responses: multiprocessing.Queue):
+    while (item := launched.get()) is not None:
+        try:
+            if isinstance(item, Exception):
+                raise item
+            pages = item if isinstance(item, list) else encoder.finish(item)
+            responses.put(("pages", pages))
+        except Exception as exc:
+            responses.put(("error", f"{type(exc).__name__}: {exc}"))

@@ -182,6 +182,51 @@ def print_trace(records: list[dict], batch_size: int) -> None:
     print(f"encode thread idle between batches: {gaps:.1f} s")
 
 
+def shape_probe(encoder: Encoder, reps: int = 3) -> None:
+    """Pages/s of batches of the shapes ingestion meets, after the warm-up: a full batch of one
+    grid (traced by the warm-up), a partial one, and batches of two grids; with the device's
+    own busy time (CUDA events) beside the wall time, so a batch the CPU cannot launch fast
+    enough shows as a gap between the two."""
+    import torch
+    from PIL import Image
+
+    family, budget, n = encoder.family, encoder.max_visual_tokens, encoder.batch_size
+    a4 = Image.new("RGB", family.size_for(595, 842, budget), "white")
+    wide = Image.new("RGB", family.size_for(842, 595, budget), "white")
+    odd = Image.new("RGB", family.size_for(500, 700, budget), "white")
+    shapes = {
+        f"{n} A4 (warmed)": [a4] * n,
+        f"{n // 3} A4": [a4] * (n // 3),
+        f"{n} A4 + landscape": [a4, wide] * (n // 2),
+        f"{n // 3} A4 + landscape": [a4, wide] * (n // 6),
+        f"{n // 3} of an unwarmed grid": [odd] * (n // 3),
+    }
+    rows = []
+    for label, pages in shapes.items():
+        batch = encoder.preprocess(pages)
+        encoder.finish(encoder.launch(batch))  # anything this shape needs, paid here
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                launched = encoder.launch(batch)
+            encoder.finish(launched)
+            wall = time.perf_counter() - t0
+        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+        rows.append(
+            [
+                label,
+                f"{len(pages) * reps / wall:.1f}",
+                f"{wall / reps:.3f}",
+                f"{busy / reps:.3f}",
+                f"{100 * busy / wall:.0f}%",
+            ]
+        )
+    print(table(["batch", "pages/s", "s a batch", "GPU busy s", "busy"], rows), flush=True)
+    stats = torch._dynamo.utils.counters
+    print({k: dict(v) for k, v in stats.items() if k in ("stats", "recompiles", "graph_break")})
+
+
 def baseline(encoder: Encoder, files: list[Path], batch: int = 4) -> dict:
     """colpali-engine's README loop, fed with pages rendered at 200 DPI."""
     import pypdfium2 as pdfium
@@ -260,6 +305,7 @@ def main() -> None:
     parser.add_argument(
         "--processes", action="store_true", help="also run with an encoder process per GPU"
     )
+    parser.add_argument("--probe-only", action="store_true", help="syncs and batch shapes only")
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -289,6 +335,9 @@ def main() -> None:
     print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
     if device.startswith("cuda"):
         sync_check(encoder)
+        shape_probe(encoder)
+        if args.probe_only:
+            return
     alone = forward_alone(encoder, args.batch_size)
     print(f"forward alone, batch {args.batch_size}: {alone:.1f} pages/s per device", flush=True)
     files = files * args.repeat

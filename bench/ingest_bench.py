@@ -37,7 +37,7 @@ def full_size_encoder(
     compile: bool = False,
     compile_mode: str | None = None,
     family: str = "colqwen2",
-    other_shapes: str = "eager",
+    other_shapes: str = "dynamic",
 ) -> Encoder:
     """A family's model at its real size (bench.full_size), random weights, bf16; replicated on
     ``devices`` beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
     parser.add_argument(
         "--other-shapes",
-        default="eager",
+        default="dynamic",
         choices=["eager", "dynamic"],
         help="compiled: how shapes the warm-up did not trace run",
     )

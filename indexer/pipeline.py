@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from indexer.render_pool import (
     RenderRequest,
 )
 from indexer.sources import SourceFile, sha256_file, sidecar_metadata
+from retrieval.cpu_threads import one_cpu_thread_per_op
 from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
@@ -152,30 +152,6 @@ class _Stop(Exception):
     """Another stage failed or the run was interrupted."""
 
 
-@contextmanager
-def _one_cpu_thread_per_op(*, on_gpu: bool) -> Iterator[None]:
-    """While the model runs on a GPU, numpy's BLAS and torch's CPU ops use one thread each.
-
-    The stages already run side by side (render processes, preprocess, encode and store
-    threads); a BLAS or OpenMP pool of one thread per core behind each small matmul of the
-    store stage oversubscribes the cores. Measured on an H200 host (16 cores): 20.2 -> 27.8
-    pages/s end to end, the store stage's busy time halved (BENCHMARKS.md). On CPU the model's
-    forward pass needs every core: nothing changes there."""
-    if not on_gpu:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class IngestPipeline:
     """Ingests files into one collection. Reusable; not thread-safe (one ``run`` at a time)."""
 
@@ -237,7 +213,7 @@ class IngestPipeline:
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
         with (
-            _one_cpu_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
+            one_cpu_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
             Renderer(
                 self.render_options, workers=self.render_workers, max_pages=self.max_pages
             ) as renderer,

@@ -199,15 +199,16 @@ class Encoder:
                 )
             )
 
-    def compile(self, mode: str | None = None, *, other_shapes: str = "eager") -> None:
+    def compile(self, mode: str | None = None, *, other_shapes: str = "dynamic") -> None:
         """``torch.compile`` each vision block and text decoder layer, on every replica: fused
         elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
         attention; same embeddings. Graphs are static: ``warm_up`` traces the common page
         shapes (a full batch of A4, Letter, landscape pages). Any other shape (a document's
-        last, partial batch; a batch of several grids) runs ``other_shapes``: ``eager``, or
-        ``dynamic``, one more graph per block with symbolic sizes, traced by ``warm_up`` too,
-        so no shape stalls ingestion for a new trace. ``mode``: torch.compile's
-        (``reduce-overhead`` adds CUDA graphs)."""
+        last, partial batch; a batch of several grids) runs ``other_shapes``: ``dynamic`` (one
+        more graph per block, of symbolic sizes, also traced by ``warm_up``: partial batches
+        46 -> 67 pages/s on an H200, BENCHMARKS.md) or ``eager``; either way no shape stalls
+        ingestion for a new trace. ``mode``: torch.compile's (``reduce-overhead`` adds CUDA
+        graphs)."""
         import torch
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from retrieval.cpu_threads import one_cpu_thread_per_op
 from retrieval.errors import ColqwenError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -157,11 +158,13 @@ def _serve(
     finisher = threading.Thread(
         target=_finish_each, args=(encoder, launched, responses), name="finish", daemon=True
     )
-    finisher.start()
-    while (images := requests.get()) != _STOP:
-        launched.put(_launch(encoder, images))
-    launched.put(None)
-    finisher.join()
+    # As in the parent's pipeline: one thread per numeric op beside the device's work.
+    with one_cpu_thread_per_op(on_gpu=encoder.device.startswith("cuda")):
+        finisher.start()
+        while (images := requests.get()) != _STOP:
+            launched.put(_launch(encoder, images))
+        launched.put(None)
+        finisher.join()
 
 
 def _launch(encoder: Encoder, images: list[Image.Image]) -> Any:

@@ -142,10 +142,10 @@ def test_a_gpu_run_limits_cpu_thread_pools_and_restores_them():
     import torch
     from threadpoolctl import threadpool_info
 
-    from indexer.pipeline import _one_cpu_thread_per_op
+    from retrieval.cpu_threads import one_cpu_thread_per_op
 
     before = torch.get_num_threads()
-    with _one_cpu_thread_per_op(on_gpu=True):
+    with one_cpu_thread_per_op(on_gpu=True):
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
     assert torch.get_num_threads() == before

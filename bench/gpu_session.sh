@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of one session, in priority order, each log into $OUT as it runs.
 #   bash bench/gpu_session.sh single   # one GPU: compiled and eager ingest, model probe, GPU test
-#   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled
+#   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled; threads and processes
 #   bash bench/gpu_session.sh families # forward pass of each family; compile modes; CUDA graphs
 # Expects the lock's wheels in .whl/ and the PDFs to ingest in .pdfs/ (see BENCHMARKS.md).
 set -uo pipefail
@@ -24,9 +24,9 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
         run ingest_compiled_blas1 $bench --compile --repeat 2
     ;;
-multi)
-    run ingest_1gpu $bench --compile --repeat 4 --gpus 1
-    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)"
+multi)  # threads, then an encoder process per GPU, on one GPU and on all
+    run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes
+    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes
     ;;
 families)
     run probe_families -m bench.model_probe --families colqwen2 colqwen2_5 colqwen3_5

@@ -16,6 +16,7 @@ from retrieval.errors import (
     ColqwenError,
     ConfigurationError,
     Conflict,
+    EncoderError,
     InvalidDocument,
     InvalidInput,
     ModelLoadError,
@@ -54,6 +55,7 @@ _STATUS: list[tuple[type[ColqwenError], int, str]] = [
     (Overloaded, 429, "overloaded"),
     (NotReady, 503, "not_ready"),
     (ModelLoadError, 503, "model_unavailable"),
+    (EncoderError, 500, "encoder_failed"),
     (StoreError, 503, "store_unavailable"),
 ]
 _HTTP_NAMES = {

@@ -26,7 +26,7 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     ;;
 multi)  # threads, then an encoder process per GPU, on one GPU and on all
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes
-    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes
+    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only
     ;;
 families)
     run probe_families -m bench.model_probe --families colqwen2 colqwen2_5 colqwen3_5

@@ -305,6 +305,11 @@ def main() -> None:
     parser.add_argument(
         "--processes", action="store_true", help="also run with an encoder process per GPU"
     )
+    parser.add_argument(
+        "--processes-only",
+        action="store_true",
+        help="only the run with an encoder process per GPU (no probes, no threaded run)",
+    )
     parser.add_argument("--probe-only", action="store_true", help="syncs and batch shapes only")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -317,6 +322,11 @@ def main() -> None:
             for f in files
             if f.name in {"pdflatex-4-pages.pdf", "multicolumn.pdf", "bach-bwv610.pdf"}
         ] or files[:3]
+    if args.processes_only:  # the parent's model only answers what the pipeline asks of it
+        build = full_size_encoder if args.full_size else tiny_encoder
+        encoder = build(device, args.batch_size)
+        in_process(encoder, args, device, extra, repeated(files, args.repeat))
+        return
     if args.full_size:
         encoder = full_size_encoder(
             device,
@@ -340,17 +350,8 @@ def main() -> None:
             return
     alone = forward_alone(encoder, args.batch_size)
     print(f"forward alone, batch {args.batch_size}: {alone:.1f} pages/s per device", flush=True)
-    files = files * args.repeat
+    files = repeated(files, args.repeat)
     results = []
-    if args.repeat > 1:
-        # The pipeline skips files it has stored: give each repeat its own copy.
-        tmp = Path(tempfile.mkdtemp())
-        copies = []
-        for i, f in enumerate(files):
-            target = tmp / f"{i:04d}-{f.name}"
-            target.write_bytes(f.read_bytes() + f"\n%{i}\n".encode())  # new hash, same pages
-            copies.append(target)
-        files = copies
     records = trace_batches(encoder) if args.trace else None
     o = ours(encoder, files, args.workers)
     if records is not None:
@@ -415,6 +416,20 @@ def main() -> None:
         in_process(encoder, args, device, extra, files)
 
 
+def repeated(files: list[Path], repeat: int) -> list[Path]:
+    """``files`` ``repeat`` times over, each copy its own document (the pipeline skips files
+    it has stored): the same pages, a new hash."""
+    if repeat == 1:
+        return files
+    tmp = Path(tempfile.mkdtemp())
+    copies = []
+    for i, f in enumerate(files * repeat):
+        target = tmp / f"{i:04d}-{f.name}"
+        target.write_bytes(f.read_bytes() + f"\n%{i}\n".encode())
+        copies.append(target)
+    return copies
+
+
 def in_process(encoder: Encoder, args, device: str, extra: list[str], files: list[Path]) -> None:
     """The same run with the model in a process of its own per device (EncoderProcess)."""
     import functools
@@ -433,7 +448,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         build = functools.partial(tiny_encoder, batch_size=args.batch_size)
     threads = encoder.replicas
     t0 = time.perf_counter()
-    processes = [EncoderProcess(functools.partial(build, d), d) for d in [device, *extra]]
+    processes = EncoderProcess.start_many(build, [device, *extra])
     print(f"encoder processes ready in {time.perf_counter() - t0:.1f} s", flush=True)
     try:
         encoder.replicas = processes

@@ -466,18 +466,17 @@ class IngestPipeline:
     # --- stage 3: forward pass -----------------------------------------------------------------
 
     def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
-        """Keep the device one batch ahead: launch a batch, then finish the one before it
-        (wait for its output, lay its tokens out) while the device runs the new one."""
-        previous: tuple[_Work, Any] | None = None
+        """Keep the device ahead: launch a batch, then finish the oldest one in flight (wait
+        for its output, lay its tokens out) once ``replica.lookahead`` more are launched."""
+        in_flight: deque[tuple[_Work, Any]] = deque()
         while (work := self._get(inp)) is not _END:
             t0 = time.perf_counter()
-            launched = self._launch(work) if work.pages else None
+            in_flight.append((work, self._launch(work) if work.pages else None))
             self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
-            if previous is not None:
-                self._finish_batch(*previous, out)
-            previous = (work, launched)
-        if previous is not None:
-            self._finish_batch(*previous, out)
+            while len(in_flight) > replica.lookahead:
+                self._finish_batch(*in_flight.popleft(), out)
+        while in_flight:
+            self._finish_batch(*in_flight.popleft(), out)
         self._put(out, _END)
 
     def _launch(self, work: _Work) -> Any:

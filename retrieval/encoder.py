@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.config import ModelFamily, Settings
-from retrieval.errors import ConfigurationError, InvalidInput, ModelLoadError
+from retrieval.errors import ConfigurationError, EncoderError, InvalidInput, ModelLoadError
 from retrieval.models import COLQWEN2, Family
 from retrieval.models import resolve as resolve_family
 from retrieval.types import PageEmbedding
@@ -136,6 +136,10 @@ class Encoder:
         # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
         self.replicas: list[Encoder] = [self]
         self.compiled = False
+
+    # Batches the ingestion pipeline launches on this encoder before it finishes the oldest:
+    # one queued behind the running one keeps the device busy.
+    lookahead = 1
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -296,13 +300,14 @@ class Encoder:
         while the device works. ``finish`` waits and returns the pages."""
         import torch
 
-        output = self.forward(batch)
-        if output.device.type == "cpu":
-            return Launched(batch, output)
-        with torch.inference_mode():
+        if not self.device.startswith("cuda"):
+            return Launched(batch, self.forward(batch))
+        # On this replica's device: its stream is the one the event must follow.
+        with torch.cuda.device(self.device), torch.inference_mode():
+            output = self.forward(batch)
             host = output.float().to("cpu", non_blocking=True)  # into pinned memory
-        done = torch.cuda.Event()
-        done.record()
+            done = torch.cuda.Event()
+            done.record()
         return Launched(batch, host, done)
 
     def finish(self, launched: Launched) -> list[PageEmbedding]:
@@ -316,6 +321,11 @@ class Encoder:
         family lay them out on the page grid."""
         inputs = batch.inputs
         out = output.float().cpu().numpy()  # (batch, seq_len, dim); a launched one's: no copy
+        if not np.isfinite(out).all():  # never store NaN: the store cannot index it either
+            raise EncoderError(
+                f"{self.model_id} on {self.device} produced non-finite embeddings; try "
+                "COLQWEN_DTYPE=float32 or another device"
+            )
         mask = inputs["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
         ids = inputs["input_ids"].cpu().numpy()  # (batch, seq_len)
         pages = []

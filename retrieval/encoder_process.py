@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from retrieval.cpu_threads import one_cpu_thread_per_op
-from retrieval.errors import ColqwenError, ModelLoadError
+from retrieval.errors import EncoderError, ModelLoadError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.5  # how often a wait checks that the process is still alive
 _STOP = "stop"
-
-
-class EncoderProcessError(ColqwenError):
-    """The encoder process failed a batch, or exited."""
 
 
 class Submitted:
@@ -58,10 +54,21 @@ class EncoderProcess:
     ``functools.partial(Encoder.load, path, device="cuda:1")``); the child compiles and warms
     it up as the parent would. Not thread-safe: one pipeline thread drives it."""
 
-    def __init__(self, factory: Callable[[], Encoder], device: str, *, warm_up: bool = True):
+    # Batches in flight: the process prepares the next ones while the device runs one, and the
+    # parent's turns (receiving pages, sending the next batch) do not leave the device idle.
+    lookahead = 3
+
+    def __init__(
+        self,
+        factory: Callable[[], Encoder],
+        device: str,
+        *,
+        warm_up: bool = True,
+        wait: bool = True,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.device = device
-        self._requests = context.Queue(maxsize=2)
+        self._requests = context.Queue(maxsize=self.lookahead)
         self._responses = context.Queue()
         self._process = context.Process(
             target=_serve,
@@ -70,12 +77,39 @@ class EncoderProcess:
             daemon=True,
         )
         self._process.start()
+        self.warm_up_s = 0.0
+        if wait:
+            self.wait_ready()
+
+    @classmethod
+    def start_many(
+        cls, factory: Callable[[str], Encoder], devices: Sequence[str], *, warm_up: bool = True
+    ) -> list[EncoderProcess]:
+        """One process per device, ``factory(device)`` building each model; they load (and
+        compile) side by side. Returns once all are ready; stops them all if one fails."""
+        import functools
+
+        processes = [
+            cls(functools.partial(factory, d), d, warm_up=warm_up, wait=False) for d in devices
+        ]
+        try:
+            for process in processes:
+                process.wait_ready()
+        except BaseException:
+            for process in processes:
+                process.close()
+            raise
+        return processes
+
+    def wait_ready(self) -> None:
+        """Wait until the model is loaded (and warmed up); ``ModelLoadError`` if it failed."""
         kind, payload = self._receive()
         if kind != "ready":
             self.close()
-            raise ModelLoadError(f"the encoder process for {device} could not start: {payload}")
-        self.warm_up_s: float = payload["warm_up_s"]
-        self.dim: int = payload["dim"]
+            raise ModelLoadError(
+                f"the encoder process for {self.device} could not start: {payload}"
+            )
+        self.warm_up_s = payload["warm_up_s"]
 
     # --- the pipeline's interface --------------------------------------------------------------
 
@@ -96,7 +130,7 @@ class EncoderProcess:
         """The pages of the oldest batch sent and not yet finished."""
         kind, payload = self._receive()
         if kind == "error":
-            raise EncoderProcessError(f"the encoder process for {self.device}: {payload}")
+            raise EncoderError(f"the encoder process for {self.device}: {payload}")
         return payload
 
     def embed_pages(
@@ -134,7 +168,7 @@ class EncoderProcess:
 
     def _check_alive(self) -> None:
         if not self._process.is_alive():
-            raise EncoderProcessError(
+            raise EncoderError(
                 f"the encoder process for {self.device} exited (code {self._process.exitcode})"
             )
 
@@ -153,7 +187,7 @@ def _serve(
     except BaseException as exc:  # the parent reports it; nothing else can
         responses.put(("error", f"{type(exc).__name__}: {exc}"))
         return
-    responses.put(("ready", {"warm_up_s": seconds, "dim": encoder.dim}))
+    responses.put(("ready", {"warm_up_s": seconds}))
     launched: queue.Queue = queue.Queue(maxsize=1)  # one batch queued behind the running one
     finisher = threading.Thread(
         target=_finish_each, args=(encoder, launched, responses), name="finish", daemon=True

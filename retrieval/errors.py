@@ -47,6 +47,10 @@ class RendererUnavailable(ColqwenError):
     """The rendering processes cannot run at all (not a problem of one file)."""
 
 
+class EncoderError(ColqwenError):
+    """The model failed to embed a batch (or its process exited)."""
+
+
 class NotFound(ColqwenError):
     """A document, page, job or collection does not exist."""
 

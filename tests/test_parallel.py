@@ -208,3 +208,80 @@ def test_pages_of_one_grid_are_batched_together_across_documents(tiny_model_dir,
     assert opened == ended == [f"d{i}.pdf" for i in range(6)]
     assert store.count_pages("c") == 18
     store.close()
+
+
+def _in_process_factory(model_dir: Path):
+    import functools
+
+    return functools.partial(
+        Encoder.load, str(model_dir), device="cpu", max_visual_tokens=BUDGET, batch_size=2
+    )
+
+
+def test_encoder_processes_store_what_the_in_process_encoder_stores(tiny_model_dir, tmp_path):
+    """The model in a child process per device (as ingestion runs it on GPUs): the same pages,
+    the same vectors, every page once, documents in order."""
+    from retrieval.encoder_process import EncoderProcess
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for i, size in enumerate([(595, 842), (842, 595), (300, 500)]):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([size] * (3 + i)))
+    one = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET, batch_size=2)
+    single, _ = ingest(one, folder, tmp_path / "one")
+    factory = _in_process_factory(tiny_model_dir)
+    with EncoderProcess(factory, "cpu") as a, EncoderProcess(factory, "cpu") as b:
+        one.replicas = [a, b]
+        try:
+            double, events = ingest(one, folder, tmp_path / "two")
+        finally:
+            one.replicas = [one]
+    opened = [name for kind, name in events["events"] if kind == "open"]
+    ended = [name for kind, name in events["events"] if kind == "end"]
+    assert opened == ended == ["d0.pdf", "d1.pdf", "d2.pdf"]
+    assert double.count_pages("c") == single.count_pages("c") == 12
+    for doc in single.documents("c"):
+        for n in range(1, doc.page_count + 1):
+            _, ours = double.page_tokens("c", doc.doc_id, n)
+            _, theirs = single.page_tokens("c", doc.doc_id, n)
+            np.testing.assert_allclose(ours, theirs, atol=1e-3)  # stored as float16
+    single.close()
+    double.close()
+
+
+def test_an_encoder_process_that_cannot_load_its_model_says_why(tmp_path):
+    import functools
+
+    from retrieval.encoder_process import EncoderProcess
+    from retrieval.errors import ModelLoadError
+
+    factory = functools.partial(Encoder.load, str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(ModelLoadError, match=r"could not start.*does not exist"):
+        EncoderProcess(factory, "cpu")
+
+
+def test_a_dead_encoder_process_fails_the_batch_instead_of_hanging(tiny_model_dir):
+    from PIL import Image
+
+    from retrieval.encoder_process import EncoderProcess
+    from retrieval.errors import EncoderError
+
+    with EncoderProcess(_in_process_factory(tiny_model_dir), "cpu") as process:
+        [page] = process.embed_pages([Image.new("RGB", (224, 308), "white")])
+        assert page.grid == (9, 6)  # 224 x 308 px resized within the 64-token budget
+        process._process.kill()
+        with pytest.raises(EncoderError, match="exited"):
+            process.embed_pages([Image.new("RGB", (224, 308), "white")])
+
+
+def test_non_finite_embeddings_are_refused_rather_than_stored(tiny_model_dir):
+    import torch
+    from PIL import Image
+
+    from retrieval.errors import EncoderError
+
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    forward = encoder.forward
+    encoder.forward = lambda batch: forward(batch) * torch.nan
+    with pytest.raises(EncoderError, match="non-finite"):
+        encoder.embed_pages([Image.new("RGB", (224, 308), "white")])

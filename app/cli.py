@@ -57,7 +57,7 @@ def worker_command(
     """Run an ingestion worker alone: it takes jobs that `serve --no-worker` accepted."""
     from app import logs
     from indexer.worker import Worker, document_service, job_queue
-    from retrieval.encoder import Encoder
+    from retrieval.encoder_process import ingest_encoder
     from retrieval.store import PageStore
 
     settings = settings_of(ctx)
@@ -69,13 +69,12 @@ def worker_command(
     with user_errors():
         store = PageStore.from_settings(settings)
         try:
-            encoder = Encoder.from_settings(settings)
-            if encoder.compiled:
-                console.print(f"model compiled and warmed up in {encoder.warm_up():.0f} s")
-            console.print(f"worker ready: {settings.model} on {encoder.device}, store {store.kind}")
-            documents = document_service(settings, store, job_queue(settings))
-            documents.recover(sweep_uploads=False)  # the API and other workers may be busy
-            Worker(settings, encoder, documents).run_forever(stop)
+            with ingest_encoder(settings, on_status=console.print) as encoder:
+                devices = ", ".join(r.device for r in encoder.replicas)
+                console.print(f"worker ready: {settings.model} on {devices}, store {store.kind}")
+                documents = document_service(settings, store, job_queue(settings))
+                documents.recover(sweep_uploads=False)  # the API and other workers may be busy
+                Worker(settings, encoder, documents).run_forever(stop)
         finally:
             store.close()
 

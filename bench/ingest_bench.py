@@ -311,6 +311,12 @@ def main() -> None:
         help="only the run with an encoder process per GPU (no probes, no threaded run)",
     )
     parser.add_argument("--probe-only", action="store_true", help="syncs and batch shapes only")
+    parser.add_argument(
+        "--null-model",
+        action="store_true",
+        help="the pipeline's own ceiling: the model's forward pass replaced by random unit "
+        "vectors (rendering, preprocessing, batching and storing stay real)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
@@ -341,6 +347,8 @@ def main() -> None:
         encoder.replicate(extra)
         if args.compile:
             encoder.compile(args.compile_mode, other_shapes=args.other_shapes)
+    if args.null_model:
+        null_forward(encoder)
     warm_s = encoder.warm_up()
     print(f"warm-up (compile, autotune) {warm_s:.1f} s on {len(encoder.replicas)} device(s)")
     if device.startswith("cuda"):
@@ -414,6 +422,19 @@ def main() -> None:
         print(table(["preprocess threads", "GIL switch ms", "pages/s", "busy s"], rows))
     if args.processes:
         in_process(encoder, args, device, extra, files)
+
+
+def null_forward(encoder: Encoder) -> None:
+    """Replace the forward pass by random unit vectors of the output's shape."""
+    import torch
+
+    def forward(batch):
+        inputs = batch.inputs
+        out = torch.randn(*inputs["input_ids"].shape, encoder.dim)
+        return torch.nn.functional.normalize(out, dim=-1) * inputs["attention_mask"][..., None]
+
+    for replica in encoder.replicas:
+        replica.forward = forward
 
 
 def repeated(files: list[Path], repeat: int) -> list[Path]:

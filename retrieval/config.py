@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="torch.compile the model's blocks: faster forward passes after a warm-up "
         "of seconds per page shape; auto = on CUDA.",
     )
+    encoder_processes: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Ingest with the model in a process of its own per device, so that no "
+        "device waits for the GIL behind the rest of ingestion; auto = when ingesting on "
+        "several GPUs.",
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 elsewhere."
     )

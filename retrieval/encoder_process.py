@@ -18,13 +18,15 @@ a page in, 0.8 MB out; a pipe moves gigabytes a second).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from retrieval.config import Settings
 from retrieval.cpu_threads import one_cpu_thread_per_op
 from retrieval.errors import EncoderError, ModelLoadError
 
@@ -87,8 +89,6 @@ class EncoderProcess:
     ) -> list[EncoderProcess]:
         """One process per device, ``factory(device)`` building each model; they load (and
         compile) side by side. Returns once all are ready; stops them all if one fails."""
-        import functools
-
         processes = [
             cls(functools.partial(factory, d), d, warm_up=warm_up, wait=False) for d in devices
         ]
@@ -173,14 +173,74 @@ class EncoderProcess:
             )
 
 
+def process_devices(settings: Settings) -> list[str] | None:
+    """The devices to run an encoder process on for ingestion, or None to run the model in
+    this process (``encoder_processes``: auto = on when ingesting on several GPUs)."""
+    from retrieval.encoder import resolve_devices
+
+    if settings.encoder_processes == "off":
+        return None
+    devices = resolve_devices(settings.device)
+    if settings.encoder_processes == "auto" and len(devices) < 2:
+        return None
+    return devices
+
+
+@contextlib.contextmanager
+def ingest_encoder(
+    settings: Settings, on_status: Callable[[str], Any] | None = None
+) -> Iterator[Encoder]:
+    """The encoder ingestion runs on, as settings say: the model loaded here (replicated over
+    the devices in threads, compiled and warmed up), or one process per device
+    (``process_devices``), the model here then only answering what the pipeline asks of it
+    (its family, size, processor) from the first device, uncompiled. Processes stop on exit."""
+    from retrieval.encoder import Encoder
+
+    say = on_status or (lambda message: None)
+    devices = process_devices(settings)
+    if devices is None:
+        encoder = Encoder.from_settings(settings)
+        if encoder.compiled:
+            say(f"model compiled and warmed up in {encoder.warm_up():.0f} s")
+        yield encoder
+        return
+    load = dict(
+        dtype=settings.dtype,
+        max_visual_tokens=settings.max_visual_tokens,
+        family=settings.model_family,
+        batch_size=settings.batch_size,
+    )
+    encoder = Encoder.load(settings.model, device=devices[0], compile="off", **load)
+    factory = functools.partial(_load_on, settings.model, compile=settings.compile, **load)
+    processes = EncoderProcess.start_many(factory, devices)
+    say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}")
+    encoder.replicas = processes
+    try:
+        yield encoder
+    finally:
+        encoder.replicas = [encoder]
+        for process in processes:
+            process.close()
+
+
+def _load_on(model: str, device: str, **kwargs: Any) -> Encoder:
+    from retrieval.encoder import Encoder
+
+    return Encoder.load(model, device=device, **kwargs)
+
+
 def _serve(
     factory: Callable[[], Encoder],
     warm_up: bool,
     requests: multiprocessing.Queue,
     responses: multiprocessing.Queue,
 ) -> None:
-    """The child: build the encoder, then launch batches as they come (this thread) while
-    another thread finishes each and sends its pages back, in order."""
+    """The child: build the encoder, then three threads, each feeding the next: one receives
+    and preprocesses batches, this one only launches them (so nothing on the host, such as
+    allocating pinned memory for a batch of a new size, delays the device's next batch), and
+    one waits for each and sends its pages back, in order."""
+    import sys
+
     try:
         encoder = factory()
         seconds = encoder.warm_up() if warm_up and encoder.compiled else 0.0
@@ -188,26 +248,42 @@ def _serve(
         responses.put(("error", f"{type(exc).__name__}: {exc}"))
         return
     responses.put(("ready", {"warm_up_s": seconds}))
+    sys.setswitchinterval(0.001)  # the launching thread gets the GIL back sooner
+    prepared: queue.Queue = queue.Queue(maxsize=2)
     launched: queue.Queue = queue.Queue(maxsize=1)  # one batch queued behind the running one
-    finisher = threading.Thread(
-        target=_finish_each, args=(encoder, launched, responses), name="finish", daemon=True
-    )
+    workers = [
+        threading.Thread(target=_prepare_each, args=(encoder, requests, prepared), daemon=True),
+        threading.Thread(target=_finish_each, args=(encoder, launched, responses), daemon=True),
+    ]
     # As in the parent's pipeline: one thread per numeric op beside the device's work.
     with one_cpu_thread_per_op(on_gpu=encoder.device.startswith("cuda")):
-        finisher.start()
-        while (images := requests.get()) != _STOP:
-            launched.put(_launch(encoder, images))
+        for worker in workers:
+            worker.start()
+        while (item := prepared.get()) is not None:
+            launched.put(_launch(encoder, *item))
         launched.put(None)
-        finisher.join()
+        for worker in workers:
+            worker.join()
 
 
-def _launch(encoder: Encoder, images: list[Image.Image]) -> Any:
+def _prepare_each(encoder: Encoder, requests: multiprocessing.Queue, prepared: queue.Queue):
+    while (images := requests.get()) != _STOP:
+        try:
+            prepared.put((images, encoder.preprocess(images)))
+        except Exception as exc:
+            prepared.put((images, exc))
+    prepared.put(None)
+
+
+def _launch(encoder: Encoder, images: list[Image.Image], batch: Any) -> Any:
     """Launch a batch; on CUDA out-of-memory embed it at once, in halves (the encoder learns
-    the size that fits); any other failure goes back to the parent as the batch's result."""
+    the size that fits); any failure goes back to the parent as the batch's result."""
     import torch
 
+    if isinstance(batch, Exception):
+        return batch
     try:
-        return encoder.launch(encoder.preprocess(images))
+        return encoder.launch(batch)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         try:

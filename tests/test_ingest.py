@@ -110,6 +110,24 @@ def test_good_and_bad_pdfs_together(env, tmp_path):
     assert again["pages_embedded"] == 0 and again["skipped"] == 19 and again["failed"] == BAD_FILES
 
 
+def test_ingest_with_an_encoder_process_stores_what_in_process_ingest_stores(
+    env, small_corpus, tmp_path, monkeypatch
+):
+    """COLQWEN_ENCODER_PROCESSES=on (auto turns it on for several GPUs): the model runs in a
+    child process, and the stored pages score as those of an in-process run."""
+    query = ["search", "a red square on white", "--mode", "exact", "--top-k", "20"]
+    cli("ingest", str(small_corpus), "--quiet")
+    threads = {(h["source"], h["page"]): h["score"] for h in cli_json(*query)["hits"]}
+    monkeypatch.setenv("COLQWEN_DATA_DIR", str(tmp_path / "processes"))
+    monkeypatch.setenv("COLQWEN_ENCODER_PROCESSES", "on")
+    summary = cli_json("ingest", str(small_corpus))["summary"]
+    assert summary["indexed"] == 5 and summary["pages_embedded"] == 11
+    processes = {(h["source"], h["page"]): h["score"] for h in cli_json(*query)["hits"]}
+    assert processes.keys() == threads.keys() and len(threads) == 11
+    for key, score in threads.items():
+        assert processes[key] == pytest.approx(score, abs=1e-3)
+
+
 def test_search_json_scores_equal_the_exact_oracle(env, small_corpus, encoder):
     cli("ingest", str(small_corpus), "--quiet")
     out = cli_json("search", "a red square on white", "--mode", "exact", "--top-k", "20")

@@ -285,3 +285,12 @@ def test_non_finite_embeddings_are_refused_rather_than_stored(tiny_model_dir):
     encoder.forward = lambda batch: forward(batch) * torch.nan
     with pytest.raises(EncoderError, match="non-finite"):
         encoder.embed_pages([Image.new("RGB", (224, 308), "white")])
+
+
+def test_encoder_processes_are_used_where_settings_ask_for_them():
+    from retrieval.config import Settings
+    from retrieval.encoder_process import process_devices
+
+    assert process_devices(Settings(device="cpu")) is None  # auto: only over several GPUs
+    assert process_devices(Settings(device="cpu", encoder_processes="off")) is None
+    assert process_devices(Settings(device="cpu", encoder_processes="on")) == ["cpu"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -112,17 +112,13 @@ def _run(settings, sources, *, quiet: bool):
     from indexer.pipeline import IngestPipeline
     from indexer.render import RenderOptions
     from indexer.secrets import Sealer
-    from retrieval.encoder import Encoder
+    from retrieval.encoder_process import ingest_encoder
 
-    with open_store(settings) as store:
-        with nullcontext() if quiet else err_console.status(f"loading {settings.model}"):
-            encoder = Encoder.from_settings(settings)
-        if encoder.compiled:
-            message = "compiling the model for A4, Letter and landscape pages (once a process)"
-            with nullcontext() if quiet else err_console.status(message):
-                seconds = encoder.warm_up()
-            if not quiet:
-                err_console.print(f"model compiled and warmed up in {seconds:.0f} s")
+    say = (lambda message: None) if quiet else err_console.print
+    message = f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape"
+    with open_store(settings) as store, ExitStack() as stack:
+        with nullcontext() if quiet else err_console.status(message):
+            encoder = stack.enter_context(ingest_encoder(settings, on_status=say))
         store.ensure_collection_for(settings.collection, settings, encoder.dim, encoder.family.name)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)

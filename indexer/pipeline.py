@@ -17,6 +17,7 @@ documents by content hash before rendering and resumes the others from their mis
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -42,6 +43,7 @@ from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
+from retrieval.store.pages import derived_vectors
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ class _Msg:
     page: RenderedPage | None = None
     error: str | None = None
     embedding: PageEmbedding | None = None
+    derived: dict[str, Any] | None = None  # its FDE and pooled vectors, if computed already
     page_info: dict[str, Any] | None = None  # provenance kept once the image is freed
 
 
@@ -188,6 +191,9 @@ class IngestPipeline:
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
         info = store.collection(collection)
         info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="ingest into")
+        for replica in self.replicas:
+            if hasattr(replica, "derive"):  # a process of its own: it derives the vectors too
+                replica.derive = functools.partial(derived_vectors, info)
         if info.max_visual_tokens != self.render_options.max_visual_tokens:
             raise Conflict(
                 f"collection '{collection}' was built with max_visual_tokens="
@@ -497,9 +503,10 @@ class IngestPipeline:
             t0 = time.perf_counter()
             embeddings = launched if isinstance(launched, list) else work.replica.finish(launched)
             self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
-            for msg, emb in zip(work.pages, embeddings, strict=True):
+            derived = getattr(launched, "derived", None) or [None] * len(embeddings)
+            for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
                 page = msg.page
-                msg.embedding = emb
+                msg.embedding, msg.derived = emb, vectors
                 msg.page_info = {
                     "page_number": page.page_number,
                     "size_pt": page.size_pt,
@@ -562,6 +569,7 @@ class IngestPipeline:
             embedding=emb,
             metadata=doc.metadata,
             text=page.get("text", ""),
+            derived=msg.derived,
         )
 
     def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:

@@ -43,10 +43,12 @@ _STOP = "stop"
 
 
 class Submitted:
-    """A batch sent to the process; its pages come back in submission order."""
+    """A batch sent to the process; its pages come back in submission order, with what
+    ``EncoderProcess.derive`` computed from each (``derived``) when it is set."""
 
     def __init__(self, images: Sequence[Image.Image]) -> None:
         self.images = list(images)
+        self.derived: list[Any] | None = None
 
 
 class EncoderProcess:
@@ -59,6 +61,10 @@ class EncoderProcess:
     # Batches in flight: the process prepares the next ones while the device runs one, and the
     # parent's turns (receiving pages, sending the next batch) do not leave the device idle.
     lookahead = 3
+    # A picklable function of a ``PageEmbedding`` the process applies to each page it returns
+    # (the ingestion pipeline sets the store's ``derived_vectors``: its CPU work then runs
+    # beside this device instead of in the parent, which all devices share).
+    derive: Callable[[PageEmbedding], Any] | None = None
 
     def __init__(
         self,
@@ -121,7 +127,7 @@ class EncoderProcess:
         """Send ``batch`` to the process; returns once it is queued there."""
         while True:
             try:
-                self._requests.put(batch.images, timeout=_POLL_S)
+                self._requests.put((batch.images, self.derive), timeout=_POLL_S)
                 return batch
             except queue.Full:
                 self._check_alive()
@@ -131,7 +137,8 @@ class EncoderProcess:
         kind, payload = self._receive()
         if kind == "error":
             raise EncoderError(f"the encoder process for {self.device}: {payload}")
-        return payload
+        pages, launched.derived = payload
+        return pages
 
     def embed_pages(
         self, images: Sequence[Image.Image], batch_size: int | None = None
@@ -267,39 +274,42 @@ def _serve(
 
 
 def _prepare_each(encoder: Encoder, requests: multiprocessing.Queue, prepared: queue.Queue):
-    while (images := requests.get()) != _STOP:
+    while (request := requests.get()) != _STOP:
+        images, derive = request
         try:
-            prepared.put((images, encoder.preprocess(images)))
+            prepared.put((images, encoder.preprocess(images), derive))
         except Exception as exc:
-            prepared.put((images, exc))
+            prepared.put((images, exc, derive))
     prepared.put(None)
 
 
-def _launch(encoder: Encoder, images: list[Image.Image], batch: Any) -> Any:
+def _launch(encoder: Encoder, images: list[Image.Image], batch: Any, derive: Any) -> Any:
     """Launch a batch; on CUDA out-of-memory embed it at once, in halves (the encoder learns
     the size that fits); any failure goes back to the parent as the batch's result."""
     import torch
 
     if isinstance(batch, Exception):
-        return batch
+        return batch, derive
     try:
-        return encoder.launch(batch)
+        return encoder.launch(batch), derive
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         try:
-            return encoder.embed_pages(images, max(1, len(images) // 2))
+            return encoder.embed_pages(images, max(1, len(images) // 2)), derive
         except Exception as exc:
-            return exc
+            return exc, derive
     except Exception as exc:
-        return exc
+        return exc, derive
 
 
 def _finish_each(encoder: Encoder, launched: queue.Queue, responses: multiprocessing.Queue):
     while (item := launched.get()) is not None:
+        handle, derive = item
         try:
-            if isinstance(item, Exception):
-                raise item
-            pages = item if isinstance(item, list) else encoder.finish(item)
-            responses.put(("pages", pages))
+            if isinstance(handle, Exception):
+                raise handle
+            pages = handle if isinstance(handle, list) else encoder.finish(handle)
+            derived = [derive(page) for page in pages] if derive is not None else None
+            responses.put(("pages", (pages, derived)))
         except Exception as exc:
             responses.put(("error", f"{type(exc).__name__}: {exc}"))

@@ -76,6 +76,9 @@ class PageRecord:
     embedding: PageEmbedding
     metadata: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the page's own text layer (retrieval.text), empty for scans and images
+    # Its derived vectors (FDE, pooled: ``retrieval.store.pages.derived_vectors``) when computed
+    # beforehand, e.g. by the encoder process that embedded it; None: the store computes them.
+    derived: dict[str, np.ndarray] | None = None
 
 
 @dataclass

@@ -245,8 +245,49 @@ def test_encoder_processes_store_what_the_in_process_encoder_stores(tiny_model_d
             _, ours = double.page_tokens("c", doc.doc_id, n)
             _, theirs = single.page_tokens("c", doc.doc_id, n)
             np.testing.assert_allclose(ours, theirs, atol=1e-3)  # stored as float16
+    # The FDEs and pooled vectors the processes derived rank and score as the store's own.
+    q = np.random.default_rng(0).standard_normal((5, one.dim)).astype(np.float32)
+    for mode in ("pooled", "two_stage"):
+        scores = [
+            {(h.doc_id, h.page): h.score for h in s.search("c", q, top_k=30, mode=mode)}
+            for s in (single, double)
+        ]
+        assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 12, mode
+        for key, score in scores[0].items():
+            assert scores[1][key] == pytest.approx(score, abs=1e-3), mode
     single.close()
     double.close()
+
+
+def test_the_store_keeps_vectors_derived_beforehand_and_recomputes_others(tmp_path):
+    """``PageRecord.derived`` (as encoder processes send it) is stored as given when it has
+    the collection's vectors, and ignored (recomputed) when it does not."""
+    from retrieval.store.pages import derived_vectors
+    from retrieval.types import PageEmbedding, PageRecord
+
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    store.create_collection("c", model="m", max_visual_tokens=BUDGET, dim=64)
+    info = store.collection("c")
+    rng = np.random.default_rng(1)
+    tokens = rng.standard_normal((12, 64)).astype(np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    grid = tokens[1:11].reshape(2, 5, 64)
+    emb = PageEmbedding(tokens, (2, 5), grid, tokens[[0, 11]], ((1, 10),))
+
+    def record(n, derived):
+        size = (595.0, 842.0)
+        return PageRecord("d" * 64, "x.pdf", n, 3, size, 0, (140, 56), emb, derived=derived)
+
+    given = derived_vectors(info, emb)
+    marked = {k: np.full_like(v, 0.5) if k == "fde" else v for k, v in given.items()}
+    wrong = {"other": given["fde"]}
+    store.upsert_pages("c", [record(1, marked), record(2, wrong), record(3, None)])
+    records, _ = store.backend.scroll(store._points("c"), None, 10, vectors=["fde"])  # float16
+    stored = {r.payload["page"]: r.vectors["fde"] for r in records}
+    np.testing.assert_allclose(stored[1], marked["fde"], atol=2e-3)  # kept as given
+    np.testing.assert_allclose(stored[2], given["fde"], atol=2e-3)  # recomputed
+    np.testing.assert_allclose(stored[3], given["fde"], atol=2e-3)
+    store.close()
 
 
 def test_an_encoder_process_that_cannot_load_its_model_says_why(tmp_path):

@@ -454,7 +454,10 @@ class PageStore:
 
     def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
         emb = page.embedding
-        vectors = page_vectors(info, emb)
+        if page.derived is not None and set(page.derived) == set(vector_names(info)) - {"original"}:
+            vectors = {"original": emb.multivector, **page.derived}
+        else:  # not computed beforehand (or for another schema): computed here
+            vectors = page_vectors(info, emb)
         rows, cols = emb.grid
         payload = {
             "doc_id": page.doc_id,
@@ -648,10 +651,22 @@ class PageStore:
 def page_vectors(info: CollectionInfo, emb: PageEmbedding) -> dict[str, np.ndarray]:
     """Every named vector of a page in ``info``'s schema: the token vectors, the FDE, the
     pooled vectors."""
+    return {"original": emb.multivector, **derived_vectors(info, emb)}
+
+
+def vector_names(info: CollectionInfo) -> list[str]:
+    """The names of a page's dense vectors in ``info``'s schema (``page_vectors``'s keys)."""
+    return ["original", *(["fde"] if info.first_stage == "fde" else []), *info.pooling]
+
+
+def derived_vectors(info: CollectionInfo, emb: PageEmbedding) -> dict[str, np.ndarray]:
+    """A page's vectors derived from its token vectors in ``info``'s schema: the FDE and the
+    pooled vectors. The costly part of storing a page (milliseconds of CPU); the ingestion
+    pipeline has each encoder process compute them beside its device."""
     if emb.multivector.shape[1] != info.dim:
         got = emb.multivector.shape[1]
         raise Conflict(f"collection '{info.name}' holds {info.dim}-d vectors; got {got}-d")
-    vectors = {"original": emb.multivector}
+    vectors = {}
     if info.first_stage == "fde":
         fde = _muvera(info.dim, FdeParams(**(info.fde or {})))
         vectors["fde"] = fde.encode_document(emb.multivector)

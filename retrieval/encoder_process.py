@@ -9,10 +9,11 @@ devices no longer share one interpreter at all.
 
 ``EncoderProcess`` has the part of ``Encoder``'s interface the ingestion pipeline uses
 (``preprocess``, ``launch``, ``finish``, ``embed_pages``), so the pipeline drives one the same
-way as an in-process replica. Inside, one thread prepares and launches batches as they arrive
-and another waits for each and sends its pages back, so the device always has the next batch
-queued. Page images go in and ``PageEmbedding``s come back through pipes (pickled: about 2 MB
-a page in, 0.8 MB out; a pipe moves gigabytes a second).
+way as an in-process replica. Inside, one thread preprocesses batches as they arrive, one only
+launches them, and one waits for each, derives its pages' stored vectors when asked
+(``derive``) and sends them back, so the device always has the next batch queued. Page images
+go in and ``PageEmbedding``s come back through pipes (pickled: about 2 MB a page in, 0.8 MB
+out; a pipe moves gigabytes a second).
 """
 
 from __future__ import annotations

@@ -158,6 +158,9 @@ class EncoderProcess:
             log.warning("encoder process for %s did not stop; killing it", self.device)
             self._process.kill()
             self._process.join()
+        # Batches still on their way to a process that is gone will never be read: the queue's
+        # feeder thread must not hold this interpreter's exit waiting to deliver them.
+        self._requests.cancel_join_thread()
         self._requests.close()
         self._responses.close()
 

@@ -335,3 +335,34 @@ def test_encoder_processes_are_used_where_settings_ask_for_them():
     assert process_devices(Settings(device="cpu")) is None  # auto: only over several GPUs
     assert process_devices(Settings(device="cpu", encoder_processes="off")) is None
     assert process_devices(Settings(device="cpu", encoder_processes="on")) == ["cpu"]
+
+
+def test_a_dead_encoder_process_does_not_hold_up_the_parent_s_exit(tiny_model_dir):
+    """A batch sent to a process that died can never be delivered; the parent must still
+    exit (multiprocessing joins a queue's feeder thread at exit unless told not to)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import functools
+        from PIL import Image
+        from retrieval.encoder import Encoder
+        from retrieval.encoder_process import EncoderProcess
+        from retrieval.errors import EncoderError
+
+        if __name__ == "__main__":
+            factory = functools.partial(Encoder.load, {str(tiny_model_dir)!r}, device="cpu")
+            process = EncoderProcess(factory, "cpu")
+            process._process.kill()
+            try:
+                process.embed_pages([Image.new("RGB", (224, 308), "white")])
+            except EncoderError:
+                pass
+            process.close()
+            print("closed")
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "closed" in done.stdout, done.stderr[-2000:]

@@ -210,7 +210,7 @@ COLQWEN2 = QwenVL(
 # the packed attention's sequence bounds. Everything else goes to the device.
 _HOST_INPUTS = frozenset({"image_grid_thw", "image_cu_seqlens", "image_cu_window_seqlens"})
 _prompts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_norms: dict[tuple[int, str], tuple[Any, Any]] = {}
+_norms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> device -> ...
 
 
 def _target_size(ip: Any, size: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -263,15 +263,15 @@ def _normalization(ip: Any, device: str) -> tuple[Any, Any]:
     once, since building them on the device waits for it."""
     import torch
 
-    key = (id(ip), device)
-    if key not in _norms:
+    cache = _norms.setdefault(ip, {})
+    if device not in cache:
         if not (ip.do_rescale and ip.do_normalize):
             raise ValueError("the image processor neither rescales nor normalizes: unsupported")
         fuse = 1.0 / ip.rescale_factor
         mean = torch.tensor(ip.image_mean) * fuse
         std = torch.tensor(ip.image_std) * fuse
-        _norms[key] = (mean.view(-1, 1, 1).to(device), std.view(-1, 1, 1).to(device))
-    return _norms[key]
+        cache[device] = (mean.view(-1, 1, 1).to(device), std.view(-1, 1, 1).to(device))
+    return cache[device]
 
 
 def _vision_inputs(model: Any, grid: Any) -> dict[str, Any]:

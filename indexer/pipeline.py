@@ -486,22 +486,13 @@ class IngestPipeline:
         self._put(out, _END)
 
     def _launch(self, work: _Work) -> Any:
-        """The replica's handle on the launched batch (or, after an out-of-memory error, the
-        batch's pages, embedded at once in smaller batches)."""
-        import torch
-
-        encoder = work.replica
-        try:
-            return encoder.launch(work.inputs)
-        except torch.cuda.OutOfMemoryError:
-            # Let the encoder find a batch size that fits (it halves and remembers).
-            torch.cuda.empty_cache()
-            return encoder.embed_pages([m.page.image for m in work.pages], len(work.pages) // 2)
+        """The replica's handle on the launched batch, for its ``finish``."""
+        return work.replica.launch_fitting(work.inputs, [m.page.image for m in work.pages])
 
     def _finish_batch(self, work: _Work, launched: Any, out: queue.Queue) -> None:
         if launched is not None:
             t0 = time.perf_counter()
-            embeddings = launched if isinstance(launched, list) else work.replica.finish(launched)
+            embeddings = work.replica.finish(launched)
             self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
             derived = getattr(launched, "derived", None) or [None] * len(embeddings)
             for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):

@@ -310,8 +310,23 @@ class Encoder:
             done.record()
         return Launched(batch, host, done)
 
-    def finish(self, launched: Launched) -> list[PageEmbedding]:
-        """Wait for a launched batch (without holding the GIL) and return its pages."""
+    def launch_fitting(self, batch: PageBatch, images: Sequence[Image.Image]) -> Any:
+        """``launch``, or on CUDA out-of-memory the batch's pages embedded at once in smaller
+        batches (``embed_pages`` halves and remembers the size that fits). ``finish`` takes
+        either."""
+        import torch
+
+        try:
+            return self.launch(batch)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return self.embed_pages(images, max(1, len(images) // 2))
+
+    def finish(self, launched: Launched | list[PageEmbedding]) -> list[PageEmbedding]:
+        """Wait for a launched batch (without holding the GIL) and return its pages; pages
+        embedded already (``launch_fitting`` after an out-of-memory error) as they are."""
+        if isinstance(launched, list):
+            return launched
         if launched.done is not None:
             launched.done.synchronize()
         return self.postprocess(launched.batch, launched.output)

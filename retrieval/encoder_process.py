@@ -124,6 +124,10 @@ class EncoderProcess:
         """Nothing to do here: the process preprocesses the images itself."""
         return Submitted(images)
 
+    def launch_fitting(self, batch: Submitted, images: Sequence[Image.Image]) -> Submitted:
+        """``launch``: the process itself falls back to smaller batches on out-of-memory."""
+        return self.launch(batch)
+
     def launch(self, batch: Submitted) -> Submitted:
         """Send ``batch`` to the process; returns once it is queued there."""
         while True:
@@ -288,20 +292,12 @@ def _prepare_each(encoder: Encoder, requests: multiprocessing.Queue, prepared: q
 
 
 def _launch(encoder: Encoder, images: list[Image.Image], batch: Any, derive: Any) -> Any:
-    """Launch a batch; on CUDA out-of-memory embed it at once, in halves (the encoder learns
-    the size that fits); any failure goes back to the parent as the batch's result."""
-    import torch
-
+    """Launch a batch (``launch_fitting``: smaller batches on CUDA out-of-memory); any failure
+    goes back to the parent as the batch's result."""
     if isinstance(batch, Exception):
         return batch, derive
     try:
-        return encoder.launch(batch), derive
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        try:
-            return encoder.embed_pages(images, max(1, len(images) // 2)), derive
-        except Exception as exc:
-            return exc, derive
+        return encoder.launch_fitting(batch, images), derive
     except Exception as exc:
         return exc, derive
 
@@ -312,7 +308,7 @@ def _finish_each(encoder: Encoder, launched: queue.Queue, responses: multiproces
         try:
             if isinstance(handle, Exception):
                 raise handle
-            pages = handle if isinstance(handle, list) else encoder.finish(handle)
+            pages = encoder.finish(handle)
             derived = [derive(page) for page in pages] if derive is not None else None
             responses.put(("pages", (pages, derived)))
         except Exception as exc:

@@ -257,3 +257,25 @@ def test_out_of_memory_halves_the_batch_and_remembers(encoder, monkeypatch):
     encoder.embed_pages(images, batch_size=8)  # the learned size is kept
     assert max(seen) == 2
     encoder.fitting_batch_size = None
+
+
+def test_a_launch_out_of_memory_falls_back_to_smaller_batches(encoder, monkeypatch):
+    """What the ingestion pipeline (and each encoder process) calls: ``launch_fitting`` then
+    ``finish`` give the batch's pages even when the whole batch does not fit."""
+    images = [page_image(300, 200, seed=i) for i in range(5)]
+    expected = encoder.embed_pages(images, batch_size=1)
+    real_forward = encoder.forward
+
+    def forward_that_fits_two(batch):
+        if batch.inputs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(batch)
+
+    monkeypatch.setattr(encoder, "forward", forward_that_fits_two)
+    try:
+        got = encoder.finish(encoder.launch_fitting(encoder.preprocess(images), images))
+    finally:
+        encoder.fitting_batch_size = None
+    assert len(got) == 5
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-5)

@@ -2,6 +2,7 @@
 # The GPU measurements of one session, in priority order, each log into $OUT as it runs.
 #   bash bench/gpu_session.sh single   # one GPU: compiled and eager ingest, model probe, GPU test
 #   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled; threads and processes
+#   bash bench/gpu_session.sh profile  # one GPU: where the pipeline's device time goes
 #   bash bench/gpu_session.sh families # forward pass of each family; compile modes; CUDA graphs
 # Expects the lock's wheels in .whl/ and the PDFs to ingest in .pdfs/ (see BENCHMARKS.md).
 set -uo pipefail
@@ -27,6 +28,10 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
 multi)  # threads, then an encoder process per GPU, on one GPU and on all
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes
     run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only
+    ;;
+profile)  # where a running pipeline's device time goes: per-batch device spans and gaps,
+          # allocator and recompile counters, then torch's profiler over every thread
+    run ingest_profile $bench --compile --repeat 2 --trace --torch-trace "$OUT/trace.json.gz"
     ;;
 families)
     run probe_families -m bench.model_probe --families colqwen2 colqwen2_5 colqwen3_5

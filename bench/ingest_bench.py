@@ -104,37 +104,82 @@ def ours(
 
 def trace_batches(encoder: Encoder) -> list[dict]:
     """Record, per batch each replica runs: pages, distinct grids, the seconds its launch takes
-    to return (queueing the device's work; any sync inside it shows here) and its finish
-    (waiting for the device, then the CPU work). Returns the list it appends to."""
+    to return (queueing the device's work; any sync inside it shows here) and the launching
+    thread's CPU seconds in it, its finish (waiting for the device, then the CPU work), and on
+    CUDA the device's own span of the batch (timing events around its work). Returns the list
+    it appends to."""
+    import torch
+
+    cuda = encoder.device.startswith("cuda")
     records: list[dict] = []
     for replica in encoder.replicas:
         launch, finish = replica.launch, replica.finish
 
-        def traced_launch(batch, launch=launch):
-            t0 = time.perf_counter()
+        def event(device: str):
+            with torch.cuda.device(device):
+                e = torch.cuda.Event(enable_timing=True)
+                e.record()
+            return e
+
+        def traced_launch(batch, launch=launch, device=replica.device):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            begin = event(device) if cuda else None
             launched = launch(batch)
-            launched.times = (t0, time.perf_counter())
+            end = event(device) if cuda else None
+            launched.times = (t0, time.perf_counter(), time.thread_time() - c0, begin, end, device)
             return launched
 
         def traced_finish(launched, finish=finish):
+            if not hasattr(launched, "times"):  # embedded already (out of memory: halves)
+                return finish(launched)
             t2 = time.perf_counter()
             result = finish(launched)
             t3 = time.perf_counter()
-            t0, t1 = launched.times
+            t0, t1, cpu, begin, end, device = launched.times
             records.append(
                 {
                     "pages": len(result),
                     "grids": len({p.grid for p in result}),
+                    "tokens": int(launched.output.shape[0] * launched.output.shape[1]),
                     "launch": t1 - t0,
+                    "launch_cpu": cpu,
                     "rest": t3 - t2,
                     "end": t3,
                     "start": t0,
+                    "events": (begin, end),
+                    "device": device,
                 }
             )
             return result
 
         replica.launch, replica.finish = traced_launch, traced_finish
     return records
+
+
+def device_counters() -> dict:
+    """What the device side did that can stall it: dynamo recompiles and graph breaks, and the
+    caching allocator's device mallocs, frees and retries (each retry frees cached blocks and
+    syncs the device)."""
+    import torch
+
+    stats = torch._dynamo.utils.counters
+    out = {
+        f"{k}.{n}": v for k in ("stats", "recompiles", "graph_break") for n, v in stats[k].items()
+    }
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            mem = torch.cuda.memory_stats(i)
+            for key in (
+                "num_alloc_retries",
+                "num_device_alloc",
+                "num_device_free",
+                "num_sync_all_streams",
+            ):
+                out[f"cuda:{i}.{key}"] = mem.get(key, 0)
+            out[f"cuda:{i}.reserved_peak_gib"] = round(
+                mem.get("reserved_bytes.all.peak", 0) / 2**30, 1
+            )
+    return out
 
 
 def sync_check(encoder: Encoder) -> None:
@@ -165,6 +210,8 @@ def sync_check(encoder: Encoder) -> None:
 
 
 def print_trace(records: list[dict], batch_size: int) -> None:
+    """Per kind of batch: launch and finish seconds; then, on CUDA, where the device's time
+    went: its busy span per batch, and the idle gaps between batches."""
     kinds: dict[str, list[dict]] = {}
     for r in records:
         uniform = r["grids"] == 1 and r["pages"] == batch_size
@@ -173,13 +220,75 @@ def print_trace(records: list[dict], batch_size: int) -> None:
     for kind, rs in kinds.items():
         pages = sum(r["pages"] for r in rs)
         launch, rest = sum(r["launch"] for r in rs), sum(r["rest"] for r in rs)
+        cpu = sum(r["launch_cpu"] for r in rs)
         rows.append(
-            [kind, len(rs), pages, f"{launch:.1f}", f"{rest:.1f}", f"{pages / (launch + rest):.1f}"]
+            [
+                kind,
+                len(rs),
+                pages,
+                f"{launch:.1f}",
+                f"{cpu:.1f}",
+                f"{rest:.1f}",
+                f"{pages / (launch + rest):.1f}",
+            ]
         )
     ordered = sorted(records, key=lambda r: r["start"])
     gaps = sum(max(0.0, b["start"] - a["end"]) for a, b in itertools.pairwise(ordered))
-    print(table(["batches", "n", "pages", "launch s", "wait + post s", "pages/s"], rows))
+    print(
+        table(
+            ["batches", "n", "pages", "launch s", "launch CPU s", "wait + post s", "pages/s"], rows
+        )
+    )
     print(f"encode thread idle between batches: {gaps:.1f} s")
+    if ordered[0]["events"][0] is None:
+        return
+    by_device: dict[str, list[dict]] = {}
+    for r in ordered:
+        by_device.setdefault(r["device"], []).append(r)
+    for device, rs in by_device.items():
+        rows, busy, idle = [], 0.0, 0.0
+        for i, r in enumerate(rs):
+            begin, end = r["events"]
+            span = begin.elapsed_time(end) / 1e3
+            gap = rs[i - 1]["events"][1].elapsed_time(begin) / 1e3 if i else 0.0
+            busy, idle = busy + span, idle + max(gap, 0.0)
+            rows.append(
+                [
+                    i,
+                    r["pages"],
+                    r["grids"],
+                    r["tokens"],
+                    f"{r['launch']:.3f}",
+                    f"{r['launch_cpu']:.3f}",
+                    f"{span:.3f}",
+                    f"{gap:.3f}",
+                    f"{r['pages'] / span:.1f}",
+                ]
+            )
+        first, last = rs[0]["events"][0], rs[-1]["events"][1]
+        wall = first.elapsed_time(last) / 1e3
+        print(
+            table(
+                [
+                    "batch",
+                    "pages",
+                    "grids",
+                    "tokens",
+                    "launch s",
+                    "CPU s",
+                    "device span s",
+                    "idle before s",
+                    "pages/device-s",
+                ],
+                rows,
+            )
+        )
+        pages = sum(r["pages"] for r in rs)
+        print(
+            f"device {device}: {pages} pages, first batch to last {wall:.1f} s: batches spanned "
+            f"{busy:.1f} s ({pages / busy:.1f} pages/s), idle between them {idle:.1f} s",
+            flush=True,
+        )
 
 
 def shape_probe(encoder: Encoder, reps: int = 3) -> None:
@@ -303,6 +412,13 @@ def main() -> None:
     )
     parser.add_argument("--trace", action="store_true", help="per-batch timings of the encoder")
     parser.add_argument(
+        "--torch-trace",
+        type=Path,
+        default=None,
+        help="one more pipeline run under torch's profiler: its summary, and its chrome trace "
+        "written here (.json.gz)",
+    )
+    parser.add_argument(
         "--processes", action="store_true", help="also run with an encoder process per GPU"
     )
     parser.add_argument(
@@ -361,9 +477,15 @@ def main() -> None:
     files = repeated(files, args.repeat)
     results = []
     records = trace_batches(encoder) if args.trace else None
+    before = device_counters()
     o = ours(encoder, files, args.workers)
+    after = device_counters()
+    changed = {k: v for k, v in after.items() if v != before.get(k)}
+    print(f"during the pipeline run: {changed}", flush=True)
     if records is not None:
         print_trace(records, args.batch_size)
+    if args.torch_trace:
+        profiled_run(encoder, files, args.workers, args.torch_trace)
     with_index = o["seconds"] + o["index_s"]
     batching = f"batch {args.batch_size}"
     for label, seconds in [
@@ -422,6 +544,23 @@ def main() -> None:
         print(table(["preprocess threads", "GIL switch ms", "pages/s", "busy s"], rows))
     if args.processes:
         in_process(encoder, args, device, extra, files)
+
+
+def profiled_run(encoder: Encoder, files: list[Path], workers: int | None, path: Path) -> None:
+    """The pipeline once more, under torch's profiler (CPU ops of every thread, CUDA runtime
+    calls and kernels): the costliest calls and kernels, and the trace to open in Perfetto."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
+    with torch.profiler.profile(activities=activities, experimental_config=every_thread) as prof:
+        o = ours(encoder, files, workers)
+    print(f"\nunder the profiler: {o['pages'] / o['seconds']:.1f} pages/s", flush=True)
+    averages = prof.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+    print(averages.table(sort_by="self_device_time_total", row_limit=15), flush=True)
+    prof.export_chrome_trace(str(path))
+    print(f"trace: {path}", flush=True)
 
 
 def null_forward(encoder: Encoder) -> None:

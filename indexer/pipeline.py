@@ -38,7 +38,7 @@ from indexer.render_pool import (
     RenderRequest,
 )
 from indexer.sources import SourceFile, sha256_file, sidecar_metadata
-from retrieval.cpu_threads import one_cpu_thread_per_op
+from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
 from retrieval.store import PageStore
@@ -219,7 +219,7 @@ class IngestPipeline:
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
         with (
-            one_cpu_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
+            one_blas_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
             Renderer(
                 self.render_options, workers=self.render_workers, max_pages=self.max_pages
             ) as renderer,

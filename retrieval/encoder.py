@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -136,6 +137,10 @@ class Encoder:
         # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
         self.replicas: list[Encoder] = [self]
         self.compiled = False
+        # torch's CPU thread count when the compiled graphs were traced: dynamo guards on it,
+        # and a graph whose guard fails runs eager after the warm-up (see ``forward``).
+        self.traced_threads: int | None = None
+        self._warned_threads = False
 
     # Batches the ingestion pipeline launches on this encoder before it finishes the oldest:
     # one queued behind the running one keeps the device busy.
@@ -203,7 +208,9 @@ class Encoder:
                 )
             )
 
-    def compile(self, mode: str | None = None, *, other_shapes: str = "dynamic") -> None:
+    def compile(
+        self, mode: str | None = None, *, other_shapes: str = "dynamic", backend: str = "inductor"
+    ) -> None:
         """``torch.compile`` each vision block and text decoder layer, on every replica: fused
         elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
         attention; same embeddings. Graphs are static: ``warm_up`` traces the common page
@@ -212,7 +219,8 @@ class Encoder:
         more graph per block, of symbolic sizes, also traced by ``warm_up``: partial batches
         46 -> 67 pages/s on an H200, BENCHMARKS.md) or ``eager``; either way no shape stalls
         ingestion for a new trace. ``mode``: torch.compile's (``reduce-overhead`` adds CUDA
-        graphs)."""
+        graphs). ``backend``: torch.compile's (the tests trace with ``eager``: the same graphs
+        and guards, no code generated)."""
         import torch
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -221,11 +229,12 @@ class Encoder:
         for replica in self.replicas:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
-                    compiled = torch.compile(module, dynamic=False, mode=mode)
+                    compiled = torch.compile(module, dynamic=False, mode=mode, backend=backend)
                     graphed = mode is not None and "reduce-overhead" in mode
                     compiled = _OwnOutputs(compiled) if graphed else compiled
                     if other_shapes == "dynamic":
-                        compiled = _by_shape_module()(compiled, torch.compile(module, dynamic=True))
+                        dynamic = torch.compile(module, dynamic=True, backend=backend)
+                        compiled = _by_shape_module()(compiled, dynamic)
                     stack[i] = compiled
             replica.compiled = True
 
@@ -259,6 +268,8 @@ class Encoder:
                 replica.embed_pages([first, last] * max(1, self.batch_size // 4))
         if self.compiled:
             torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall
+            for replica in self.replicas:
+                replica.traced_threads = torch.get_num_threads()
         return time.perf_counter() - start
 
     @classmethod
@@ -283,6 +294,8 @@ class Encoder:
             raise InvalidInput("no images to embed")
         inputs = self.family.preprocess(self.processor, images, self.device)
         inputs = self.family.complete(self.model, inputs)
+        if self.device.startswith("cuda"):
+            inputs = self.family.pin(inputs)
         return PageBatch(inputs, [image.size for image in images])
 
     def forward(self, batch: PageBatch | Any) -> torch.Tensor:
@@ -291,8 +304,35 @@ class Encoder:
         import torch
 
         inputs = batch.inputs if isinstance(batch, PageBatch) else batch
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._as_traced():
             return self.model(**self.family.to_device(self.processor, inputs, self.device))
+
+    @contextmanager
+    def _as_traced(self) -> Iterator[None]:
+        """Run under torch's CPU thread count of the warm-up. Dynamo's graphs guard on it: a
+        caller that changed it (``torch.set_num_threads``, or threadpoolctl's OpenMP limit)
+        would otherwise run every block eager, silently, at 2/3 of the compiled speed (seen
+        in the ingestion pipeline: 41 against 60 pages/s on an H100)."""
+        import torch
+
+        now = torch.get_num_threads()
+        if self.traced_threads is None or now == self.traced_threads:
+            yield
+            return
+        if not self._warned_threads:
+            self._warned_threads = True
+            log.warning(
+                "torch's CPU thread count is %d; the compiled graphs were traced with %d: "
+                "the forward pass runs with %d",
+                now,
+                self.traced_threads,
+                self.traced_threads,
+            )
+        torch.set_num_threads(self.traced_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(now)
 
     def launch(self, batch: PageBatch) -> Launched:
         """Queue ``batch``'s forward pass and the copy of its output to the host, and return

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from retrieval.config import Settings
-from retrieval.cpu_threads import one_cpu_thread_per_op
+from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.errors import EncoderError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ def _serve(
         threading.Thread(target=_finish_each, args=(encoder, launched, responses), daemon=True),
     ]
     # As in the parent's pipeline: one thread per numeric op beside the device's work.
-    with one_cpu_thread_per_op(on_gpu=encoder.device.startswith("cuda")):
+    with one_blas_thread_per_op(on_gpu=encoder.device.startswith("cuda")):
         for worker in workers:
             worker.start()
         while (item := prepared.get()) is not None:

@@ -279,3 +279,46 @@ def test_a_launch_out_of_memory_falls_back_to_smaller_batches(encoder, monkeypat
     assert len(got) == 5
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-5)
+
+
+def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir):
+    """Dynamo guards its graphs on torch's CPU thread count. Ingestion (or any caller) that
+    changes the count after the warm-up still runs the warm-up's graphs: not a retrace, and
+    not eager (the H100 pipeline once ran at 41 instead of 60 pages/s so). The caller's count
+    is restored after each batch."""
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=64, batch_size=4)
+    expected = None
+    grid = encoder.family.warm_up_grids(64)[0]
+    pages = [Image.effect_noise(encoder.family.pixels_for(grid), 64).convert("RGB")] * 4
+    expected = [p.multivector for p in encoder.embed_pages(pages)]
+    threads = torch.get_num_threads()
+    encoder.compile(backend="eager")
+    try:
+        encoder.warm_up()
+        torch.set_num_threads(threads + 1)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            full = encoder.embed_pages(pages)  # the static graph of a warmed full batch
+            partial = encoder.embed_pages(pages[:3])  # the dynamic graph
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+    for got in (full, partial):
+        for page, want in zip(got, expected, strict=False):
+            np.testing.assert_allclose(page.multivector, want, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_gpu_batch_is_preprocessed_into_pinned_memory(tiny_model_dir):
+    """Every host tensor bound for the GPU is page-locked: a copy from pageable memory would
+    wait for the device's queued work before it starts."""
+    encoder = Encoder.load(str(tiny_model_dir), device="cuda", max_visual_tokens=64)
+    batch = encoder.preprocess([page_image(300, 200), page_image(200, 300, seed=1)])
+    host = encoder.family.host_inputs()
+    bound = {k: v for k, v in batch.inputs.items() if isinstance(v, torch.Tensor)}
+    bound = {k: v for k, v in bound.items() if k not in host}
+    assert bound and all(v.is_pinned() for v in bound.values()), {
+        k: v.is_pinned() for k, v in bound.items()
+    }
+    assert all(stack.is_pinned() for _, stack in batch.inputs["pixel_groups"])

@@ -31,7 +31,9 @@ multi)  # threads, then an encoder process per GPU, on one GPU and on all
     ;;
 profile)  # where a running pipeline's device time goes: per-batch device spans and gaps,
           # allocator and recompile counters, then torch's profiler over every thread
-    run ingest_profile $bench --compile --repeat 2 --trace --torch-trace "$OUT/trace.json.gz"
+    [ -n "${GPU_TEST:-}" ] && run gpu_test -c "from tests.test_encoder import test_a_gpu_batch_is_preprocessed_into_pinned_memory as t; from tests.tiny_model import write_tiny_model; import tempfile, pathlib; t(write_tiny_model(pathlib.Path(tempfile.mkdtemp()))); print('pinned: ok')"
+    run ingest_profile $bench --compile --repeat 2 --trace --torch-trace "$OUT/trace.json.gz" \
+        ${PROFILE_ARGS:-}
     ;;
 families)
     run probe_families -m bench.model_probe --families colqwen2 colqwen2_5 colqwen3_5

@@ -212,6 +212,7 @@ class IngestPipeline:
         self._results: list[DocumentResult] = []
         self._busy: dict[str, float] = {"render": 0.0, "preprocess": 0.0, "store": 0.0}
         self._busy_lock = threading.Lock()
+        self._outstanding = 0  # batches of pages the batcher handed on, not finished yet
         self._stop = threading.Event()
         self._error: BaseException | None = None
         rendered: queue.Queue = queue.Queue(maxsize=2 * self.batch_size * len(self.replicas) + 8)
@@ -387,6 +388,9 @@ class IngestPipeline:
             in_flight: deque[Future] = deque()
             for seq, messages in enumerate(self._batches(inp)):
                 replica = self.replicas[seq % len(self.replicas)]
+                if any(m.kind == "page" for m in messages):
+                    with self._busy_lock:
+                        self._outstanding += 1
                 in_flight.append(pool.submit(self._prepare, seq, messages, replica))
                 while in_flight and (
                     in_flight[0].done() or len(in_flight) > self.preprocess_threads
@@ -401,10 +405,13 @@ class IngestPipeline:
 
     def _batches(self, inp: queue.Queue) -> Iterator[list[_Msg]]:
         """Batches of pages of one grid, across documents: ``batch_size`` pages of one grid
-        have the shapes a compiled model was warmed up for, and pad nothing. A page waits in
-        its grid's bucket at most ``_max_lag`` messages (or until the input pauses); then the
-        buckets it waited with go out together, cut by token budget. Control messages travel
-        with the next batch: the store puts every message back in stream order."""
+        have the shapes a compiled model was warmed up for, and pad nothing. Pages wait in
+        their grid's bucket. A page that waited ``_max_lag`` messages goes out with the oldest
+        pages of the other buckets, filling a batch. When the input pauses, the buckets go out
+        only if a device has nothing to do (``_starving``): a small batch costs a device
+        nearly what a full one does, so while the devices are busy, more pages are worth the
+        wait. Control messages travel with the next batch: the store puts every message back
+        in stream order."""
         buckets: dict[tuple[int, int], list[_Msg]] = {}
         controls: list[_Msg] = []
         seq = 0
@@ -414,11 +421,13 @@ class IngestPipeline:
             try:
                 msg = self._get(inp, timeout=_IDLE_FLUSH_S if buckets or controls else None)
             except queue.Empty:
-                msg = None  # the input paused: send everything
+                msg = None  # the input paused
+            if msg is None and not self._starving():
+                continue
             if msg is _END or msg is None:
                 finished = msg is _END
-                yield from self._cut([m for b in buckets.values() for m in b], controls)
-                buckets, controls = {}, []
+                yield from self._cut(buckets, controls)
+                controls = []
                 continue
             msg.seq, seq = seq, seq + 1
             if msg.kind != "page":
@@ -434,27 +443,44 @@ class IngestPipeline:
                 yield bucket + controls
                 del buckets[msg.page.grid]
                 controls = []
-            stale = [g for g, b in buckets.items() if seq - b[0].seq > max_lag]
-            if stale:
-                yield from self._cut([m for g in stale for m in buckets.pop(g)], controls)
+            if buckets and seq - min(b[0].seq for b in buckets.values()) > max_lag:
+                yield self._oldest(buckets) + controls
                 controls = []
 
-    def _cut(self, pages: list[_Msg], controls: list[_Msg]) -> Iterator[list[_Msg]]:
-        """Pages of several grids, in stream order, cut into batches by token budget (at most
-        ``batch_size`` pages); the control messages go with the first."""
-        pages.sort(key=lambda m: m.seq)
-        work, tokens = list(controls), 0
+    def _cut(
+        self, buckets: dict[tuple[int, int], list[_Msg]], controls: list[_Msg]
+    ) -> Iterator[list[_Msg]]:
+        """Every waiting page, oldest first, in batches; the control messages go with the
+        first (alone if no page waits). Empties ``buckets``."""
+        while buckets:
+            yield self._oldest(buckets) + controls
+            controls = []
+        if controls:
+            yield controls
+
+    def _oldest(self, buckets: dict[tuple[int, int], list[_Msg]]) -> list[_Msg]:
+        """Take a batch of the oldest waiting pages, whatever their grid, out of ``buckets``
+        (at most ``batch_size`` pages and the token budget)."""
+        pages = sorted((m for b in buckets.values() for m in b), key=lambda m: m.seq)
+        batch, tokens = [], 0
         for msg in pages:
             cost = self.encoder.family.sequence_tokens(msg.page.grid)
-            if len(work) > len(controls) and (
-                tokens + cost > self.token_budget or len(work) - len(controls) >= self.batch_size
-            ):
-                yield work
-                work, tokens, controls = [], 0, []
-            work.append(msg)
+            if batch and (len(batch) >= self.batch_size or tokens + cost > self.token_budget):
+                break
+            batch.append(msg)
             tokens += cost
-        if work:
-            yield work
+        taken = {id(m) for m in batch}
+        for grid in list(buckets):
+            buckets[grid] = [m for m in buckets[grid] if id(m) not in taken]
+            if not buckets[grid]:
+                del buckets[grid]
+        return batch
+
+    def _starving(self) -> bool:
+        """Whether some device has no batch queued or running (batches handed on by the
+        batcher and not yet finished, fewer than the devices)."""
+        with self._busy_lock:
+            return self._outstanding < len(self.replicas)
 
     def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
         work = _Work(messages, seq=seq, replica=replica)
@@ -492,7 +518,11 @@ class IngestPipeline:
     def _finish_batch(self, work: _Work, launched: Any, out: queue.Queue) -> None:
         if launched is not None:
             t0 = time.perf_counter()
-            embeddings = work.replica.finish(launched)
+            try:
+                embeddings = work.replica.finish(launched)
+            finally:
+                with self._busy_lock:
+                    self._outstanding -= 1
             self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
             derived = getattr(launched, "derived", None) or [None] * len(embeddings)
             for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):

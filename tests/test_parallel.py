@@ -213,6 +213,79 @@ def test_pages_of_one_grid_are_batched_together_across_documents(tiny_model_dir,
     store.close()
 
 
+def _batcher(tiny_model_dir: Path, tmp_path: Path, *, busy: bool) -> IngestPipeline:
+    """A pipeline's batching stage, batches of 4 pages, its one device busy or not."""
+    import threading
+
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    store = PageStore(EdgeBackend(tmp_path / "q"))
+    store.create_collection("c", model=encoder.model_id, max_visual_tokens=BUDGET, dim=encoder.dim)
+    pipeline = IngestPipeline(encoder, store, "c", batch_size=4)
+    pipeline._busy_lock, pipeline._stop = threading.Lock(), threading.Event()
+    pipeline._outstanding = 1 if busy else 0  # batches queued or running on the device
+    return pipeline
+
+
+def _pages(grids: list[tuple[int, int]]) -> list:
+    from indexer.pipeline import _Doc, _Msg
+    from indexer.render import RenderedPage
+    from indexer.sources import SourceFile
+
+    doc = _Doc(SourceFile(Path("d.pdf"), "d.pdf"))
+    return [
+        _Msg("page", doc, page=RenderedPage(None, i + 1, len(grids), (0, 0), 0, grid))
+        for i, grid in enumerate(grids)
+    ]
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_pause_in_rendering_sends_a_partial_batch_only_to_an_idle_device(
+    tiny_model_dir, tmp_path, busy
+):
+    """A small batch costs a device nearly what a full one does: while the device has work,
+    pages keep waiting for their batch to fill; an idle device gets what there is."""
+    import queue
+    import threading
+    import time
+
+    from indexer.pipeline import _END
+
+    pipeline = _batcher(tiny_model_dir, tmp_path, busy=busy)
+    inp: queue.Queue = queue.Queue()
+    pages = _pages([(4, 3)] * 4)
+
+    def feed():
+        for msg in pages[:3]:
+            inp.put(msg)
+        time.sleep(0.5)  # rendering pauses, ten times the batcher's patience
+        inp.put(pages[3])
+        inp.put(_END)
+
+    threading.Thread(target=feed, daemon=True).start()
+    sizes = [len(batch) for batch in pipeline._batches(inp)]
+    assert sizes == ([4] if busy else [3, 1])
+
+
+def test_a_page_that_waited_too_long_fills_a_batch_with_the_oldest_others(tiny_model_dir, tmp_path):
+    """A page of a rare grid does not wait for its batch forever, nor go out alone: it leaves
+    with the oldest pages of other grids, a full batch."""
+    import queue
+
+    from indexer.pipeline import _END
+
+    pipeline = _batcher(tiny_model_dir, tmp_path, busy=True)
+    rare, others = (9, 9), [(4, 3 + i // 3) for i in range(30)]  # ten grids, 3 pages each
+    pages = _pages([rare, *others])
+    inp: queue.Queue = queue.Queue()
+    for msg in [*pages, _END]:
+        inp.put(msg)
+    batches = list(pipeline._batches(inp))
+    first = batches[0]
+    assert first[0] is pages[0] and len(first) == 4
+    assert [m.page.grid for m in first[1:]] == [others[0]] * 3
+    assert sorted(m.seq for b in batches for m in b) == list(range(31))
+
+
 def _in_process_factory(model_dir: Path):
     import functools
 

@@ -412,6 +412,12 @@ def main() -> None:
     )
     parser.add_argument("--trace", action="store_true", help="per-batch timings of the encoder")
     parser.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="SDPA without its cuDNN backend (flash or memory-efficient kernels instead: no "
+        "execution plan to build for each new shape)",
+    )
+    parser.add_argument(
         "--torch-trace",
         type=Path,
         default=None,
@@ -435,6 +441,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.no_cudnn_attention:
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
     extra = [f"cuda:{i}" for i in range(1, args.gpus)] if device.startswith("cuda") else []
     inputs = args.pdfs or [SHARED_PDFS / "good"]
     files = [s.path for s in discover(inputs)]

@@ -242,7 +242,7 @@ class Encoder:
         """Run a batch of blank pages of each (rows, cols) grid (default: the family's grids of
         A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's autotuning)
         is paid before real pages arrive; with dynamic graphs for other shapes, also a partial
-        batch and a batch of two grids. Returns seconds spent."""
+        batch, a batch of two grids and a single page. Returns seconds spent."""
         import torch
         from PIL import Image
 
@@ -266,6 +266,7 @@ class Encoder:
             for replica in self.replicas:
                 replica.embed_pages([first] * max(2, self.batch_size // 2 + 1))
                 replica.embed_pages([first, last] * max(1, self.batch_size // 4))
+                replica.embed_pages([first])  # dynamo specializes sizes of 1: its own graph
         if self.compiled:
             torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall
             for replica in self.replicas:

@@ -285,7 +285,7 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
     """Dynamo guards its graphs on torch's CPU thread count. Ingestion (or any caller) that
     changes the count after the warm-up still runs the warm-up's graphs: not a retrace, and
     not eager (the H100 pipeline once ran at 41 instead of 60 pages/s so). The caller's count
-    is restored after each batch."""
+    is restored after each batch. Nor does a single page, a shape of its own, retrace."""
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=64, batch_size=4)
     expected = None
     grid = encoder.family.warm_up_grids(64)[0]
@@ -299,12 +299,13 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
         with torch.compiler.set_stance("fail_on_recompile"):
             full = encoder.embed_pages(pages)  # the static graph of a warmed full batch
             partial = encoder.embed_pages(pages[:3])  # the dynamic graph
+            single = encoder.embed_pages(pages[:1])  # dynamo's own graph for sizes of 1
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)
         torch.compiler.set_stance("default")
         torch._dynamo.reset()
-    for got in (full, partial):
+    for got in (full, partial, single):
         for page, want in zip(got, expected, strict=False):
             np.testing.assert_allclose(page.multivector, want, atol=1e-5)
 

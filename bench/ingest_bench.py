@@ -303,11 +303,14 @@ def shape_probe(encoder: Encoder, reps: int = 3) -> None:
     a4 = Image.new("RGB", family.size_for(595, 842, budget), "white")
     wide = Image.new("RGB", family.size_for(842, 595, budget), "white")
     odd = Image.new("RGB", family.size_for(500, 700, budget), "white")
+    legal = Image.new("RGB", family.size_for(612, 1008, budget), "white")  # more tokens
     shapes = {
         f"{n} A4 (warmed)": [a4] * n,
         f"{n // 3} A4": [a4] * (n // 3),
         f"{n} A4 + landscape": [a4, wide] * (n // 2),
         f"{n // 3} A4 + landscape": [a4, wide] * (n // 6),
+        f"{n} A4 + Legal (unequal lengths)": [a4, legal] * (n // 2),
+        f"{n // 3} A4 + Legal": [a4, legal] * (n // 6),
         f"{n // 3} of an unwarmed grid": [odd] * (n // 3),
     }
     rows = []

@@ -242,7 +242,8 @@ class Encoder:
         """Run a batch of blank pages of each (rows, cols) grid (default: the family's grids of
         A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's autotuning)
         is paid before real pages arrive; with dynamic graphs for other shapes, also a partial
-        batch, a batch of two grids and a single page. Returns seconds spent."""
+        batch, batches of two grids (of equal and of unequal token counts) and a single page.
+        Returns seconds spent."""
         import torch
         from PIL import Image
 
@@ -260,12 +261,19 @@ class Encoder:
                 replica.embed_pages(pages)
         for d in dispatchers:
             d.learning = False
-        if dispatchers:  # the dynamic graphs: a partial batch, then a batch of two grids
+        if dispatchers:  # the dynamic graphs: a partial batch, batches of two grids, a page
             first = Image.new("RGB", self.family.pixels_for(grids[0]))
             last = Image.new("RGB", self.family.pixels_for(grids[-1]))
+            # Pages of unequal token counts (a US Legal page beside an A4 one) take the packed
+            # attention's gather plan: inputs of their own, so a graph of their own.
+            legal = self.family.grid_for(612, 1008, self.max_visual_tokens)
+            longer = Image.new("RGB", self.family.pixels_for(legal))
+            # Odd counts: dynamo would tie a batch of 2 to the other sizes of 2 (duck shapes).
+            n = max(1, self.batch_size // 4)
             for replica in self.replicas:
-                replica.embed_pages([first] * max(2, self.batch_size // 2 + 1))
-                replica.embed_pages([first, last] * max(1, self.batch_size // 4))
+                replica.embed_pages([first] * max(3, self.batch_size // 2 + 1))
+                replica.embed_pages([first, last] * n + [first])
+                replica.embed_pages([first, longer] * n + [first])
                 replica.embed_pages([first])  # dynamo specializes sizes of 1: its own graph
         if self.compiled:
             torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall

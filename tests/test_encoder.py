@@ -108,6 +108,7 @@ def test_preprocess_equals_colpali_process_images(encoder):
     ours = encoder.family.to_device(encoder.processor, batch, "cpu")
     theirs = encoder.processor.process_images(images)
     derived = {"position_ids", "image_position_ids", "image_cu_seqlens", "image_max_seqlen"}
+    derived |= {"image_packed_index", "image_packed_valid", "image_packed_rows"}  # unequal
     assert set(ours) == {*theirs, *derived}
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
@@ -125,6 +126,35 @@ def test_preprocess_equals_colpali_process_images(encoder):
     lengths = (grid[:, 1] * grid[:, 2]).tolist()
     assert ours["image_cu_seqlens"].tolist() == [0, *np.cumsum(lengths)]
     assert ours["image_max_seqlen"] == max(lengths)
+    # The packed attention's gather plan: slot (i, j) holds token start_i + j if j < length_i;
+    # token t of sequence i, at offset j, lands in slot i * longest + j.
+    longest, starts = max(lengths), [0, *np.cumsum(lengths)[:-1]]
+    index, valid, rows = (ours[f"image_packed_{k}"] for k in ("index", "valid", "rows"))
+    for i, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        assert valid[i].tolist() == [j < length for j in range(longest)]
+        assert index[i, :length].tolist() == list(range(start, start + length))
+    assert rows.tolist() == [i * longest + j for i, n in enumerate(lengths) for j in range(n)]
+
+
+def test_the_vision_tower_takes_the_gather_plan_made_on_the_host(encoder, monkeypatch):
+    """Pages of unequal sizes: the packed attention uses the plan preprocessing made (no plan
+    made inside the model, where a compiled block would copy it from pageable memory); the
+    same embeddings as a plan made there."""
+    from retrieval.models import attention
+
+    made, layout = [], attention._layout
+    monkeypatch.setattr(attention, "_layout", lambda *a: made.append(a) or layout(*a))
+    images = [page_image(300, 200), page_image(80, 900, seed=1)]
+    batch = encoder.preprocess(images)
+    assert "image_packed_rows" in batch.inputs
+    given = [p.multivector for p in encoder.finish(encoder.launch(batch))]
+    assert made == []
+    for key in ("index", "valid", "rows"):
+        del batch.inputs[f"image_packed_{key}"]
+    inside = [p.multivector for p in encoder.finish(encoder.launch(batch))]
+    assert made
+    for a, b in zip(given, inside, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_a_batch_whose_tokens_do_not_match_its_grids_is_refused_before_the_model(encoder):
@@ -287,10 +317,14 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
     not eager (the H100 pipeline once ran at 41 instead of 60 pages/s so). The caller's count
     is restored after each batch. Nor does a single page, a shape of its own, retrace."""
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=64, batch_size=4)
-    expected = None
-    grid = encoder.family.warm_up_grids(64)[0]
-    pages = [Image.effect_noise(encoder.family.pixels_for(grid), 64).convert("RGB")] * 4
+    grids = encoder.family.warm_up_grids(64)
+    pages = [Image.effect_noise(encoder.family.pixels_for(grids[0]), 64).convert("RGB")] * 4
+    other = Image.effect_noise(encoder.family.pixels_for(grids[-1]), 64).convert("RGB")
+    legal = encoder.family.pixels_for(encoder.family.grid_for(612, 1008, 64))
+    longer = Image.effect_noise(legal, 64).convert("RGB")  # more tokens than an A4 page
+    mixes = [[other, *pages[:2]], [longer, *pages[:2]], [longer, pages[0]]]
     expected = [p.multivector for p in encoder.embed_pages(pages)]
+    expected_mixed = [[p.multivector for p in encoder.embed_pages(m)] for m in mixes]
     threads = torch.get_num_threads()
     encoder.compile(backend="eager")
     try:
@@ -300,6 +334,7 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
             full = encoder.embed_pages(pages)  # the static graph of a warmed full batch
             partial = encoder.embed_pages(pages[:3])  # the dynamic graph
             single = encoder.embed_pages(pages[:1])  # dynamo's own graph for sizes of 1
+            mixed = [encoder.embed_pages(m) for m in mixes]  # two grids, (un)equal lengths
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)
@@ -307,6 +342,9 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
         torch._dynamo.reset()
     for got in (full, partial, single):
         for page, want in zip(got, expected, strict=False):
+            np.testing.assert_allclose(page.multivector, want, atol=1e-5)
+    for got, wanted in zip(mixed, expected_mixed, strict=True):
+        for page, want in zip(got, wanted, strict=True):
             np.testing.assert_allclose(page.multivector, want, atol=1e-5)
 
 

@@ -39,10 +39,19 @@ def packed_sdpa(
     max_length_q: int,
     scaling: float | None = None,
     dropout: float = 0.0,
+    packed_index: Any = None,
+    packed_valid: Any = None,
+    packed_rows: Any = None,
+    window_packed_index: Any = None,
+    window_packed_valid: Any = None,
+    window_packed_rows: Any = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
     """query, key, value: (1, heads, total, head_dim), the sequences packed back to back as
-    ``cu_seq_lens_q`` says. Returns (1, total, heads, head_dim), as transformers' flash path."""
+    ``cu_seq_lens_q`` says. Returns (1, total, heads, head_dim), as transformers' flash path.
+    ``packed_*`` / ``window_packed_*``: the gather plans of the images and of the windows
+    (``layout_inputs``), made on the host beforehand and copied in with the other inputs;
+    the one of this call's shape is used, else the plan is made here."""
     import torch.nn.functional as F
 
     _, heads, total, dim = query.shape
@@ -52,7 +61,16 @@ def packed_sdpa(
         q, k, v = (t.reshape(heads, n, longest, dim).transpose(0, 1) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling)
         return out.transpose(0, 1).reshape(1, heads, total, dim).transpose(1, 2), None
-    index, valid, rows = _layout(cu_seq_lens_q, n, longest, query.device, total)
+    plans = [
+        (packed_index, packed_valid, packed_rows),
+        (window_packed_index, window_packed_valid, window_packed_rows),
+    ]
+    given = [p for p in plans if p[0] is not None and tuple(p[0].shape) == (n, longest)]
+    given = [p for p in given if p[2].numel() == total]
+    if given:
+        index, valid, rows = given[0]
+    else:
+        index, valid, rows = _layout(cu_seq_lens_q, n, longest, query.device, total)
     q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # (n, H, L, d)
     mask = valid[:, None, None, :]  # padded keys take no part
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
@@ -65,11 +83,18 @@ def _layout(cu_seqlens: Any, n: int, longest: int, device: Any, total: int) -> t
     holds a token, and for each token, in order, its padded slot (total,). Computed once per
     ``cu_seqlens`` (once a forward pass) where ``cu_seqlens`` is, then moved to ``device``;
     every size is known beforehand, so nothing is read back from the device."""
-    import torch
-
     for seen, plan in list(_layouts):
         if seen is cu_seqlens and plan[0].shape == (n, longest) and plan[0].device == device:
             return plan
+    plan = tuple(t.to(device, non_blocking=True) for t in _plan(cu_seqlens, longest, total))
+    _layouts.append((cu_seqlens, plan))
+    return plan
+
+
+def _plan(cu_seqlens: Any, longest: int, total: int) -> tuple[Any, Any, Any]:
+    """(index, valid, rows) where ``cu_seqlens`` is."""
+    import torch
+
     bounds = cu_seqlens.long()
     starts, lengths = bounds[:-1], bounds[1:] - bounds[:-1]
     offsets = torch.arange(longest, device=bounds.device)
@@ -78,9 +103,22 @@ def _layout(cu_seqlens: Any, n: int, longest: int, device: Any, total: int) -> t
     token = torch.arange(total, device=bounds.device)
     sequence = torch.searchsorted(bounds[1:], token, right=True)
     rows = sequence * longest + token - starts[sequence]
-    plan = tuple(t.to(device, non_blocking=True) for t in (index, valid, rows))
-    _layouts.append((cu_seqlens, plan))
-    return plan
+    return index, valid, rows
+
+
+def layout_inputs(prefix: str, cu_seqlens: Any, longest: int) -> dict[str, Any]:
+    """The gather plan of sequences of unequal lengths, made on the host (``cu_seqlens`` is
+    there), as model inputs named ``{prefix}_index``, ``_valid``, ``_rows``: they travel to the
+    device with the other inputs, pinned, and reach ``packed_sdpa`` through the vision
+    tower's kwargs. Made inside a compiled block instead, the plan would be a CPU kernel and a
+    copy from pageable memory, which waits for the stream, in every block. None needed (empty)
+    when every sequence has the same length."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    total = int(cu_seqlens[-1])
+    if int(lengths.min()) == int(longest) == int(lengths.max()):
+        return {}
+    index, valid, rows = _plan(cu_seqlens, int(longest), total)
+    return {f"{prefix}_index": index, f"{prefix}_valid": valid, f"{prefix}_rows": rows}
 
 
 def use(model: Any) -> bool:

@@ -288,6 +288,7 @@ def _vision_inputs(model: Any, grid: Any) -> dict[str, Any]:
     if visual.config._attn_implementation == attention.NAME:  # host bounds: packed attention
         cu_seqlens, longest = vu.get_vision_attention_seqlens(grid, visual.config)
         out |= {"image_cu_seqlens": cu_seqlens, "image_max_seqlen": longest}
+        out |= attention.layout_inputs("image_packed", cu_seqlens, longest)
         if hasattr(visual, "window_size"):  # Qwen2.5-VL: attention within windows
             window_index, cu_window = vu.get_vision_window_index(
                 grid,
@@ -295,11 +296,13 @@ def _vision_inputs(model: Any, grid: Any) -> dict[str, Any]:
                 window_size=visual.window_size,
                 patch_size=visual.patch_size,
             )
+            longest_window = get_max_seqlen(cu_window, visual.config)
             out |= {
                 "image_window_index": window_index,
                 "image_cu_window_seqlens": cu_window,
-                "image_max_window_seqlen": get_max_seqlen(cu_window, visual.config),
+                "image_max_window_seqlen": longest_window,
             }
+            out |= attention.layout_inputs("image_window_packed", cu_window, longest_window)
     if hasattr(visual, "num_grid_per_side"):  # Qwen3-VL, 3.5: interpolated position embeddings
         indices, weights = vu.get_vision_interpolation_indices_and_weights(
             grid,

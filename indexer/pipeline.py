@@ -407,11 +407,12 @@ class IngestPipeline:
         """Batches of pages of one grid, across documents: ``batch_size`` pages of one grid
         have the shapes a compiled model was warmed up for, and pad nothing. Pages wait in
         their grid's bucket. A page that waited ``_max_lag`` messages goes out with the oldest
-        pages of the other buckets, filling a batch. When the input pauses, the buckets go out
-        only if a device has nothing to do (``_starving``): a small batch costs a device
-        nearly what a full one does, so while the devices are busy, more pages are worth the
-        wait. Control messages travel with the next batch: the store puts every message back
-        in stream order."""
+        pages of the other buckets, filling a batch; so do the oldest pages when a device has
+        nothing to do (``_starving``) and a batch's worth waits, of several grids. When the
+        input pauses, the buckets go out only if a device has nothing to do: a small batch
+        costs a device nearly what a full one does, so while the devices are busy, more pages
+        are worth the wait. Control messages travel with the next batch: the store puts every
+        message back in stream order."""
         buckets: dict[tuple[int, int], list[_Msg]] = {}
         controls: list[_Msg] = []
         seq = 0
@@ -443,7 +444,11 @@ class IngestPipeline:
                 yield bucket + controls
                 del buckets[msg.page.grid]
                 controls = []
-            if buckets and seq - min(b[0].seq for b in buckets.values()) > max_lag:
+            waiting = sum(len(b) for b in buckets.values())
+            if buckets and (
+                seq - min(b[0].seq for b in buckets.values()) > max_lag
+                or (waiting >= self.batch_size and self._starving())
+            ):
                 yield self._oldest(buckets) + controls
                 controls = []
 

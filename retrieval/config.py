@@ -50,8 +50,7 @@ class Settings(BaseSettings):
     encoder_processes: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Ingest with the model in a process of its own per device, so that no "
-        "device waits for the GIL behind the rest of ingestion; auto = when ingesting on "
-        "several GPUs.",
+        "device waits for the GIL behind the rest of ingestion; auto = on GPUs.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 elsewhere."

@@ -190,13 +190,15 @@ class EncoderProcess:
 
 def process_devices(settings: Settings) -> list[str] | None:
     """The devices to run an encoder process on for ingestion, or None to run the model in
-    this process (``encoder_processes``: auto = on when ingesting on several GPUs)."""
+    this process (``encoder_processes``: auto = on for GPUs, where the launching thread must
+    not wait for the GIL behind rendering, batching and storing: one H200, 42 -> 48 pages/s,
+    BENCHMARKS.md)."""
     from retrieval.encoder import resolve_devices
 
     if settings.encoder_processes == "off":
         return None
     devices = resolve_devices(settings.device)
-    if settings.encoder_processes == "auto" and len(devices) < 2:
+    if settings.encoder_processes == "auto" and not devices[0].startswith("cuda"):
         return None
     return devices
 

@@ -286,6 +286,22 @@ def test_a_page_that_waited_too_long_fills_a_batch_with_the_oldest_others(tiny_m
     assert sorted(m.seq for b in batches for m in b) == list(range(31))
 
 
+def test_an_idle_device_gets_a_full_batch_of_several_grids_rather_than_wait(
+    tiny_model_dir, tmp_path
+):
+    """Pages of many grids, none filling its own batch: an idle device takes the oldest
+    batch's worth of them at once, instead of waiting for a grid to fill or a page to age."""
+    import queue
+
+    pipeline = _batcher(tiny_model_dir, tmp_path, busy=False)
+    pages = _pages([(4, 3 + i % 5) for i in range(5)])  # five grids, one page each
+    inp: queue.Queue = queue.Queue()
+    for msg in pages:
+        inp.put(msg)
+    first = next(pipeline._batches(inp))
+    assert [m.seq for m in first] == [0, 1, 2, 3]
+
+
 def _in_process_factory(model_dir: Path):
     import functools
 
@@ -404,11 +420,16 @@ def test_non_finite_embeddings_are_refused_rather_than_stored(tiny_model_dir):
         encoder.embed_pages([Image.new("RGB", (224, 308), "white")])
 
 
-def test_encoder_processes_are_used_where_settings_ask_for_them():
+def test_encoder_processes_are_used_where_settings_ask_for_them(monkeypatch):
+    import retrieval.encoder
     from retrieval.config import Settings
     from retrieval.encoder_process import process_devices
 
-    assert process_devices(Settings(device="cpu")) is None  # auto: only over several GPUs
+    assert process_devices(Settings(device="cpu")) is None  # auto: only on GPUs
+    monkeypatch.setattr(retrieval.encoder, "resolve_devices", lambda device: ["cuda:0"])
+    assert process_devices(Settings(device="cuda")) == ["cuda:0"]
+    assert process_devices(Settings(device="cuda", encoder_processes="off")) is None
+    monkeypatch.undo()
     assert process_devices(Settings(device="cpu", encoder_processes="off")) is None
     assert process_devices(Settings(device="cpu", encoder_processes="on")) == ["cpu"]
 

@@ -25,8 +25,8 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
         run ingest_compiled_blas1 $bench --compile --repeat 2
     ;;
-multi)  # threads, then an encoder process per GPU, on one GPU and on all
-    run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes
+multi)  # an encoder process per GPU (the default on GPUs), on one GPU and on all
+    run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes-only
     run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only
     ;;
 profile)  # where a running pipeline's device time goes: per-batch device spans and gaps,

@@ -220,7 +220,7 @@ class IngestPipeline:
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
         with (
-            one_blas_thread_per_op(on_gpu=self.encoder.device.startswith("cuda")),
+            one_blas_thread_per_op(on_gpu=any(r.device.startswith("cuda") for r in self.replicas)),
             Renderer(
                 self.render_options, workers=self.render_workers, max_pages=self.max_pages
             ) as renderer,

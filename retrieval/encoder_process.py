@@ -210,7 +210,7 @@ def ingest_encoder(
     """The encoder ingestion runs on, as settings say: the model loaded here (replicated over
     the devices in threads, compiled and warmed up), or one process per device
     (``process_devices``), the model here then only answering what the pipeline asks of it
-    (its family, size, processor) from the first device, uncompiled. Processes stop on exit."""
+    (its family, size, processor) from the host, uncompiled. Processes stop on exit."""
     from retrieval.encoder import Encoder
 
     say = on_status or (lambda message: None)
@@ -227,7 +227,9 @@ def ingest_encoder(
         family=settings.model_family,
         batch_size=settings.batch_size,
     )
-    encoder = Encoder.load(settings.model, device=devices[0], compile="off", **load)
+    # On the host: a copy on the first GPU would take the memory its process needs.
+    host = {**load, "dtype": "bfloat16"}
+    encoder = Encoder.load(settings.model, device="cpu", compile="off", **host)
     factory = functools.partial(_load_on, settings.model, compile=settings.compile, **load)
     processes = EncoderProcess.start_many(factory, devices)
     say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}")

@@ -435,6 +435,11 @@ def main() -> None:
         action="store_true",
         help="only the run with an encoder process per GPU (no probes, no threaded run)",
     )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="with encoder processes: sample the parent's thread stacks during the run",
+    )
     parser.add_argument("--probe-only", action="store_true", help="syncs and batch shapes only")
     parser.add_argument(
         "--null-model",
@@ -576,6 +581,54 @@ def profiled_run(encoder: Encoder, files: list[Path], workers: int | None, path:
     print(f"trace: {path}", flush=True)
 
 
+class StackSampler:
+    """Where this process's threads spend a run, by sampling every thread's stack every
+    ``interval_s`` (``sys._current_frames``): per thread, the innermost frames of our code and
+    of the libraries below it that recur most. Pure Python, so it runs wherever the bench
+    does; a thread waiting on a lock or a queue shows as that wait."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        import collections
+        import threading
+
+        self.interval_s = interval_s
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+
+    def __enter__(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import sys
+        import threading
+
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval_s):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                where = []
+                while frame is not None and len(where) < 3:
+                    code = frame.f_code
+                    where.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+                    frame = frame.f_back
+                self.counts[names.get(ident, str(ident))][" < ".join(where)] += 1
+
+    def report(self, top: int = 6) -> None:
+        for name, counter in sorted(self.counts.items()):
+            total = sum(counter.values())
+            print(f"thread {name}: {total * self.interval_s:.1f} s sampled")
+            for where, n in counter.most_common(top):
+                print(f"  {100 * n / total:5.1f}%  {where}")
+
+
 def null_forward(encoder: Encoder) -> None:
     """Replace the forward pass by random unit vectors of the output's shape."""
     import torch
@@ -625,7 +678,12 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
     print(f"encoder processes ready in {time.perf_counter() - t0:.1f} s", flush=True)
     try:
         encoder.replicas = processes
-        p = ours(encoder, files, args.workers)
+        if args.sample:
+            with StackSampler() as sampler:
+                p = ours(encoder, files, args.workers)
+            sampler.report()
+        else:
+            p = ours(encoder, files, args.workers)
     finally:
         encoder.replicas = threads
         for process in processes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -80,23 +79,6 @@ class RenderedPage:
     def pixel_size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         return self.image.size
-
-    def __reduce__(self):
-        """Pickled with its pixels deflated (zlib level 1): a rendered page crosses a pipe
-        from its render process, and the parent's one thread that reads the pool's results
-        was the limit of two-GPU ingestion (1.8 MB a page raw; ~18x smaller, 3 ms to deflate
-        in the render process, 1.8 ms to inflate, the GIL released for both)."""
-        image = self.image
-        pixels = (image.mode, image.size, zlib.compress(image.tobytes(), 1))
-        fields = (self.page_number, self.page_count, self.size_pt, self.rotation, self.grid)
-        return _unpickle_page, (pixels, *fields, self.text)
-
-
-def _unpickle_page(pixels: tuple[str, tuple[int, int], bytes], *fields) -> RenderedPage:
-    from PIL import Image
-
-    mode, size, data = pixels
-    return RenderedPage(Image.frombytes(mode, size, zlib.decompress(data)), *fields)
 
 
 def page_texts(source: Path, password: str | None = None) -> list[str]:

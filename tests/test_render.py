@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from indexer.render import RenderOptions, open_document, parse_page_range
 from indexer.render_pool import (
@@ -322,27 +322,3 @@ def test_huge_images_render_within_budget_and_bounded_memory(name):
     pixels, peak_mb = map(int, out.stdout.split())
     assert pixels <= 768 * 28 * 28
     assert peak_mb < 200, f"{name} peaked at {peak_mb} MB"
-
-
-def test_a_rendered_page_crosses_processes_deflated_and_whole():
-    """Pickled (render process -> parent), a page keeps every pixel and field, at a fraction
-    of its raw size: the parent reads every page of the pool through one thread."""
-    import pickle
-
-    from indexer.render import RenderedPage
-
-    image = Image.new("RGB", (644, 924), "white")
-    ImageDraw.Draw(image).text((40, 40), "A heading\nand a line of text", fill=(20, 20, 20))
-    page = RenderedPage(image, 3, 9, (595.0, 842.0), 90, (33, 23), text="A heading")
-    data = pickle.dumps(page)
-    back = pickle.loads(data)
-    assert back.image.mode == "RGB" and back.image.tobytes() == image.tobytes()
-    assert (back.page_number, back.page_count, back.size_pt, back.rotation, back.grid) == (
-        3,
-        9,
-        (595.0, 842.0),
-        90,
-        (33, 23),
-    )
-    assert back.text == "A heading" and back.pixel_size == (644, 924)
-    assert len(data) < len(image.tobytes()) / 10

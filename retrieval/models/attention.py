@@ -12,9 +12,10 @@ then take turns instead of overlapping, and any contention for the GIL adds to e
 block: as a batch when every sequence has the same length (the common case: a batch of pages of
 one grid), else over sequences padded to the longest, with the padding masked out of the keys.
 Same attention, same inputs to each softmax; ``use(model)`` switches a model's vision tower to it.
-``cu_seq_lens_q`` may stay on the host (``QwenVL.complete`` computes it there): the gather plan
-is then built on the host and copied over without waiting for the device, and no step of it
-(no boolean-mask indexing either) reads a device value back.
+For sequences of unequal lengths, the gather plan is made on the host by ``QwenVL.complete``
+(``layout_inputs``) and reaches each block as inputs, pinned and copied with the rest; without
+it the plan is made here, where ``cu_seq_lens_q`` is. No step of it (no boolean-mask indexing
+either) reads a device value back.
 """
 
 from __future__ import annotations

@@ -335,8 +335,7 @@ def shape_probe(encoder: Encoder, reps: int = 3) -> None:
             ]
         )
     print(table(["batch", "pages/s", "s a batch", "GPU busy s", "busy"], rows), flush=True)
-    stats = torch._dynamo.utils.counters
-    print({k: dict(v) for k, v in stats.items() if k in ("stats", "recompiles", "graph_break")})
+    print(device_counters(), flush=True)
 
 
 def baseline(encoder: Encoder, files: list[Path], batch: int = 4) -> dict:

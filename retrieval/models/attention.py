@@ -66,12 +66,14 @@ def packed_sdpa(
         (packed_index, packed_valid, packed_rows),
         (window_packed_index, window_packed_valid, window_packed_rows),
     ]
-    given = [p for p in plans if p[0] is not None and tuple(p[0].shape) == (n, longest)]
-    given = [p for p in given if p[2].numel() == total]
-    if given:
-        index, valid, rows = given[0]
-    else:
-        index, valid, rows = _layout(cu_seq_lens_q, n, longest, query.device, total)
+    given = (
+        (i, v, r)
+        for i, v, r in plans
+        if i is not None and tuple(i.shape) == (n, longest) and r.numel() == total
+    )
+    index, valid, rows = next(given, None) or _layout(
+        cu_seq_lens_q, n, longest, query.device, total
+    )
     q, k, v = (t[0][:, index].transpose(0, 1) for t in (query, key, value))  # (n, H, L, d)
     mask = valid[:, None, None, :]  # padded keys take no part
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)

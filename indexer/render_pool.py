@@ -3,8 +3,9 @@
 ``Renderer.stream(requests)`` takes documents and yields, in order, for each document either
 ``DocumentOpened`` followed by its ``PageRendered`` events, or a ``DocumentFailed`` with the
 reason (possibly after some pages). At most ``2 x workers`` pages are in flight, so memory stays
-flat however long the documents. A worker that crashes, runs out of its memory cap or hangs on a
-malformed file fails that document only; the pool is rebuilt and the stream goes on.
+flat however long the documents; the next documents are opened while one renders. A worker
+that crashes, runs out of its memory cap or hangs on a malformed file fails that document only;
+the pool is rebuilt and the stream goes on.
 
 With ``workers=0`` everything runs in the calling process (no crash isolation).
 """
@@ -121,13 +122,29 @@ class _Inline:
 
 @dataclass
 class _Pending:
-    request: RenderRequest
     index: int  # 0-based page index
     future: Future
 
 
+@dataclass(eq=False)
+class _Stream:
+    """A document in the stream: its probe, then the renders of its pages, in order."""
+
+    request: RenderRequest
+    probe: Future  # its ``DocumentInfo``
+    info: DocumentInfo | None = None  # the probe's result, once taken and checked
+    announced: bool = False  # its ``DocumentOpened`` was yielded
+    todo: deque[int] = field(default_factory=deque)  # pages not submitted yet
+    pending: deque[_Pending] = field(default_factory=deque)  # pages submitted, in order
+
+
 class Renderer:
     """A reusable rendering pool. Use as a context manager or call ``close()``."""
+
+    # Documents opened ahead of the one rendering: a probe waits behind the pages already
+    # queued in the pool, and a document's pages cannot be queued before its page count is
+    # known; without probes ahead the pool ran dry at every document's boundary.
+    probe_ahead = 2
 
     def __init__(
         self,
@@ -164,10 +181,11 @@ class Renderer:
 
     def info(self, request: RenderRequest) -> DocumentInfo:
         """Open the document (in a worker) and return its page count; raises on bad input."""
-        for event in self._open_all([request]):
+        for event in self.stream([request]):
             if isinstance(event, DocumentFailed):
                 raise event.error
-            return event.info
+            if isinstance(event, DocumentOpened):
+                return event.info
         raise AssertionError("unreachable")
 
     def pages(self, request: RenderRequest) -> Iterator[RenderedPage]:
@@ -181,120 +199,129 @@ class Renderer:
     # --- many documents ------------------------------------------------------------------------
 
     def stream(self, requests: Iterable[RenderRequest]) -> Iterator[RenderEvent]:
-        """Events for each document in order; up to ``2 x workers`` pages render ahead."""
+        """Events for each document in order; up to ``2 x workers`` pages render ahead, and the
+        next ``probe_ahead`` documents are opened meanwhile."""
         window = max(2, 2 * self.workers)
-        # Rendered-page futures and already-known events, in the order they are to be yielded.
-        queue: deque[_Pending | RenderEvent] = deque()
-        in_flight = 0
-        failed: set[RenderRequest] = set()  # identity-hashed (eq=False)
-        todo: deque[tuple[RenderRequest, int]] = deque()  # pages of opened documents to submit
-        opened = self._open_all(requests)
+        requests = iter(requests)
+        docs: deque[_Stream] = deque()  # the documents in the stream, in order
+        in_flight = 0  # page renders submitted and not yet taken
         while True:
-            while in_flight < window:
-                if todo:
-                    request, index = todo.popleft()
-                    if request not in failed:
-                        queue.append(_Pending(request, index, self._submit_page(request, index)))
-                        in_flight += 1
-                    continue
-                event = next(opened, None)
-                if event is None:
-                    break
-                queue.append(event)
-                if isinstance(event, DocumentOpened):
-                    todo.extend((event.request, i) for i in self._indices(event))
-            if not queue:
+            while len(docs) <= self.probe_ahead and (request := next(requests, None)) is not None:
+                if request.pages is not None and not request.pages:
+                    raise ValueError("pages, when given, must name at least one page")
+                docs.append(_Stream(request, self._submit(_probe, *self._args(request))))
+            in_flight += self._fill(docs, window - in_flight)
+            if not docs:
                 return
-            head = queue.popleft()
-            if not isinstance(head, _Pending):
-                yield head
-                continue
-            in_flight -= 1
-            if head.request in failed:
-                continue
+            head, where = docs[0], -1
             try:
-                page = head.future.result(timeout=self.page_timeout_s)
+                if not head.announced:
+                    event = self._announce(head)
+                    if isinstance(event, DocumentFailed):
+                        docs.popleft()
+                    yield event
+                elif head.pending:
+                    item = head.pending.popleft()
+                    in_flight, where = in_flight - 1, item.index
+                    page = item.future.result(timeout=self.page_timeout_s)
+                    self._crashes = 0
+                    yield PageRendered(head.request, page)
+                elif not head.todo:
+                    docs.popleft()  # every page it asked for was yielded
             except ColqwenError as exc:
-                failed.add(head.request)
+                docs.popleft()
+                in_flight -= len(head.pending)
                 yield DocumentFailed(head.request, exc)
-                continue
             except (BrokenProcessPool, FutureTimeout) as exc:
-                failed.add(head.request)
-                yield DocumentFailed(head.request, self._crash_error(head, exc))
-                self._restart([item for item in queue if isinstance(item, _Pending)])
-                continue
-            self._crashes = 0
-            yield PageRendered(head.request, page)
+                docs.popleft()
+                in_flight -= len(head.pending)
+                yield DocumentFailed(head.request, self._crash_error(head.request, where, exc))
+                self._restart(docs)
 
-    def _indices(self, event: DocumentOpened) -> list[int]:
-        count = event.info.page_count
-        wanted = event.request.pages
-        if wanted is None:
-            return list(range(count))
-        return [n - 1 for n in wanted if 1 <= n <= count]
+    def _fill(self, docs: deque[_Stream], room: int) -> int:
+        """Submit up to ``room`` pages in stream order: the head document's, then those of the
+        next documents whose probe is back. Returns how many were submitted."""
+        submitted = 0
+        for doc in docs:
+            if doc.info is None and not self._take_probe(doc, wait=False):
+                break  # the pages after it wait for its page count: the stream stays in order
+            while doc.todo and submitted < room:
+                index = doc.todo.popleft()
+                future = self._submit(_render, *self._args(doc.request), index)
+                doc.pending.append(_Pending(index, future))
+                submitted += 1
+            if submitted >= room:
+                break
+        return submitted
 
-    def _open_all(self, requests: Iterable[RenderRequest]) -> Iterator[RenderEvent]:
-        for request in requests:
-            if request.pages is not None and not request.pages:
-                raise ValueError("pages, when given, must name at least one page")
-            future = self._submit(
-                _probe, request.source, request.name, request.password, self.options
+    def _announce(self, head: _Stream) -> DocumentOpened | DocumentFailed:
+        """The head document's ``DocumentOpened`` (waiting for its probe), or why it failed;
+        raises what the probe raised."""
+        if head.info is None and not self._take_probe(head, wait=True):
+            return DocumentFailed(head.request, self._invalid(head.request, head.probe.result()))
+        head.announced = True
+        return DocumentOpened(head.request, head.info)
+
+    def _take_probe(self, doc: _Stream, *, wait: bool) -> bool:
+        """Take a document's probe: whether it opened as asked (its pages are then planned).
+        Without ``wait``, False while the probe runs or if it failed (the head reports it)."""
+        if not wait and (not doc.probe.done() or doc.probe.exception() is not None):
+            return False
+        info = doc.probe.result(timeout=self.page_timeout_s)
+        self._crashes = 0
+        if self._invalid(doc.request, info) is not None:
+            return False
+        wanted = doc.request.pages
+        doc.todo.extend(range(info.page_count) if wanted is None else (n - 1 for n in wanted))
+        doc.info = info
+        return True
+
+    def _invalid(self, request: RenderRequest, info: DocumentInfo) -> ColqwenError | None:
+        """Why a probed document cannot be rendered as requested, if it cannot."""
+        if self.max_pages is not None and info.page_count > self.max_pages:
+            return PageTooLarge(
+                f"{request.name}: {info.page_count} pages; the limit is {self.max_pages}"
             )
-            try:
-                info = future.result(timeout=self.page_timeout_s)
-                self._crashes = 0
-            except ColqwenError as exc:
-                yield DocumentFailed(request, exc)
-                continue
-            except (BrokenProcessPool, FutureTimeout) as exc:
-                yield DocumentFailed(request, self._crash_error(_Pending(request, -1, future), exc))
-                self._restart([])
-                continue
-            if self.max_pages is not None and info.page_count > self.max_pages:
-                yield DocumentFailed(
-                    request,
-                    PageTooLarge(
-                        f"{request.name}: {info.page_count} pages; the limit is {self.max_pages}"
-                    ),
-                )
-                continue
-            missing = [n for n in (request.pages or ()) if not 1 <= n <= info.page_count]
-            if missing:
-                yield DocumentFailed(
-                    request,
-                    InvalidDocument(
-                        f"{request.name}: no page {missing[0]} (the document has "
-                        f"{info.page_count} pages)"
-                    ),
-                )
-                continue
-            yield DocumentOpened(request, info)
+        missing = [n for n in (request.pages or ()) if not 1 <= n <= info.page_count]
+        if missing:
+            return InvalidDocument(
+                f"{request.name}: no page {missing[0]} (the document has {info.page_count} pages)"
+            )
+        return None
 
-    def _submit_page(self, request: RenderRequest, index: int) -> Future:
-        return self._submit(
-            _render, request.source, request.name, request.password, self.options, index
-        )
+    def _args(self, request: RenderRequest) -> tuple:
+        return request.source, request.name, request.password, self.options
 
     def _submit(self, fn, *args) -> Future:
+        """Submit to the pool; a pool already broken gives a future that raises so, which the
+        stream handles as it handles a crash while rendering."""
         # A submit may start a worker: it is born with SIGINT blocked, so a Ctrl-C that reaches
         # the whole process group while it is still importing does not kill it mid-way (with a
         # traceback); its initializer then ignores SIGINT for good.
         with sigint_blocked():
-            return self._executor.submit(fn, *args)
+            try:
+                return self._executor.submit(fn, *args)
+            except BrokenProcessPool as exc:
+                future: Future = Future()
+                future.set_exception(exc)
+                return future
 
-    def _crash_error(self, item: _Pending, exc: BaseException) -> InvalidDocument:
-        where = f"page {item.index + 1}" if item.index >= 0 else "opening it"
+    def _crash_error(
+        self, request: RenderRequest, index: int, exc: BaseException
+    ) -> InvalidDocument:
+        where = f"page {index + 1}" if index >= 0 else "opening it"
         if isinstance(exc, FutureTimeout):
             return InvalidDocument(
-                f"{item.request.name}: rendering {where} took longer than "
+                f"{request.name}: rendering {where} took longer than "
                 f"{self.page_timeout_s:g} s; the file is likely malformed"
             )
         return InvalidDocument(
-            f"{item.request.name}: the renderer crashed on {where}; the file is likely malformed"
+            f"{request.name}: the renderer crashed on {where}; the file is likely malformed"
         )
 
-    def _restart(self, pending: list[_Pending]) -> None:
-        """Replace a broken or hung pool and resubmit the other documents' pages."""
+    def _restart(self, docs: Iterable[_Stream]) -> None:
+        """Replace a broken or hung pool; resubmit the other documents' probes not taken yet
+        and their pages in flight."""
         self._crashes += 1
         if self._crashes > MAX_CONSECUTIVE_CRASHES:
             raise RendererUnavailable(
@@ -308,5 +335,8 @@ class Renderer:
                 process.kill()  # a hung worker would block shutdown forever
         executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
-        for item in pending:
-            item.future = self._submit_page(item.request, item.index)
+        for doc in docs:
+            if doc.info is None:
+                doc.probe = self._submit(_probe, *self._args(doc.request))
+            for item in doc.pending:
+                item.future = self._submit(_render, *self._args(doc.request), item.index)

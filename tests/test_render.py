@@ -236,6 +236,30 @@ def test_a_hung_page_fails_its_document_and_the_stream_goes_on():
     assert len(pages) == 1
 
 
+def test_a_crashed_pool_fails_one_document_and_the_next_ones_render_whole():
+    # The next documents' probes and pages are in flight when every worker dies at once (as an
+    # out-of-memory kill would do): they are resubmitted to the new pool, none lost. (Python's
+    # pool may miss a worker killed mid-read and hang instead, gh-94777: the timeout ends that.)
+    pdf = make_pdf([A4] * 6)
+    requests = [RenderRequest(pdf, f"{i}.pdf") for i in range(5)]
+    events = []
+    with Renderer(workers=2, page_timeout_s=10) as renderer:
+        for event in renderer.stream(requests):
+            events.append(event)
+            if len(events) == 1:  # the first document opened; the next ones' probes in flight
+                for process in list(renderer._executor._processes.values()):
+                    process.kill()
+    failed = [e for e in events if isinstance(e, DocumentFailed)]
+    assert [e.request.name for e in failed] == ["0.pdf"]
+    assert "the renderer crashed on page 1" in str(failed[0].error) or "took longer" in str(
+        failed[0].error
+    )
+    for name in ["1.pdf", "2.pdf", "3.pdf", "4.pdf"]:
+        mine = [e for e in events if e.request.name == name]
+        assert isinstance(mine[0], DocumentOpened)
+        assert [e.page.page_number for e in mine[1:]] == [1, 2, 3, 4, 5, 6]
+
+
 # --- the shared third-party PDFs ------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     ;;
 multi)  # an encoder process per GPU (the default on GPUs), on one GPU and on all
     run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes-only
-    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only
+    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only \
+        --without shared-memory probe-ahead
     ;;
 profile)  # where a running pipeline's device time goes: per-batch device spans and gaps,
           # allocator and recompile counters, then torch's profiler over every thread

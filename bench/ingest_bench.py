@@ -435,6 +435,14 @@ def main() -> None:
         help="only the run with an encoder process per GPU (no probes, no threaded run)",
     )
     parser.add_argument(
+        "--without",
+        nargs="*",
+        default=[],
+        choices=["shared-memory", "probe-ahead"],
+        help="with encoder processes: one more run each without this (pages through pipes; "
+        "documents opened one at a time), on the same processes",
+    )
+    parser.add_argument(
         "--sample",
         action="store_true",
         help="with encoder processes: sample the parent's thread stacks during the run",
@@ -683,15 +691,34 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
             sampler.report()
         else:
             p = ours(encoder, files, args.workers)
+        rate = p["pages"] / p["seconds"]
+        busy = ", ".join(f"{k} {x:.1f}" for k, x in p["busy"].items())
+        n = len(processes)
+        print(f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s")
+        print(f"busy time (s): {busy}", flush=True)
+        for lever in args.without:
+            w = without(lever, lambda: ours(encoder, files, args.workers))
+            busy = ", ".join(f"{k} {x:.1f}" for k, x in w["busy"].items())
+            print(f"without {lever}: {w['pages'] / w['seconds']:.1f} pages/s; busy (s): {busy}")
     finally:
         encoder.replicas = threads
         for process in processes:
             process.close()
-    rate = p["pages"] / p["seconds"]
-    busy = ", ".join(f"{k} {x:.1f}" for k, x in p["busy"].items())
-    n = len(processes)
-    print(f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s")
-    print(f"busy time (s): {busy}")
+
+
+def without(lever: str, run):
+    """``run()`` with one of the pipeline's levers off."""
+    from indexer.render_pool import Renderer
+
+    saved = IngestPipeline.shared_memory, Renderer.probe_ahead
+    if lever == "shared-memory":
+        IngestPipeline.shared_memory = False
+    else:
+        Renderer.probe_ahead = 0
+    try:
+        return run()
+    finally:
+        IngestPipeline.shared_memory, Renderer.probe_ahead = saved
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
     render (process pool) -> batch + preprocess -> forward (one thread per GPU) -> store
 
+Pages come from the render processes with their pixels in shared memory
+(``retrieval.shared_image``); this process handles only their handles, and whoever embeds them
+(a thread here, or an encoder process) reads the pixels from there.
+
 Each stage is a thread joined to the next by bounded queues, so the device never waits on
 rendering and memory stays flat however large the input. Batches are formed by visual-token
 budget, not page count, and may span documents; pages of one grid are batched together (full
@@ -41,6 +45,7 @@ from indexer.sources import SourceFile, sha256_file, sidecar_metadata
 from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
+from retrieval.shared_image import release
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
 from retrieval.store.pages import derived_vectors
@@ -158,6 +163,10 @@ class _Stop(Exception):
 class IngestPipeline:
     """Ingests files into one collection. Reusable; not thread-safe (one ``run`` at a time)."""
 
+    # Rendered pages' pixels reach the encoder in shared memory (False: through pipes, as
+    # ``bench/ingest_bench.py --without shared-memory`` compares).
+    shared_memory = True
+
     def __init__(
         self,
         encoder: Encoder,
@@ -222,7 +231,10 @@ class IngestPipeline:
         with (
             one_blas_thread_per_op(on_gpu=any(r.device.startswith("cuda") for r in self.replicas)),
             Renderer(
-                self.render_options, workers=self.render_workers, max_pages=self.max_pages
+                self.render_options,
+                workers=self.render_workers,
+                max_pages=self.max_pages,
+                shared_memory=self.shared_memory,
             ) as renderer,
         ):
             stages = [
@@ -540,7 +552,8 @@ class IngestPipeline:
                     "pixel_size": page.pixel_size,
                     "text": page.text,
                 }
-                msg.page = None  # the image is no longer needed: free it early
+                release(page.image)  # no longer needed: free it early (shared memory too)
+                msg.page = None
         self._put(out, work)
 
     # --- stage 4: store ------------------------------------------------------------------------

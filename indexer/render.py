@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from retrieval.config import Settings
+    from retrieval.shared_image import SharedImage
 
 Source = Path | bytes
 Kind = Literal["pdf", "image"]
@@ -67,7 +68,9 @@ class DocumentInfo:
 class RenderedPage:
     """One rendered page and where it came from."""
 
-    image: Image.Image  # RGB, exactly pixel_size
+    # RGB, exactly pixel_size; from the render pool, a handle on its pixels in shared memory
+    # (``retrieval.shared_image.load`` reads either kind)
+    image: Image.Image | SharedImage
     page_number: int  # 1-based
     page_count: int
     size_pt: tuple[float, float]  # (width, height) in points as displayed (after /Rotate)

@@ -12,6 +12,7 @@ With ``workers=0`` everything runs in the calling process (no crash isolation).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -25,6 +26,7 @@ from pathlib import Path
 from indexer.children import child_pool, sigint_blocked
 from indexer.render import DocumentInfo, RenderedPage, RenderOptions, Source, open_document
 from retrieval.errors import ColqwenError, InvalidDocument, PageTooLarge, RendererUnavailable
+from retrieval.shared_image import share
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,17 @@ def _probe(source: Source, name: str, password: str | None, options: RenderOptio
 
 
 def _render(
-    source: Source, name: str, password: str | None, options: RenderOptions, index: int
+    source: Source,
+    name: str,
+    password: str | None,
+    options: RenderOptions,
+    index: int,
+    shared: bool,
 ) -> RenderedPage:
-    return _guarded(name, lambda: _document(source, name, password, options).render(index))
+    page = _guarded(name, lambda: _document(source, name, password, options).render(index))
+    if shared:  # the pixels reach whoever embeds them without passing through pipes
+        page = dataclasses.replace(page, image=share(page.image))
+    return page
 
 
 def _guarded(name: str, work):
@@ -154,12 +164,15 @@ class Renderer:
         page_timeout_s: float = 120.0,
         memory_limit_mb: int | None = 3072,
         max_pages: int | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.options = options or RenderOptions()
         self.workers = os.cpu_count() or 1 if workers is None else workers
         self.page_timeout_s = page_timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.max_pages = max_pages
+        # Pages from the workers keep their pixels in shared memory (``retrieval.shared_image``)
+        self.shared_memory = shared_memory and self.workers > 0
         self._executor = self._new_executor()
         self._crashes = 0  # consecutive pool crashes, reset by any rendered page
 
@@ -247,8 +260,7 @@ class Renderer:
                 break  # the pages after it wait for its page count: the stream stays in order
             while doc.todo and submitted < room:
                 index = doc.todo.popleft()
-                future = self._submit(_render, *self._args(doc.request), index)
-                doc.pending.append(_Pending(index, future))
+                doc.pending.append(_Pending(index, self._submit_page(doc.request, index)))
                 submitted += 1
             if submitted >= room:
                 break
@@ -291,6 +303,9 @@ class Renderer:
 
     def _args(self, request: RenderRequest) -> tuple:
         return request.source, request.name, request.password, self.options
+
+    def _submit_page(self, request: RenderRequest, index: int) -> Future:
+        return self._submit(_render, *self._args(request), index, self.shared_memory)
 
     def _submit(self, fn, *args) -> Future:
         """Submit to the pool; a pool already broken gives a future that raises so, which the
@@ -339,4 +354,4 @@ class Renderer:
             if doc.info is None:
                 doc.probe = self._submit(_probe, *self._args(doc.request))
             for item in doc.pending:
-                item.future = self._submit(_render, *self._args(doc.request), item.index)
+                item.future = self._submit_page(doc.request, item.index)

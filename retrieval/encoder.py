@@ -30,6 +30,7 @@ from retrieval.config import ModelFamily, Settings
 from retrieval.errors import ConfigurationError, EncoderError, InvalidInput, ModelLoadError
 from retrieval.models import COLQWEN2, Family
 from retrieval.models import resolve as resolve_family
+from retrieval.shared_image import SharedImage, load
 from retrieval.types import PageEmbedding
 
 if TYPE_CHECKING:
@@ -296,11 +297,12 @@ class Encoder:
 
     # --- pages ---------------------------------------------------------------------------------
 
-    def preprocess(self, images: Sequence[Image.Image]) -> PageBatch:
+    def preprocess(self, images: Sequence[Image.Image | SharedImage]) -> PageBatch:
         """The family's preprocessing (colpali-engine's ``process_images``, on the GPU where
         the family can) of page images: model inputs, and each image's size."""
         if not images:
             raise InvalidInput("no images to embed")
+        images = [load(image) for image in images]  # from shared memory where they are there
         inputs = self.family.preprocess(self.processor, images, self.device)
         inputs = self.family.complete(self.model, inputs)
         if self.device.startswith("cuda"):

@@ -11,9 +11,9 @@ devices no longer share one interpreter at all.
 (``preprocess``, ``launch``, ``finish``, ``embed_pages``), so the pipeline drives one the same
 way as an in-process replica. Inside, one thread preprocesses batches as they arrive, one only
 launches them, and one waits for each, derives its pages' stored vectors when asked
-(``derive``) and sends them back, so the device always has the next batch queued. Page images
-go in and ``PageEmbedding``s come back through pipes (pickled: about 2 MB a page in, 0.8 MB
-out; a pipe moves gigabytes a second).
+(``derive``) and sends them back, so the device always has the next batch queued. Pages go
+in through a pipe as handles on their pixels in shared memory (``retrieval.shared_image``;
+a PIL image travels pickled), and ``PageEmbedding``s come back through one (0.8 MB a page).
 """
 
 from __future__ import annotations

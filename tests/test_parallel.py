@@ -40,9 +40,17 @@ def ingest(encoder: Encoder, folder: Path, data: Path) -> tuple[PageStore, dict]
         return real_control(msg)
 
     pipeline._control = control
+    before = shared_segments()
     report = pipeline.run(discover([folder]))
     assert report.ok
+    assert shared_segments() == before  # every page's shared memory was freed
     return store, {"report": report, "events": events}
+
+
+def shared_segments() -> set[str]:
+    """The shared-memory segments of this machine (``SharedMemory`` names them psm_*)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("psm_*")} if shm.is_dir() else set()
 
 
 def test_two_replicas_store_every_page_once_in_order(tiny_model_dir, tmp_path):

@@ -81,6 +81,7 @@ def render(
     """Render pages exactly as the model will see them, and print each page's size and grid."""
     from indexer.render import RenderOptions, parse_page_range
     from indexer.render_pool import Renderer, RenderRequest
+    from retrieval.shared_image import load
 
     settings = settings_of(ctx)
     with user_errors():
@@ -95,7 +96,7 @@ def render(
     with user_errors(), Renderer(options, workers=settings.render_workers) as renderer:
         for page in renderer.pages(request):
             target = out / f"{file.stem}-p{page.page_number:04d}.png"
-            page.image.save(target)
+            load(page.image).save(target)
             rows, cols = page.grid
             table.add_row(
                 str(page.page_number),

@@ -438,9 +438,9 @@ def main() -> None:
         "--without",
         nargs="*",
         default=[],
-        choices=["shared-memory", "probe-ahead"],
+        choices=["shared-memory", "probe-ahead", "nothing"],
         help="with encoder processes: one more run each without this (pages through pipes; "
-        "documents opened one at a time), on the same processes",
+        "documents opened one at a time; nothing: the same run again), on the same processes",
     )
     parser.add_argument(
         "--sample",
@@ -713,7 +713,7 @@ def without(lever: str, run):
     saved = IngestPipeline.shared_memory, Renderer.probe_ahead
     if lever == "shared-memory":
         IngestPipeline.shared_memory = False
-    else:
+    elif lever == "probe-ahead":
         Renderer.probe_ahead = 0
     try:
         return run()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from retrieval.config import Settings
 from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.errors import EncoderError, ModelLoadError
+from retrieval.shared_image import SharedImage, release
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5  # how often a wait checks that the process is still alive
+# A batch's pages come back as ~13 MB of pickles: through Linux's default 64 KB pipe, some 200
+# turns of each process waiting for the other.
+_PIPE_BYTES = (4 << 20, 1 << 20)  # what to ask for; the most an unprivileged user gets
 _STOP = "stop"
 
 
@@ -79,6 +83,7 @@ class EncoderProcess:
         self.device = device
         self._requests = context.Queue(maxsize=self.lookahead)
         self._responses = context.Queue()
+        _widen(self._responses)
         self._process = context.Process(
             target=_serve,
             args=(factory, warm_up, self._requests, self._responses),
@@ -129,7 +134,11 @@ class EncoderProcess:
         return self.launch(batch)
 
     def launch(self, batch: Submitted) -> Submitted:
-        """Send ``batch`` to the process; returns once it is queued there."""
+        """Send ``batch`` to the process; returns once it is queued there. Pages' shared
+        memory goes with it: the process frees it once the pages are on the device."""
+        for image in batch.images:
+            if isinstance(image, SharedImage):
+                image.hand_over()
         while True:
             try:
                 self._requests.put((batch.images, self.derive), timeout=_POLL_S)
@@ -186,6 +195,20 @@ class EncoderProcess:
             raise EncoderError(
                 f"the encoder process for {self.device} exited (code {self._process.exitcode})"
             )
+
+
+def _widen(pipe: multiprocessing.Queue) -> None:
+    """Enlarge a queue's pipe where the OS allows it (Linux), so a batch crosses in few turns."""
+    import fcntl
+
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    for size in _PIPE_BYTES:
+        try:
+            fcntl.fcntl(pipe._writer.fileno(), fcntl.F_SETPIPE_SZ, size)
+            return
+        except OSError as exc:  # above /proc/sys/fs/pipe-max-size, for a user without rights
+            log.debug("cannot give a pipe %d bytes: %s", size, exc)
 
 
 def process_devices(settings: Settings) -> list[str] | None:
@@ -299,16 +322,16 @@ def _launch(encoder: Encoder, images: list[Image.Image], batch: Any, derive: Any
     """Launch a batch (``launch_fitting``: smaller batches on CUDA out-of-memory); any failure
     goes back to the parent as the batch's result."""
     if isinstance(batch, Exception):
-        return batch, derive
+        return batch, derive, images
     try:
-        return encoder.launch_fitting(batch, images), derive
+        return encoder.launch_fitting(batch, images), derive, images
     except Exception as exc:
-        return exc, derive
+        return exc, derive, images
 
 
 def _finish_each(encoder: Encoder, launched: queue.Queue, responses: multiprocessing.Queue):
     while (item := launched.get()) is not None:
-        handle, derive = item
+        handle, derive, images = item
         try:
             if isinstance(handle, Exception):
                 raise handle
@@ -317,3 +340,5 @@ def _finish_each(encoder: Encoder, launched: queue.Queue, responses: multiproces
             responses.put(("pages", (pages, derived)))
         except Exception as exc:
             responses.put(("error", f"{type(exc).__name__}: {exc}"))
+        for image in images:  # the pages' shared memory, once the parent has their vectors
+            release(image)

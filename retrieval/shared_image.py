@@ -9,8 +9,9 @@ busy doing just that, twice a page (in from a render process, out to an encoder 
 
 Ownership: exactly one handle owns a segment and unlinks it, on ``release()`` or when it is
 garbage-collected. The handle a render process creates hands ownership over when it is
-pickled, so the copy the parent receives owns it; copies the parent pickles on (to an encoder
-process) only borrow. Should a process die with a segment in flight, multiprocessing's
+pickled, so the copy the parent receives owns it; the parent hands it on to an encoder process
+(``hand_over``), which frees it once the batch is on the device, or frees it itself after an
+in-process encoder is done. Should a process die with a segment in flight, multiprocessing's
 resource tracker, which every process of ingestion shares, unlinks it when they have all
 exited.
 
@@ -48,6 +49,12 @@ class SharedImage:
         self.size = size
         self._owner = owner  # this copy unlinks the segment
         self._hand_over = False  # a pickled copy takes ownership from this one
+
+    def hand_over(self) -> None:
+        """Let the next pickled copy own the segment, this one then only borrowing it: for
+        the process that reads the pixels last."""
+        if self._owner:
+            self._owner, self._hand_over = False, True
 
     def __reduce__(self):
         owner, self._hand_over = self._hand_over, False
@@ -105,8 +112,8 @@ def share(image: Image.Image) -> Image.Image | SharedImage:
         return image
     segment.buf[: len(data)] = data
     segment.close()
-    handle = SharedImage(segment.name, image.size, owner=False)
-    handle._hand_over = True
+    handle = SharedImage(segment.name, image.size, owner=True)
+    handle.hand_over()  # to the process that receives the page
     return handle
 
 

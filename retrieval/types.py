@@ -61,6 +61,46 @@ class PageEmbedding:
         ``special``."""
         return pool_cols(self.visual, self.special)
 
+    def __reduce__(self):
+        """Pickled as its token vectors alone where ``visual`` is their one visual run and
+        ``special`` the rest (most families): half the bytes an encoder process sends back,
+        which the ingestion parent reads for every page. Anything else pickles whole."""
+        if self._visual_is_one_run():
+            return (_from_tokens, (self.multivector, self.grid, self.visual_runs))
+        fields = ("multivector", "grid", "visual", "special", "visual_runs")
+        return (_whole, tuple(getattr(self, name) for name in fields))
+
+    def _visual_is_one_run(self) -> bool:
+        if len(self.visual_runs) != 1:
+            return False
+        (start, length), (rows, cols) = self.visual_runs[0], self.grid
+        tokens = self.multivector
+        return (
+            length == rows * cols
+            and self.visual.shape == (rows, cols, tokens.shape[1])
+            and self.special.shape == (tokens.shape[0] - length, tokens.shape[1])
+            and np.array_equal(self.visual.reshape(length, -1), tokens[start : start + length])
+            and np.array_equal(self.special[:start], tokens[:start])
+            and np.array_equal(self.special[start:], tokens[start + length :])
+        )
+
+
+def _from_tokens(
+    multivector: np.ndarray, grid: tuple[int, int], runs: tuple[tuple[int, int], ...]
+) -> PageEmbedding:
+    ((start, length),) = runs
+    return PageEmbedding(
+        multivector=multivector,
+        grid=grid,
+        visual=multivector[start : start + length].reshape(*grid, -1),
+        special=np.concatenate([multivector[:start], multivector[start + length :]]),
+        visual_runs=runs,
+    )
+
+
+def _whole(multivector, grid, visual, special, visual_runs) -> PageEmbedding:
+    return PageEmbedding(multivector, grid, visual, special, visual_runs)
+
 
 @dataclass(frozen=True)
 class PageRecord:

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from retrieval.encoder import Encoder
 from retrieval.errors import ModelLoadError
+from retrieval.types import PageEmbedding
 
 A4_INCHES = (8.27, 11.69)
 
@@ -361,3 +362,24 @@ def test_a_gpu_batch_is_preprocessed_into_pinned_memory(tiny_model_dir):
         k: v.is_pinned() for k, v in bound.items()
     }
     assert all(stack.is_pinned() for _, stack in batch.inputs["pixel_groups"])
+
+
+def test_a_page_embedding_crosses_processes_at_half_the_bytes_and_whole(encoder, tmp_path):
+    """Encoder processes send pages back pickled: the visual grid and the special tokens are
+    rebuilt from the token vectors, exactly, rather than sent twice."""
+    import pickle
+
+    [page] = encoder.embed_pages([Image.new("RGB", (448, 644), "white")])
+    back = pickle.loads(pickle.dumps(page))
+    for name in ("multivector", "visual", "special"):
+        assert np.array_equal(getattr(back, name), getattr(page, name)), name
+    assert (back.grid, back.visual_runs) == (page.grid, page.visual_runs)
+    whole = sum(getattr(page, n).nbytes for n in ("multivector", "visual", "special"))
+    assert len(pickle.dumps(page)) < 0.6 * whole
+    # A layout that is not one run of the tokens (a tiled family's) pickles whole.
+    shuffled = PageEmbedding(
+        page.multivector, page.grid, page.visual[::-1].copy(), page.special, page.visual_runs
+    )
+    back = pickle.loads(pickle.dumps(shuffled))
+    assert np.array_equal(back.visual, shuffled.visual)
+    assert np.array_equal(back.special, shuffled.special)

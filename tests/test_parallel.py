@@ -4,6 +4,7 @@ against the eager one on a GPU (marked)."""
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +332,8 @@ def test_encoder_processes_store_what_the_in_process_encoder_stores(tiny_model_d
     single, _ = ingest(one, folder, tmp_path / "one")
     factory = _in_process_factory(tiny_model_dir)
     with EncoderProcess(factory, "cpu") as a, EncoderProcess(factory, "cpu") as b:
+        if hasattr(fcntl, "F_GETPIPE_SZ"):  # pages come back in few turns of a wide pipe
+            assert fcntl.fcntl(a._responses._reader.fileno(), fcntl.F_GETPIPE_SZ) >= 1 << 20
         one.replicas = [a, b]
         try:
             double, events = ingest(one, folder, tmp_path / "two")

@@ -81,8 +81,14 @@ def ours(
 
     store = PageStore(EdgeBackend(Path(tempfile.mkdtemp()) / "qdrant"))
     store.create_collection("bench", model=encoder.model_id, max_visual_tokens=768, dim=encoder.dim)
+    marks: list[tuple[float, int]] = []  # (time, pages stored) at each store write
     pipeline = IngestPipeline(
-        encoder, store, "bench", render_workers=workers, preprocess_threads=preprocess_threads
+        encoder,
+        store,
+        "bench",
+        render_workers=workers,
+        preprocess_threads=preprocess_threads,
+        on_progress=lambda p: marks.append((time.perf_counter(), p.pages_done)),
     )
     sources = discover(files)
     interval = sys.getswitchinterval()
@@ -99,7 +105,19 @@ def ours(
         "seconds": report.stage_s.pop("stored_at"),
         "index_s": report.stage_s.pop("index", 0.0),
         "busy": report.stage_s,
+        "steady": steady_rate(marks),
     }
+
+
+def steady_rate(marks: list[tuple[float, int]]) -> float:
+    """Pages/s between the stores of the 10th and the 90th percent of the pages: the rate of
+    a long run, without this one's start (render processes starting, the first batches
+    filling) and end (the last, partial batches draining)."""
+    total = marks[-1][1] if marks else 0
+    inside = [(t, n) for t, n in marks if 0.1 * total <= n <= 0.9 * total]
+    if len(inside) < 2 or inside[-1][0] == inside[0][0]:
+        return 0.0
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
 def trace_batches(encoder: Encoder) -> list[dict]:
@@ -445,7 +463,8 @@ def main() -> None:
     parser.add_argument(
         "--sample",
         action="store_true",
-        help="with encoder processes: sample the parent's thread stacks during the run",
+        help="with encoder processes: sample the thread stacks of the parent during the run, "
+        "and of each encoder process over its life",
     )
     parser.add_argument("--probe-only", action="store_true", help="syncs and batch shapes only")
     parser.add_argument(
@@ -679,6 +698,8 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         )
     else:
         build = functools.partial(tiny_encoder, batch_size=args.batch_size)
+    if args.sample:
+        build = functools.partial(sampled_in_child, build)
     threads = encoder.replicas
     t0 = time.perf_counter()
     processes = EncoderProcess.start_many(build, [device, *extra])
@@ -694,16 +715,39 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         rate = p["pages"] / p["seconds"]
         busy = ", ".join(f"{k} {x:.1f}" for k, x in p["busy"].items())
         n = len(processes)
-        print(f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s")
+        print(
+            f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s "
+            f"(steady, 10-90% of the pages: {p['steady']:.1f})"
+        )
         print(f"busy time (s): {busy}", flush=True)
         for lever in args.without:
             w = without(lever, lambda: ours(encoder, files, args.workers))
             busy = ", ".join(f"{k} {x:.1f}" for k, x in w["busy"].items())
-            print(f"without {lever}: {w['pages'] / w['seconds']:.1f} pages/s; busy (s): {busy}")
+            print(
+                f"without {lever}: {w['pages'] / w['seconds']:.1f} pages/s (steady "
+                f"{w['steady']:.1f}); busy (s): {busy}"
+            )
     finally:
         encoder.replicas = threads
         for process in processes:
             process.close()
+
+
+def sampled_in_child(build, device: str) -> Encoder:
+    """``build(device)`` in an encoder process, with a ``StackSampler`` of that process's
+    threads running until it exits, when it prints where they spent their time."""
+    import atexit
+
+    encoder = build(device)
+    sampler = StackSampler().__enter__()
+
+    def report() -> None:
+        sampler.__exit__()
+        print(f"\n-- encoder process for {device}:")
+        sampler.report()
+
+    atexit.register(report)
+    return encoder
 
 
 def without(lever: str, run):

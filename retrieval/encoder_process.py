@@ -18,6 +18,7 @@ a PIL image travels pickled), and ``PageEmbedding``s come back through one (0.8 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -91,6 +92,7 @@ class EncoderProcess:
             daemon=True,
         )
         self._process.start()
+        self._handed: collections.deque[list[SharedImage]] = collections.deque()  # in flight
         self.warm_up_s = 0.0
         if wait:
             self.wait_ready()
@@ -135,10 +137,11 @@ class EncoderProcess:
 
     def launch(self, batch: Submitted) -> Submitted:
         """Send ``batch`` to the process; returns once it is queued there. Pages' shared
-        memory goes with it: the process frees it once the pages are on the device."""
-        for image in batch.images:
-            if isinstance(image, SharedImage):
-                image.hand_over()
+        memory goes with it: the process frees it once their vectors are sent back."""
+        shared = [image for image in batch.images if isinstance(image, SharedImage)]
+        for image in shared:
+            image.hand_over()
+        self._handed.append(shared)
         while True:
             try:
                 self._requests.put((batch.images, self.derive), timeout=_POLL_S)
@@ -149,6 +152,7 @@ class EncoderProcess:
     def finish(self, launched: Submitted) -> list[PageEmbedding]:
         """The pages of the oldest batch sent and not yet finished."""
         kind, payload = self._receive()
+        self._handed.popleft()  # freed by the process, whatever became of the batch
         if kind == "error":
             raise EncoderError(f"the encoder process for {self.device}: {payload}")
         pages, launched.derived = payload
@@ -171,6 +175,7 @@ class EncoderProcess:
             log.warning("encoder process for %s did not stop; killing it", self.device)
             self._process.kill()
             self._process.join()
+        self._reclaim()
         # Batches still on their way to a process that is gone will never be read: the queue's
         # feeder thread must not hold this interpreter's exit waiting to deliver them.
         self._requests.cancel_join_thread()
@@ -179,6 +184,12 @@ class EncoderProcess:
 
     def __enter__(self) -> EncoderProcess:
         return self
+
+    def _reclaim(self) -> None:
+        """Free the shared memory of the batches a process that is gone never sent back."""
+        while self._handed:
+            for image in self._handed.popleft():
+                image.reclaim()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -192,6 +203,7 @@ class EncoderProcess:
 
     def _check_alive(self) -> None:
         if not self._process.is_alive():
+            self._reclaim()
             raise EncoderError(
                 f"the encoder process for {self.device} exited (code {self._process.exitcode})"
             )

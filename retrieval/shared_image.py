@@ -56,6 +56,12 @@ class SharedImage:
         if self._owner:
             self._owner, self._hand_over = False, True
 
+    def reclaim(self) -> None:
+        """Free the segment after handing it over to a process that died, whether that
+        process got to it or not."""
+        self._owner, self._hand_over = True, False
+        self.release()
+
     def __reduce__(self):
         owner, self._hand_over = self._hand_over, False
         return (SharedImage._rebuilt, (self.name, self.size, owner))

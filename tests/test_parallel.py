@@ -5,6 +5,7 @@ against the eager one on a GPU (marked)."""
 from __future__ import annotations
 
 import fcntl
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from indexer.render import RenderOptions
 from indexer.sources import discover
 from retrieval.encoder import Encoder, resolve_devices
 from retrieval.errors import ConfigurationError
+from retrieval.shared_image import share
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
 from tests.documents import make_pdf
@@ -414,8 +416,11 @@ def test_a_dead_encoder_process_fails_the_batch_instead_of_hanging(tiny_model_di
         [page] = process.embed_pages([Image.new("RGB", (224, 308), "white")])
         assert page.grid == (9, 6)  # 224 x 308 px resized within the 64-token budget
         process._process.kill()
+        before = shared_segments()
+        image = pickle.loads(pickle.dumps(share(Image.new("RGB", (224, 308), "white"))))
         with pytest.raises(EncoderError, match="exited"):
-            process.embed_pages([Image.new("RGB", (224, 308), "white")])
+            process.embed_pages([image])
+        assert shared_segments() == before  # its page's shared memory, handed over, is freed
 
 
 def test_non_finite_embeddings_are_refused_rather_than_stored(tiny_model_dir):

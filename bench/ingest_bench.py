@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench.common import SHARED_PDFS, header, table
 from indexer.pipeline import IngestPipeline
+from indexer.render import RenderOptions
+from indexer.render_pool import Renderer
 from indexer.sources import discover
 from retrieval.encoder import Encoder, resolve_device
 from retrieval.store import PageStore
@@ -82,13 +84,19 @@ def ours(
     store = PageStore(EdgeBackend(Path(tempfile.mkdtemp()) / "qdrant"))
     store.create_collection("bench", model=encoder.model_id, max_visual_tokens=768, dim=encoder.dim)
     marks: list[tuple[float, int]] = []  # (time, pages stored) at each store write
+    # Render processes started beforehand, as ``colqwen ingest`` does while the model loads
+    # and the worker once for all its jobs.
+    options = RenderOptions(max_visual_tokens=encoder.max_visual_tokens, family=encoder.family)
+    renderer = Renderer(options, workers=workers, shared_memory=IngestPipeline.shared_memory).start(
+        wait=True
+    )
     pipeline = IngestPipeline(
         encoder,
         store,
         "bench",
-        render_workers=workers,
         preprocess_threads=preprocess_threads,
         on_progress=lambda p: marks.append((time.perf_counter(), p.pages_done)),
+        renderer=renderer,
     )
     sources = discover(files)
     interval = sys.getswitchinterval()
@@ -98,6 +106,7 @@ def ours(
         report = pipeline.run(sources)
     finally:
         sys.setswitchinterval(interval)
+        renderer.close()
     store.close()
     assert report.ok, [d.error for d in report.documents if d.error]
     return {

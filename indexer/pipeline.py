@@ -21,6 +21,7 @@ documents by content hash before rendering and resumes the others from their mis
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -179,14 +180,23 @@ class IngestPipeline:
         preprocess_threads: int | None = None,
         max_pages: int | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
+        """``renderer``: a render pool to use for every run (its options, workers and page
+        limit then apply), started beforehand and left open; by default each run starts and
+        stops its own."""
         self.encoder = encoder
         self.replicas = list(encoder.replicas)
         self.store = store
         self.collection = collection
-        self.render_options = render_options or RenderOptions(
-            max_visual_tokens=encoder.max_visual_tokens, family=encoder.family
+        self.renderer = renderer
+        self.render_options = render_options or (
+            renderer.options
+            if renderer is not None
+            else RenderOptions(max_visual_tokens=encoder.max_visual_tokens, family=encoder.family)
         )
+        if renderer is not None and renderer.options != self.render_options:
+            raise ValueError("the renderer given renders with other options than render_options")
         self.render_workers = render_workers
         self.batch_size = batch_size or encoder.batch_size
         family, budget = encoder.family, self.render_options.max_visual_tokens
@@ -230,12 +240,7 @@ class IngestPipeline:
         start = time.perf_counter()
         with (
             one_blas_thread_per_op(on_gpu=any(r.device.startswith("cuda") for r in self.replicas)),
-            Renderer(
-                self.render_options,
-                workers=self.render_workers,
-                max_pages=self.max_pages,
-                shared_memory=self.shared_memory,
-            ) as renderer,
+            self._renderer_of_run() as renderer,
         ):
             stages = [
                 threading.Thread(
@@ -285,6 +290,17 @@ class IngestPipeline:
         self._progress.phase = "done"
         self._report_progress()
         return IngestReport(self._results, time.perf_counter() - start, dict(self._busy))
+
+    def _renderer_of_run(self) -> contextlib.AbstractContextManager[Renderer]:
+        """The render pool given (left open), or one of this run's own."""
+        if self.renderer is not None:
+            return contextlib.nullcontext(self.renderer)
+        return Renderer(
+            self.render_options,
+            workers=self.render_workers,
+            max_pages=self.max_pages,
+            shared_memory=self.shared_memory,
+        )
 
     def _report_progress(self) -> None:
         if self.on_progress:

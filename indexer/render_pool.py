@@ -101,6 +101,10 @@ def _render(
     return page
 
 
+def _ready() -> None:
+    import pypdfium2  # noqa: F401 (what a worker's first document would otherwise wait for)
+
+
 def _guarded(name: str, work):
     try:
         return work()
@@ -181,6 +185,16 @@ class Renderer:
             return _Inline()
         return child_pool(self.workers, self.memory_limit_mb)
 
+    def start(self, *, wait: bool = False) -> Renderer:
+        """Start every worker now (a pool otherwise starts them as the first pages ask, a
+        second or two into the first run), in the background unless ``wait``: for a caller
+        with other work meanwhile, such as loading the model, or many runs to serve."""
+        ready = [self._submit(_ready) for _ in range(self.workers)]
+        if wait:
+            for future in ready:
+                future.result(timeout=self.page_timeout_s)
+        return self
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -218,38 +232,46 @@ class Renderer:
         requests = iter(requests)
         docs: deque[_Stream] = deque()  # the documents in the stream, in order
         in_flight = 0  # page renders submitted and not yet taken
-        while True:
-            while len(docs) <= self.probe_ahead and (request := next(requests, None)) is not None:
-                if request.pages is not None and not request.pages:
-                    raise ValueError("pages, when given, must name at least one page")
-                docs.append(_Stream(request, self._submit(_probe, *self._args(request))))
-            in_flight += self._fill(docs, window - in_flight)
-            if not docs:
-                return
-            head, where = docs[0], -1
-            try:
-                if not head.announced:
-                    event = self._announce(head)
-                    if isinstance(event, DocumentFailed):
-                        docs.popleft()
-                    yield event
-                elif head.pending:
-                    item = head.pending.popleft()
-                    in_flight, where = in_flight - 1, item.index
-                    page = item.future.result(timeout=self.page_timeout_s)
-                    self._crashes = 0
-                    yield PageRendered(head.request, page)
-                elif not head.todo:
-                    docs.popleft()  # every page it asked for was yielded
-            except ColqwenError as exc:
-                docs.popleft()
-                in_flight -= len(head.pending)
-                yield DocumentFailed(head.request, exc)
-            except (BrokenProcessPool, FutureTimeout) as exc:
-                docs.popleft()
-                in_flight -= len(head.pending)
-                yield DocumentFailed(head.request, self._crash_error(head.request, where, exc))
-                self._restart(docs)
+        try:
+            while True:
+                while len(docs) <= self.probe_ahead and (request := next(requests, None)):
+                    if request.pages is not None and not request.pages:
+                        raise ValueError("pages, when given, must name at least one page")
+                    docs.append(_Stream(request, self._submit(_probe, *self._args(request))))
+                in_flight += self._fill(docs, window - in_flight)
+                if not docs:
+                    return
+                head, where = docs[0], -1
+                try:
+                    if not head.announced:
+                        event = self._announce(head)
+                        if isinstance(event, DocumentFailed):
+                            docs.popleft()
+                        yield event
+                    elif head.pending:
+                        item = head.pending.popleft()
+                        in_flight, where = in_flight - 1, item.index
+                        page = item.future.result(timeout=self.page_timeout_s)
+                        self._crashes = 0
+                        yield PageRendered(head.request, page)
+                    elif not head.todo:
+                        docs.popleft()  # every page it asked for was yielded
+                except ColqwenError as exc:
+                    docs.popleft()
+                    in_flight -= len(head.pending)
+                    for item in head.pending:  # the failed document's other pages
+                        item.future.cancel()
+                    yield DocumentFailed(head.request, exc)
+                except (BrokenProcessPool, FutureTimeout) as exc:
+                    docs.popleft()
+                    in_flight -= len(head.pending)
+                    yield DocumentFailed(head.request, self._crash_error(head.request, where, exc))
+                    self._restart(docs)
+        finally:  # a stream left early (a run stopped): its renders are not wanted
+            for doc in docs:
+                doc.probe.cancel()
+                for item in doc.pending:
+                    item.future.cancel()
 
     def _fill(self, docs: deque[_Stream], room: int) -> int:
         """Submit up to ``room`` pages in stream order: the head document's, then those of the

@@ -21,6 +21,7 @@ from indexer.documents import DocumentService
 from indexer.jobs import Job, JobQueue
 from indexer.pipeline import IngestPipeline, IngestProgress
 from indexer.render import RenderOptions
+from indexer.render_pool import Renderer
 from indexer.secrets import Sealer
 from indexer.sources import SourceFile
 from indexer.uploads import UploadFolder
@@ -68,6 +69,7 @@ class Worker:
         self.on_pages = on_pages
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._shutdown = threading.Event()
+        self._renderer: Renderer | None = None  # run_forever's, shared by its jobs
         if self.store.kind == "embedded":
             # The embedded store is locked to this process: no other worker can hold a job.
             requeued = self.jobs.release_all_running()
@@ -75,16 +77,27 @@ class Worker:
                 log.info("requeued %d jobs interrupted by the last shutdown", requeued)
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Work until ``stop`` is set; a job in progress then goes back to the queue."""
+        """Work until ``stop`` is set; a job in progress then goes back to the queue. One
+        render pool serves every job (started once, not once a job)."""
         self._shutdown = stop
-        while not stop.is_set():
+        settings = self.settings
+        with Renderer(
+            RenderOptions.from_settings(settings),
+            workers=settings.render_workers,
+            max_pages=settings.max_pages,
+        ) as renderer:
+            self._renderer = renderer.start()
             try:
-                worked = self.run_one()
-            except Exception:
-                log.exception("worker loop error")
-                worked = False
-            if not worked:
-                stop.wait(self.poll_s)
+                while not stop.is_set():
+                    try:
+                        worked = self.run_one()
+                    except Exception:
+                        log.exception("worker loop error")
+                        worked = False
+                    if not worked:
+                        stop.wait(self.poll_s)
+            finally:
+                self._renderer = None
 
     def run_one(self) -> bool:
         """Claim and process one job; False when the queue is empty."""
@@ -103,6 +116,10 @@ class Worker:
         except Cancelled:
             error, pages = None, 0
         except Exception as exc:
+            if not lost.is_set() and not self._holds(job):
+                # Cancelled (its document deleted) or taken over before the heartbeat saw it,
+                # and failing for that reason (its pages deleted under it): not to retry.
+                lost.set()
             if job.attempts < MAX_ATTEMPTS and not lost.is_set():
                 log.warning(
                     "job %s (%s) attempt %d failed, retried after its lease: %s",
@@ -157,6 +174,7 @@ class Worker:
             batch_size=settings.batch_size,
             max_pages=settings.max_pages,
             on_progress=on_progress,
+            renderer=self._renderer,
         )
         source = SourceFile(
             Path(job.path),
@@ -170,6 +188,14 @@ class Worker:
         if result.status == "failed":
             return result.error, progress.done
         return None, result.pages
+
+    def _holds(self, job: Job) -> bool:
+        """Whether the job is still ours; when the job table cannot say, it is taken to be."""
+        try:
+            return self.jobs.holds(job.id, self.owner)
+        except Exception:
+            log.exception("job %s: cannot reach the job table", job.id)
+            return True
 
     def _lost(self, job: Job) -> None:
         """The job was cancelled (its document deleted) or taken over while it ran."""

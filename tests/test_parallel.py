@@ -479,3 +479,25 @@ def test_a_dead_encoder_process_does_not_hold_up_the_parent_s_exit(tiny_model_di
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "closed" in done.stdout, done.stderr[-2000:]
+
+
+def test_one_render_pool_serves_many_runs(tiny_model_dir, tmp_path):
+    """A pool given to the pipeline (the worker's, for all its jobs; the CLI's, started while
+    the model loads) renders every run with the same processes and stays open after them."""
+    from indexer.render_pool import Renderer
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf([(595, 842)] * 3))
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    store = PageStore(EdgeBackend(tmp_path / "data"))
+    options = RenderOptions(max_visual_tokens=BUDGET)
+    with Renderer(options, workers=2).start(wait=True) as renderer:
+        workers = set(renderer._executor._processes)
+        assert len(workers) == 2
+        for name in ("first", "second"):
+            store.create_collection(name, model=encoder.model_id, max_visual_tokens=BUDGET)
+            pipeline = IngestPipeline(encoder, store, name, batch_size=2, renderer=renderer)
+            assert pipeline.run(discover([folder])).pages_embedded == 3
+        assert set(renderer._executor._processes) == workers
+    store.close()

@@ -111,12 +111,17 @@ def ingest(
 def _run(settings, sources, *, quiet: bool):
     from indexer.pipeline import IngestPipeline
     from indexer.render import RenderOptions
+    from indexer.render_pool import Renderer
     from indexer.secrets import Sealer
     from retrieval.encoder_process import ingest_encoder
 
     say = (lambda message: None) if quiet else err_console.print
     message = f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape"
+    options = RenderOptions.from_settings(settings)
     with open_store(settings) as store, ExitStack() as stack:
+        # The render processes start while the model loads.
+        renderer = stack.enter_context(Renderer(options, workers=settings.render_workers))
+        renderer.start()
         with nullcontext() if quiet else err_console.status(message):
             encoder = stack.enter_context(ingest_encoder(settings, on_status=say))
         store.ensure_collection_for(settings.collection, settings, encoder.dim, encoder.family.name)
@@ -124,16 +129,14 @@ def _run(settings, sources, *, quiet: bool):
             sealer = Sealer.from_settings(settings)
             for source in sources:
                 source.password_sealed = sealer.seal(source.password)
-        options = RenderOptions.from_settings(settings)
         progress, update = _progress(quiet, len(sources))
         pipeline = IngestPipeline(
             encoder,
             store,
             settings.collection,
-            render_options=options,
-            render_workers=settings.render_workers,
             batch_size=settings.batch_size,
             on_progress=update,
+            renderer=renderer,
         )
         with progress:
             return pipeline.run(sources)

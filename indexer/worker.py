@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 CHECK_S = 0.5  # how often a running job is checked for cancellation
+# A worker's render pool (a process a core) is closed after this long without a job, and
+# started again by the next: kept while jobs come, it spares each a second or more of start.
+POOL_IDLE_S = 60.0
 
 
 def job_queue(settings: Settings) -> JobQueue:
@@ -70,6 +74,7 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._shutdown = threading.Event()
         self._renderer: Renderer | None = None  # run_forever's, shared by its jobs
+        self._keep_pool = False
         if self.store.kind == "embedded":
             # The embedded store is locked to this process: no other worker can hold a job.
             requeued = self.jobs.release_all_running()
@@ -78,26 +83,42 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set; a job in progress then goes back to the queue. One
-        render pool serves every job (started once, not once a job)."""
+        render pool serves the jobs that come one after another (``POOL_IDLE_S``)."""
         self._shutdown = stop
-        settings = self.settings
-        with Renderer(
-            RenderOptions.from_settings(settings),
-            workers=settings.render_workers,
-            max_pages=settings.max_pages,
-        ) as renderer:
-            self._renderer = renderer.start()
-            try:
-                while not stop.is_set():
-                    try:
-                        worked = self.run_one()
-                    except Exception:
-                        log.exception("worker loop error")
-                        worked = False
-                    if not worked:
-                        stop.wait(self.poll_s)
-            finally:
-                self._renderer = None
+        self._keep_pool = True
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    worked = self.run_one()
+                except Exception:
+                    log.exception("worker loop error")
+                    worked = False
+                if worked:
+                    idle_since = time.monotonic()
+                    continue
+                if self._renderer is not None and time.monotonic() - idle_since > POOL_IDLE_S:
+                    self._close_pool()
+                stop.wait(self.poll_s)
+        finally:
+            self._keep_pool = False
+            self._close_pool()
+
+    def _pool(self) -> Renderer | None:
+        """The render pool kept for the jobs to come (started by the first), if one is kept."""
+        if self._renderer is None and self._keep_pool:
+            settings = self.settings
+            self._renderer = Renderer(
+                RenderOptions.from_settings(settings),
+                workers=settings.render_workers,
+                max_pages=settings.max_pages,
+            ).start()
+        return self._renderer
+
+    def _close_pool(self) -> None:
+        if self._renderer is not None:
+            renderer, self._renderer = self._renderer, None
+            renderer.close()
 
     def run_one(self) -> bool:
         """Claim and process one job; False when the queue is empty."""
@@ -174,7 +195,7 @@ class Worker:
             batch_size=settings.batch_size,
             max_pages=settings.max_pages,
             on_progress=on_progress,
-            renderer=self._renderer,
+            renderer=self._pool(),
         )
         source = SourceFile(
             Path(job.path),

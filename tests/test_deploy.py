@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from app.cli import app as cli_app
 from app.main import create_app
+from indexer import worker as worker_module
 from indexer.envfile import env_example
 from indexer.worker import Worker
 from tests.documents import make_pdf
@@ -111,8 +113,12 @@ def test_env_example_lists_every_setting():
     assert (ROOT / ".env.example").read_text() == env_example()
 
 
-def test_api_and_a_separate_worker_share_a_qdrant_server(tiny_model_dir, tmp_path, encoder):
-    """The compose topology in one process: `serve --no-worker`, `worker`, qdrant-client."""
+def test_api_and_a_separate_worker_share_a_qdrant_server(
+    tiny_model_dir, tmp_path, encoder, monkeypatch
+):
+    """The compose topology in one process: `serve --no-worker`, `worker`, qdrant-client. The
+    worker's render pool, kept between jobs, is closed when idle and started again by a job."""
+    monkeypatch.setattr(worker_module, "POOL_IDLE_S", 0.5)
     settings = settings_for(tiny_model_dir, tmp_path / "data", qdrant_url=":memory:")
     app = create_app(settings, run_worker=False)
     with serving(app) as base, httpx.Client(base_url=base, timeout=60) as api:
@@ -128,9 +134,18 @@ def test_api_and_a_separate_worker_share_a_qdrant_server(tiny_model_dir, tmp_pat
         thread.start()
         try:
             job = wait_job(api, job_id)
+            deadline = time.monotonic() + 30
+            while worker._renderer is not None:  # idle: its render processes are stopped
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            again = api.post(
+                "/v1/documents", files={"file": ("b.pdf", make_pdf([(842, 595)] * 2))}
+            ).json()["job_id"]
+            assert wait_job(api, again)["status"] == "done"
         finally:
             stop.set()
             thread.join()
+        assert worker._renderer is None  # stopped with the worker
         assert job["status"] == "done" and job["pages_done"] == 3
         hits = api.post("/v1/search", json={"query": "x", "mode": "two_stage"}).json()["hits"]
-        assert len(hits) == 3 and {h["page"] for h in hits} == {1, 2, 3}
+        assert len(hits) == 5 and {h["page"] for h in hits} == {1, 2, 3}

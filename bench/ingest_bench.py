@@ -78,6 +78,7 @@ def ours(
     *,
     preprocess_threads: int | None = None,
     switch_interval_ms: float | None = None,
+    shared_memory: bool = True,
 ) -> dict:
     import sys
 
@@ -87,26 +88,24 @@ def ours(
     # Render processes started beforehand, as ``colqwen ingest`` does while the model loads
     # and the worker once for all its jobs.
     options = RenderOptions(max_visual_tokens=encoder.max_visual_tokens, family=encoder.family)
-    renderer = Renderer(options, workers=workers, shared_memory=IngestPipeline.shared_memory).start(
-        wait=True
-    )
-    pipeline = IngestPipeline(
-        encoder,
-        store,
-        "bench",
-        preprocess_threads=preprocess_threads,
-        on_progress=lambda p: marks.append((time.perf_counter(), p.pages_done)),
-        renderer=renderer,
-    )
-    sources = discover(files)
-    interval = sys.getswitchinterval()
-    if switch_interval_ms:
-        sys.setswitchinterval(switch_interval_ms / 1000)
-    try:
-        report = pipeline.run(sources)
-    finally:
-        sys.setswitchinterval(interval)
-        renderer.close()
+    with Renderer(options, workers=workers, shared_memory=shared_memory) as renderer:
+        renderer.start(wait=True)
+        pipeline = IngestPipeline(
+            encoder,
+            store,
+            "bench",
+            preprocess_threads=preprocess_threads,
+            on_progress=lambda p: marks.append((time.perf_counter(), p.pages_done)),
+            renderer=renderer,
+        )
+        sources = discover(files)
+        interval = sys.getswitchinterval()
+        if switch_interval_ms:
+            sys.setswitchinterval(switch_interval_ms / 1000)
+        try:
+            report = pipeline.run(sources)
+        finally:
+            sys.setswitchinterval(interval)
     store.close()
     assert report.ok, [d.error for d in report.documents if d.error]
     return {
@@ -730,7 +729,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         )
         print(f"busy time (s): {busy}", flush=True)
         for lever in args.without:
-            w = without(lever, lambda: ours(encoder, files, args.workers))
+            w = without(lever, lambda **kw: ours(encoder, files, args.workers, **kw))
             busy = ", ".join(f"{k} {x:.1f}" for k, x in w["busy"].items())
             print(
                 f"without {lever}: {w['pages'] / w['seconds']:.1f} pages/s (steady "
@@ -760,18 +759,14 @@ def sampled_in_child(build, device: str) -> Encoder:
 
 
 def without(lever: str, run):
-    """``run()`` with one of the pipeline's levers off."""
-    from indexer.render_pool import Renderer
-
-    saved = IngestPipeline.shared_memory, Renderer.probe_ahead
-    if lever == "shared-memory":
-        IngestPipeline.shared_memory = False
-    elif lever == "probe-ahead":
+    """``run(shared_memory=...)`` with one of the pipeline's levers off."""
+    saved = Renderer.probe_ahead
+    if lever == "probe-ahead":
         Renderer.probe_ahead = 0
     try:
-        return run()
+        return run(shared_memory=lever != "shared-memory")
     finally:
-        IngestPipeline.shared_memory, Renderer.probe_ahead = saved
+        Renderer.probe_ahead = saved
 
 
 if __name__ == "__main__":

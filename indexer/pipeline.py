@@ -164,10 +164,6 @@ class _Stop(Exception):
 class IngestPipeline:
     """Ingests files into one collection. Reusable; not thread-safe (one ``run`` at a time)."""
 
-    # Rendered pages' pixels reach the encoder in shared memory (False: through pipes, as
-    # ``bench/ingest_bench.py --without shared-memory`` compares).
-    shared_memory = True
-
     def __init__(
         self,
         encoder: Encoder,
@@ -299,7 +295,6 @@ class IngestPipeline:
             self.render_options,
             workers=self.render_workers,
             max_pages=self.max_pages,
-            shared_memory=self.shared_memory,
         )
 
     def _report_progress(self) -> None:

@@ -10,10 +10,10 @@ busy doing just that, twice a page (in from a render process, out to an encoder 
 Ownership: exactly one handle owns a segment and unlinks it, on ``release()`` or when it is
 garbage-collected. The handle a render process creates hands ownership over when it is
 pickled, so the copy the parent receives owns it; the parent hands it on to an encoder process
-(``hand_over``), which frees it once the batch is on the device, or frees it itself after an
-in-process encoder is done. Should a process die with a segment in flight, multiprocessing's
-resource tracker, which every process of ingestion shares, unlinks it when they have all
-exited.
+(``hand_over``), which frees it once it has sent the pages' vectors back; with an in-process
+encoder the parent frees it after the batch. Should a process die with a segment in flight,
+multiprocessing's resource tracker, which every process of ingestion shares, unlinks it when
+they have all exited.
 
 Where shared memory is missing or short (a container's default ``/dev/shm`` is 64 MB), ``share``
 returns the image unchanged and it travels in the pipe as before: the space is reserved up
@@ -105,18 +105,18 @@ def share(image: Image.Image) -> Image.Image | SharedImage:
     process that unpickles it; ``image`` itself where shared memory lacks the room."""
     if image.mode != "RGB" or not _SHM.is_dir():
         return image
-    data = image.tobytes()
-    if shutil.disk_usage(_SHM).free - len(data) < _RESERVE_BYTES:
+    size = image.width * image.height * 3
+    if shutil.disk_usage(_SHM).free - size < _RESERVE_BYTES:
         return image
-    segment = shared_memory.SharedMemory(create=True, size=len(data))
+    segment = shared_memory.SharedMemory(create=True, size=size)
     try:
         # Reserve the pages now: writing to a tmpfs that filled up meanwhile would be SIGBUS.
-        os.posix_fallocate(segment._fd, 0, len(data))
+        os.posix_fallocate(segment._fd, 0, size)
     except OSError:
         segment.close()
         segment.unlink()
         return image
-    segment.buf[: len(data)] = data
+    segment.buf[:size] = image.tobytes()
     segment.close()
     handle = SharedImage(segment.name, image.size, owner=True)
     handle.hand_over()  # to the process that receives the page

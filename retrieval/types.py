@@ -68,7 +68,7 @@ class PageEmbedding:
         if self._visual_is_one_run():
             return (_from_tokens, (self.multivector, self.grid, self.visual_runs))
         fields = ("multivector", "grid", "visual", "special", "visual_runs")
-        return (_whole, tuple(getattr(self, name) for name in fields))
+        return (PageEmbedding, tuple(getattr(self, name) for name in fields))
 
     def _visual_is_one_run(self) -> bool:
         if len(self.visual_runs) != 1:
@@ -96,10 +96,6 @@ def _from_tokens(
         special=np.concatenate([multivector[:start], multivector[start + length :]]),
         visual_runs=runs,
     )
-
-
-def _whole(multivector, grid, visual, special, visual_runs) -> PageEmbedding:
-    return PageEmbedding(multivector, grid, visual, special, visual_runs)
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,11 @@ def full_size_encoder(
     compile_mode: str | None = None,
     family: str = "colqwen2",
     other_shapes: str = "dynamic",
+    fp8: bool = False,
 ) -> Encoder:
     """A family's model at its real size (bench.full_size), random weights, bf16; replicated on
-    ``devices`` beyond the first, compiled if asked (as ``Encoder.load`` does for a checkpoint)."""
+    ``devices`` beyond the first, with fp8 matmuls and compiled if asked (as ``Encoder.load``
+    does for a checkpoint)."""
     from bench.full_size import BUILDERS
     from retrieval.models import family as family_named
 
@@ -59,6 +61,8 @@ def full_size_encoder(
         family=family_named(family).bind(processor),
     )
     encoder.replicate(devices or [])
+    if fp8:
+        encoder.use_fp8()
     if compile:
         encoder.compile(compile_mode, other_shapes=other_shapes)
     return encoder
@@ -102,11 +106,13 @@ def ours(
         interval = sys.getswitchinterval()
         if switch_interval_ms:
             sys.setswitchinterval(switch_interval_ms / 1000)
+        start = time.perf_counter()
         try:
             report = pipeline.run(sources)
         finally:
             sys.setswitchinterval(interval)
     store.close()
+    seconds = report.stage_s["stored_at"]
     assert report.ok, [d.error for d in report.documents if d.error]
     return {
         "pages": report.pages_embedded,
@@ -114,6 +120,7 @@ def ours(
         "index_s": report.stage_s.pop("index", 0.0),
         "busy": report.stage_s,
         "steady": steady_rate(marks),
+        "timeline": timeline(marks, start, seconds),
     }
 
 
@@ -126,6 +133,20 @@ def steady_rate(marks: list[tuple[float, int]]) -> float:
     if len(inside) < 2 or inside[-1][0] == inside[0][0]:
         return 0.0
     return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def timeline(marks: list[tuple[float, int]], start: float, seconds: float) -> str:
+    """When the first page, 10%, 90% and all of the pages were stored, from the run's start:
+    where a run's start and end go beside its steady middle."""
+    total = marks[-1][1] if marks else 0
+    at = [
+        next((t - start for t, n in marks if n >= max(1, share * total)), 0.0)
+        for share in (0.0, 0.1, 0.9, 1.0)
+    ]
+    return (
+        f"first page stored at {at[0]:.1f} s, 10% at {at[1]:.1f} s, 90% at {at[2]:.1f} s, "
+        f"all at {at[3]:.1f} s, run {seconds:.1f} s"
+    )
 
 
 def trace_batches(encoder: Encoder) -> list[dict]:
@@ -425,6 +446,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1, help="data-parallel over this many GPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
+    parser.add_argument("--fp8", action="store_true", help="fp8 matmuls (Encoder.use_fp8)")
     parser.add_argument(
         "--other-shapes",
         default="dynamic",
@@ -509,6 +531,7 @@ def main() -> None:
             compile=args.compile,
             compile_mode=args.compile_mode,
             other_shapes=args.other_shapes,
+            fp8=args.fp8,
         )
     else:
         encoder = tiny_encoder(device, args.batch_size)
@@ -534,6 +557,7 @@ def main() -> None:
     after = device_counters()
     changed = {k: v for k, v in after.items() if v != before.get(k)}
     print(f"during the pipeline run: {changed}", flush=True)
+    print(f"threads: {o['timeline']} (steady {o['steady']:.1f} pages/s)", flush=True)
     if records is not None:
         print_trace(records, args.batch_size)
     if args.torch_trace:
@@ -567,6 +591,7 @@ def main() -> None:
     n = len(encoder.replicas)
     share = o["pages"] / o["seconds"] / (alone * n)
     compiled = (args.compile_mode or "on") if args.compile else "off"
+    compiled += ", fp8 matmuls" if args.fp8 else ""
     print(
         f"forward alone: {alone:.1f} pages/s per device x {n}; the pipeline reaches "
         f"{100 * share:.0f}% of it; compile {compiled}, warm-up "
@@ -703,6 +728,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
             compile=args.compile,
             compile_mode=args.compile_mode,
             other_shapes=args.other_shapes,
+            fp8=args.fp8,
         )
     else:
         build = functools.partial(tiny_encoder, batch_size=args.batch_size)
@@ -725,7 +751,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         n = len(processes)
         print(
             f"\nencoder process per device ({n}): {p['pages']} pages, {rate:.1f} pages/s "
-            f"(steady, 10-90% of the pages: {p['steady']:.1f})"
+            f"(steady, 10-90% of the pages: {p['steady']:.1f}); {p['timeline']}"
         )
         print(f"busy time (s): {busy}", flush=True)
         for lever in args.without:

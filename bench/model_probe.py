@@ -4,7 +4,9 @@ warm-up each compile costs. Diagnostic companion to ingest_bench; full-size arch
 random weights (bench.full_size).
 
     uv run python -m bench.model_probe --device cuda --families colqwen2 colqwen2_5 colqwen3_5 \\
-        [--batches 8 16 32] [--modes eager default reduce-overhead]
+        [--batches 8 16 32] [--modes eager default reduce-overhead] [--fp8]
+
+``--fp8`` adds each mode again with float8 matmuls (``Encoder.use_fp8``).
 """
 
 from __future__ import annotations
@@ -69,13 +71,17 @@ def main() -> None:
         default=["eager"],
         help="eager, and torch.compile modes: default, reduce-overhead (CUDA graphs), ...",
     )
+    parser.add_argument("--fp8", action="store_true", help="each mode also with fp8 matmuls")
     args = parser.parse_args()
     rows = []
+    variants = [(m, fp8) for m in args.modes for fp8 in ([False, True] if args.fp8 else [False])]
     for name in args.families:
-        for mode in args.modes:
-            print(f"{name}, {mode}:", flush=True)
-            encoder = full_size_encoder(args.device, max(args.batches), family=name)
-            params = sum(p.numel() for p in encoder.model.parameters()) / 1e9
+        for mode, fp8 in variants:
+            label = mode + (" + fp8" if fp8 else "")
+            print(f"{name}, {label}:", flush=True)
+            encoder = full_size_encoder(args.device, max(args.batches), family=name, fp8=fp8)
+            # fp8 weights are buffers: count the state, not the parameters
+            params = sum(t.numel() for t in encoder.model.state_dict().values()) / 1e9
             images = a4_pages(encoder, max(args.batches))
             [page] = encoder.embed_pages(images[:1])
             visual = page.grid[0] * page.grid[1]
@@ -92,7 +98,7 @@ def main() -> None:
                         [
                             name,
                             f"{params:.2f}",
-                            mode,
+                            label,
                             b,
                             f"{rate:.1f}",
                             f"{peak:.1f}",
@@ -101,8 +107,8 @@ def main() -> None:
                         ]
                     )
             except Exception as exc:  # a mode that fails is a result too
-                print(f"  {mode} failed: {type(exc).__name__}: {exc}", flush=True)
-                rows.append([name, f"{params:.2f}", mode, "-", "failed", "-", "-", "-"])
+                print(f"  {label} failed: {type(exc).__name__}: {exc}", flush=True)
+                rows.append([name, f"{params:.2f}", label, "-", "failed", "-", "-", "-"])
             del encoder
             gc.collect()
             torch.cuda.empty_cache()

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="torch.compile the model's blocks: faster forward passes after a warm-up "
         "of seconds per page shape; auto = on CUDA.",
     )
+    fp8: bool = Field(
+        False,
+        description="Run the model's vision blocks and decoder layers with float8 matmuls "
+        "(GPUs of compute capability 8.9+, e.g. H100): a faster forward pass, embeddings close "
+        "to bf16's but not equal (BENCHMARKS.md); check retrieval on your data first.",
+    )
     encoder_processes: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Ingest with the model in a process of its own per device, so that no "

@@ -265,7 +265,9 @@ def ingest_encoder(
     # On the host: a copy on the first GPU would take the memory its process needs.
     host = {**load, "dtype": "bfloat16"}
     encoder = Encoder.load(settings.model, device="cpu", compile="off", **host)
-    factory = functools.partial(_load_on, settings.model, compile=settings.compile, **load)
+    factory = functools.partial(
+        _load_on, settings.model, compile=settings.compile, fp8=settings.fp8, **load
+    )
     processes = EncoderProcess.start_many(factory, devices)
     say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}")
     encoder.replicas = processes

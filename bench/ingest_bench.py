@@ -203,6 +203,57 @@ def trace_batches(encoder: Encoder) -> list[dict]:
     return records
 
 
+def trace_processes(processes: list) -> list[dict]:
+    """Record, per batch the parent sends an encoder process: when its send began and
+    returned (a full request queue blocks it), its pages and grids, and when its vectors came
+    back. Returns the list it appends to."""
+    records: list[dict] = []
+    for process in processes:
+        launch, finish = process.launch_fitting, process.finish
+
+        def traced_launch(batch, images, launch=launch, device=process.device):
+            t0 = time.perf_counter()
+            launched = launch(batch, images)
+            grids = {i.size for i in batch.images}
+            launched.times = (t0, time.perf_counter(), len(batch.images), len(grids), device)
+            return launched
+
+        def traced_finish(launched, finish=finish):
+            result = finish(launched)
+            t0, t1, pages, grids, device = launched.times
+            back = time.perf_counter()
+            records.append(
+                {"send": t0, "sent": t1, "back": back, "pages": pages, "grids": grids,
+                 "device": device}
+            )  # fmt: skip
+            return result
+
+        process.launch_fitting, process.finish = traced_launch, traced_finish
+    return records
+
+
+def print_process_trace(records: list[dict], first: int = 16) -> None:
+    """The first batches one by one (their send and return, from the first send), then the
+    gaps between returns: where the start of a run goes."""
+    if not records:
+        return
+    zero = min(r["send"] for r in records)
+    print("\nbatches sent to encoder processes (s from the first send):")
+    print("| # | device | pages | grids | send | queued | back | since last back |")
+    print("|---|---|---|---|---|---|---|---|")
+    last: dict[str, float] = {}
+    for i, r in enumerate(records[:first]):
+        gap = r["back"] - last.get(r["device"], zero)
+        last[r["device"]] = r["back"]
+        print(
+            f"| {i} | {r['device']} | {r['pages']} | {r['grids']} | {r['send'] - zero:.2f} "
+            f"| {r['sent'] - zero:.2f} | {r['back'] - zero:.2f} | {gap:.2f} |"
+        )
+    full = [r for r in records if r["pages"] >= max(x["pages"] for x in records)]
+    partial = len(records) - len(full)
+    print(f"{len(records)} batches: {len(full)} full, {partial} partial or mixed\n", flush=True)
+
+
 def device_counters() -> dict:
     """What the device side did that can stall it: dynamo recompiles and graph breaks, and the
     caching allocator's device mallocs, frees and retries (each retry frees cached blocks and
@@ -738,6 +789,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
     t0 = time.perf_counter()
     processes = EncoderProcess.start_many(build, [device, *extra])
     print(f"encoder processes ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    records = trace_processes(processes) if args.trace else None
     try:
         encoder.replicas = processes
         if args.sample:
@@ -754,6 +806,9 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
             f"(steady, 10-90% of the pages: {p['steady']:.1f}); {p['timeline']}"
         )
         print(f"busy time (s): {busy}", flush=True)
+        if records is not None:
+            print_process_trace(records)
+            records.clear()
         for lever in args.without:
             w = without(lever, lambda **kw: ours(encoder, files, args.workers, **kw))
             busy = ", ".join(f"{k} {x:.1f}" for k, x in w["busy"].items())

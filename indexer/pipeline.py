@@ -527,11 +527,16 @@ class IngestPipeline:
 
     def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
         """Keep the device ahead: launch a batch, then finish the oldest one in flight (wait
-        for its output, lay its tokens out) once ``replica.lookahead`` more are launched."""
+        for its output, lay its tokens out) once ``replica.lookahead`` more are launched.
+        Control messages alone go straight on (the store puts them back in stream order): held
+        in line, each would take a batch's place and leave the device's queue short."""
         in_flight: deque[tuple[_Work, Any]] = deque()
         while (work := self._get(inp)) is not _END:
+            if not work.pages:
+                self._put(out, work)
+                continue
             t0 = time.perf_counter()
-            in_flight.append((work, self._launch(work) if work.pages else None))
+            in_flight.append((work, self._launch(work)))
             self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
             while len(in_flight) > replica.lookahead:
                 self._finish_batch(*in_flight.popleft(), out)
@@ -544,27 +549,26 @@ class IngestPipeline:
         return work.replica.launch_fitting(work.inputs, [m.page.image for m in work.pages])
 
     def _finish_batch(self, work: _Work, launched: Any, out: queue.Queue) -> None:
-        if launched is not None:
-            t0 = time.perf_counter()
-            try:
-                embeddings = work.replica.finish(launched)
-            finally:
-                with self._busy_lock:
-                    self._outstanding -= 1
-            self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
-            derived = getattr(launched, "derived", None) or [None] * len(embeddings)
-            for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
-                page = msg.page
-                msg.embedding, msg.derived = emb, vectors
-                msg.page_info = {
-                    "page_number": page.page_number,
-                    "size_pt": page.size_pt,
-                    "rotation": page.rotation,
-                    "pixel_size": page.pixel_size,
-                    "text": page.text,
-                }
-                release(page.image)  # no longer needed: free it early (shared memory too)
-                msg.page = None
+        t0 = time.perf_counter()
+        try:
+            embeddings = work.replica.finish(launched)
+        finally:
+            with self._busy_lock:
+                self._outstanding -= 1
+        self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
+        derived = getattr(launched, "derived", None) or [None] * len(embeddings)
+        for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
+            page = msg.page
+            msg.embedding, msg.derived = emb, vectors
+            msg.page_info = {
+                "page_number": page.page_number,
+                "size_pt": page.size_pt,
+                "rotation": page.rotation,
+                "pixel_size": page.pixel_size,
+                "text": page.text,
+            }
+            release(page.image)  # no longer needed: free it early (shared memory too)
+            msg.page = None
         self._put(out, work)
 
     # --- stage 4: store ------------------------------------------------------------------------

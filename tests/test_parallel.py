@@ -313,6 +313,53 @@ def test_an_idle_device_gets_a_full_batch_of_several_grids_rather_than_wait(
     assert [m.seq for m in first] == [0, 1, 2, 3]
 
 
+def test_documents_between_batches_leave_the_device_its_queue(tiny_model_dir, tmp_path):
+    """Small documents' open and end messages pass the forward stage without taking a batch's
+    place: the device keeps ``lookahead`` batches queued behind the running one however many
+    documents come between them (before, each counted as a batch, and the queue ran dry)."""
+    import queue
+
+    from PIL import Image
+
+    from indexer.pipeline import _END, _Msg, _Work
+
+    pipeline = _batcher(tiny_model_dir, tmp_path, busy=False)
+    pipeline._busy = {}
+
+    class Device:
+        """Counts the batches launched and not yet waited for, at each wait."""
+
+        lookahead, device = 2, "fake"
+
+        def __init__(self) -> None:
+            self.launched, self.queued_at_wait = 0, []
+
+        def launch_fitting(self, inputs, images):
+            self.launched += 1
+            return len(images)
+
+        def finish(self, n):
+            self.queued_at_wait.append(self.launched - len(self.queued_at_wait))
+            return [None] * n
+
+    device = Device()
+    inp, out = queue.Queue(), queue.Queue()
+    pages = _pages([(4, 3)] * 12)
+    for msg in pages:
+        msg.page.image = Image.new("RGB", (4, 3))
+    for i in range(6):
+        inp.put(_Work(pages[2 * i : 2 * i + 2], replica=device))
+        for kind in ("end", "open"):  # a one-page document's worth of control messages
+            inp.put(_Work([_Msg(kind, pages[0].doc)], replica=device))
+    inp.put(_END)
+    pipeline._encode(device, inp, out)
+    drained = device.queued_at_wait[: -device.lookahead]
+    assert drained == [device.lookahead + 1] * (6 - device.lookahead)
+    works = [out.get() for _ in range(out.qsize())]
+    assert works[-1] is _END and len(works) == 6 + 12 + 1
+    assert sum(m.embedding is None and m.page_info is not None for m in pages) == 12
+
+
 def _in_process_factory(model_dir: Path):
     import functools
 

@@ -145,7 +145,7 @@ class _Work:
     travel with it; ``inputs`` are the preprocessed images of its pages."""
 
     messages: list[_Msg]
-    seq: int = 0  # the batch's number: which device runs it
+    lane: int = 0  # which device runs it (an index into the pipeline's replicas)
     inputs: Any = None
     replica: Any = None  # the Encoder whose device runs it
 
@@ -406,23 +406,28 @@ class IngestPipeline:
 
     def _batch(self, inp: queue.Queue, outs: list[queue.Queue]) -> None:
         """Cut batches by token budget; preprocess them on a few threads (on the device that
-        will run each, round-robin) and hand them to that device's queue, in order."""
+        will run each: the devices take batches of pages in turn) and hand them to that
+        device's queue, in order. Control messages alone ride to the next device's queue
+        without taking a turn: else, with two devices and a small document between every two
+        batches, one device would get every batch."""
         with ThreadPoolExecutor(self.preprocess_threads, thread_name_prefix="preprocess") as pool:
             in_flight: deque[Future] = deque()
-            for seq, messages in enumerate(self._batches(inp)):
-                replica = self.replicas[seq % len(self.replicas)]
+            turn = 0
+            for messages in self._batches(inp):
+                lane = turn % len(self.replicas)
                 if any(m.kind == "page" for m in messages):
+                    turn += 1
                     with self._busy_lock:
                         self._outstanding += 1
-                in_flight.append(pool.submit(self._prepare, seq, messages, replica))
+                in_flight.append(pool.submit(self._prepare, lane, messages))
                 while in_flight and (
                     in_flight[0].done() or len(in_flight) > self.preprocess_threads
                 ):
                     work = in_flight.popleft().result()
-                    self._put(outs[work.seq % len(outs)], work)
+                    self._put(outs[work.lane], work)
             while in_flight:
                 work = in_flight.popleft().result()
-                self._put(outs[work.seq % len(outs)], work)
+                self._put(outs[work.lane], work)
         for out in outs:
             self._put(out, _END)
 
@@ -510,12 +515,12 @@ class IngestPipeline:
         with self._busy_lock:
             return self._outstanding < len(self.replicas)
 
-    def _prepare(self, seq: int, messages: list[_Msg], replica: Encoder) -> _Work:
-        work = _Work(messages, seq=seq, replica=replica)
+    def _prepare(self, lane: int, messages: list[_Msg]) -> _Work:
+        work = _Work(messages, lane=lane, replica=self.replicas[lane])
         images = [m.page.image for m in work.pages]
         if images:
             t0 = time.perf_counter()
-            work.inputs = replica.preprocess(images)
+            work.inputs = work.replica.preprocess(images)
             self._add_busy("preprocess", time.perf_counter() - t0)
         return work
 

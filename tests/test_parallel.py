@@ -360,6 +360,33 @@ def test_documents_between_batches_leave_the_device_its_queue(tiny_model_dir, tm
     assert sum(m.embedding is None and m.page_info is not None for m in pages) == 12
 
 
+def test_two_devices_take_batches_in_turn_whatever_documents_lie_between(tiny_model_dir, tmp_path):
+    """A small document's open and end messages between every two batches do not take a
+    device's turn: two devices get three batches each of six (before, one got all six)."""
+    import queue
+
+    from indexer.pipeline import _END, _Msg
+
+    class Device:
+        def preprocess(self, images):
+            return images
+
+    pipeline = _batcher(tiny_model_dir, tmp_path, busy=False)
+    pipeline._busy = {}
+    pipeline.replicas = [Device(), Device()]
+    pages = _pages([(4, 3)] * 12)
+    stream = []
+    for i in range(6):
+        stream.append(pages[2 * i : 2 * i + 2])
+        stream.append([_Msg("end", pages[0].doc)])  # alone: no pages wait
+    pipeline._batches = lambda inp: iter(stream)
+    outs = [queue.Queue(), queue.Queue()]
+    pipeline._batch(queue.Queue(), outs)
+    lanes = [[w for w in iter(out.get, _END) if w.pages] for out in outs]
+    assert [len(batches) for batches in lanes] == [3, 3]
+    assert [w.messages for w in lanes[0]] == stream[0::4]
+
+
 def _in_process_factory(model_dir: Path):
     import functools
 

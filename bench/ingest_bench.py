@@ -499,6 +499,12 @@ def main() -> None:
     parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead")
     parser.add_argument("--fp8", action="store_true", help="fp8 matmuls (Encoder.use_fp8)")
     parser.add_argument(
+        "--switch-ms",
+        type=float,
+        default=None,
+        help="encoder processes: a run with this GIL switch interval too",
+    )
+    parser.add_argument(
         "--other-shapes",
         default="dynamic",
         choices=["eager", "dynamic"],
@@ -809,6 +815,13 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         if records is not None:
             print_process_trace(records)
             records.clear()
+        if args.switch_ms:
+            w = ours(encoder, files, args.workers, switch_interval_ms=args.switch_ms)
+            print(
+                f"GIL switch interval {args.switch_ms} ms: {w['pages'] / w['seconds']:.1f} "
+                f"pages/s (steady {w['steady']:.1f}); {w['timeline']}",
+                flush=True,
+            )
         for lever in args.without:
             w = without(lever, lambda **kw: ours(encoder, files, args.workers, **kw))
             busy = ", ".join(f"{k} {x:.1f}" for k, x in w["busy"].items())

@@ -1,7 +1,8 @@
 """The store stage's cost per page in the ingestion parent: pages of realistic size (777 token
 vectors of 128 dims, a page of text) with their FDE and pooled vectors computed beforehand, as
-encoder processes send them, upserted 32 at a time into the embedded store; then where the time
-goes (cProfile).
+encoder processes send them, upserted 32 at a time into the embedded store; the same split as
+ingestion splits it (prepared on the encode threads, written on the store's); then where the
+time goes (cProfile).
 
     uv run python -m bench.store_bench [--pages N]
 """
@@ -70,6 +71,19 @@ def main() -> None:
         store.upsert_pages("c", records[i : i + 32])
     per_page = (time.perf_counter() - start) / len(records) * 1000
     print(f"store stage: {per_page:.2f} ms a page ({info.first_stage}, {info.pooling})")
+    # The pipeline's split: prepared on the encode threads, written on the store's thread.
+    later = [dataclasses.replace(r, page_number=r.page_number + 2 * args.pages) for r in records]
+    start = time.perf_counter()
+    prepared = [store.prepare_page("c", r) for r in later]
+    middle = time.perf_counter()
+    for i in range(0, len(prepared), 32):
+        store.write_pages("c", prepared[i : i + 32])
+    end = time.perf_counter()
+    n = len(later)
+    print(
+        f"of which prepare_page (any thread) {(middle - start) / n * 1000:.2f} ms, "
+        f"write_pages (the store's thread) {(end - middle) / n * 1000:.2f} ms a page"
+    )
     again = [dataclasses.replace(r, page_number=r.page_number + args.pages) for r in records]
     profile = cProfile.Profile()
     profile.enable()

@@ -134,9 +134,7 @@ class _Msg:
     seq: int = -1  # position in the stream: the store takes messages in this order
     page: RenderedPage | None = None
     error: str | None = None
-    embedding: PageEmbedding | None = None
-    derived: dict[str, Any] | None = None  # its FDE and pooled vectors, if computed already
-    page_info: dict[str, Any] | None = None  # provenance kept once the image is freed
+    prepared: Any = None  # the page as the store writes it (``PageStore.prepare_page``)
 
 
 @dataclass
@@ -562,18 +560,14 @@ class IngestPipeline:
                 self._outstanding -= 1
         self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
         derived = getattr(launched, "derived", None) or [None] * len(embeddings)
+        t0 = time.perf_counter()
         for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
-            page = msg.page
-            msg.embedding, msg.derived = emb, vectors
-            msg.page_info = {
-                "page_number": page.page_number,
-                "size_pt": page.size_pt,
-                "rotation": page.rotation,
-                "pixel_size": page.pixel_size,
-                "text": page.text,
-            }
-            release(page.image)  # no longer needed: free it early (shared memory too)
+            # The CPU half of storing the page, here rather than on the store's one thread,
+            # which then only writes (in order): at two GPUs that thread was the limit.
+            msg.prepared = self.store.prepare_page(self.collection, self._record(msg, emb, vectors))
+            release(msg.page.image)  # no longer needed: free it early (shared memory too)
             msg.page = None
+        self._add_busy("prepare", time.perf_counter() - t0)
         self._put(out, work)
 
     # --- stage 4: store ------------------------------------------------------------------------
@@ -602,10 +596,10 @@ class IngestPipeline:
 
     def _store(self, messages: list[_Msg]) -> None:
         t0 = time.perf_counter()
-        pending: list[tuple[_Doc, PageRecord]] = []
+        pending: list[tuple[_Doc, Any]] = []
         for msg in messages:
             if msg.kind == "page":
-                pending.append((msg.doc, self._record(msg)))
+                pending.append((msg.doc, msg.prepared))
                 continue
             if msg.kind == "end":
                 self._flush(pending)
@@ -615,25 +609,25 @@ class IngestPipeline:
         self._add_busy("store", time.perf_counter() - t0)
         self._report_progress()
 
-    def _record(self, msg: _Msg) -> PageRecord:
-        doc, page, emb = msg.doc, msg.page_info, msg.embedding
+    def _record(self, msg: _Msg, embedding: PageEmbedding, derived: Any) -> PageRecord:
+        doc, page = msg.doc, msg.page
         return PageRecord(
             doc_id=doc.doc_id,
             source=doc.source.name,
-            page_number=page["page_number"],
+            page_number=page.page_number,
             page_count=doc.page_count,
-            size_pt=page["size_pt"],
-            rotation=page["rotation"],
-            pixel_size=page["pixel_size"],
-            embedding=emb,
+            size_pt=page.size_pt,
+            rotation=page.rotation,
+            pixel_size=page.pixel_size,
+            embedding=embedding,
             metadata=doc.metadata,
-            text=page.get("text", ""),
-            derived=msg.derived,
+            text=page.text,
+            derived=derived,
         )
 
-    def _flush(self, pending: list[tuple[_Doc, PageRecord]]) -> None:
+    def _flush(self, pending: list[tuple[_Doc, Any]]) -> None:
         if pending:
-            self.store.upsert_pages(self.collection, [record for _, record in pending])
+            self.store.write_pages(self.collection, [prepared for _, prepared in pending])
             for doc, _ in pending:
                 doc.embedded += 1
             self._progress.pages_done += len(pending)

@@ -253,6 +253,29 @@ def test_reupserting_a_document_changes_nothing(store, corpus):
     ]
 
 
+def test_pages_prepared_on_other_threads_store_as_upserted_ones(store, corpus):
+    """Ingestion prepares pages on its encode threads and writes them, in order, on one: the
+    result is what ``upsert_pages`` stores (same points, same scores), in write batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    q = queries(1)[0]
+    before = store.search("docs", q, top_k=10, mode="exact")
+    store.delete_document("docs", "doc3")
+    records = [
+        page_record("doc3", p, corpus[("doc3", p)], metadata={"year": 2023, "team": "finance"})
+        for p in range(1, 6)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        prepared = list(pool.map(lambda r: store.prepare_page("docs", r), records))
+    assert store.count_pages("docs") == (N_DOCS - 1) * PAGES_PER_DOC  # nothing written yet
+    store.write_pages("docs", prepared)
+    after = store.search("docs", q, top_k=10, mode="exact")
+    assert store.count_pages("docs") == N_DOCS * PAGES_PER_DOC
+    assert [(h.doc_id, h.page, round(h.score, 4)) for h in after] == [
+        (h.doc_id, h.page, round(h.score, 4)) for h in before
+    ]
+
+
 def test_deleting_a_document_removes_every_page_and_its_record(store, corpus):
     store.delete_document("docs", "doc1")
     assert store.count_pages("docs") == (N_DOCS - 1) * PAGES_PER_DOC

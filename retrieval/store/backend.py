@@ -6,7 +6,7 @@ Everything else (schema, ids, the document catalog, search modes) is written onc
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,7 +37,14 @@ class Backend(Protocol):
     def create_payload_index(self, name: str, key: str, kind: FieldKind) -> None: ...
 
     def upsert(self, name: str, points: list[PointData]) -> None:
-        """Write points and wait until they are applied."""
+        """Write points and wait until they are applied: ``write`` of each one's ``prepare``."""
+
+    def prepare(self, point: PointData) -> Any:
+        """The point in this backend's own form, ready to write. Pure CPU work that any thread
+        can do, so that the thread writing in order does only the write."""
+
+    def write(self, name: str, prepared: list[Any]) -> None:
+        """Write points that ``prepare`` made and wait until they are applied."""
 
     def delete(self, name: str, where: Filter) -> None: ...
 

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -446,11 +446,21 @@ class PageStore:
 
     def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
         """Store pages (batched, waited on). Raises ``StoreError`` if a write fails."""
-        info = self.collection(collection)
         created_at = now()
-        points = [self._point(info, page, created_at) for page in pages]
-        for start in range(0, len(points), self.write_batch):
-            self.backend.upsert(info.points_collection, points[start : start + self.write_batch])
+        self.write_pages(collection, [self.prepare_page(collection, p, created_at) for p in pages])
+
+    def prepare_page(self, collection: str, page: PageRecord, created_at: str | None = None) -> Any:
+        """``page`` as the backend writes it (its vectors, payload, the backend's own point):
+        the CPU half of storing a page, which any thread can do ahead of ``write_pages``."""
+        info = self.collection(collection)
+        return self.backend.prepare(self._point(info, page, created_at or now()))
+
+    def write_pages(self, collection: str, prepared: list[Any]) -> None:
+        """Store pages that ``prepare_page`` made (batched, waited on). Raises ``StoreError``
+        if a write fails."""
+        name = self.collection(collection).points_collection
+        for start in range(0, len(prepared), self.write_batch):
+            self.backend.write(name, prepared[start : start + self.write_batch])
 
     def _point(self, info: CollectionInfo, page: PageRecord, created_at: str) -> PointData:
         emb = page.embedding

@@ -98,19 +98,24 @@ class ServerBackend:
         _call(self.client.create_payload_index, name, key, _SCHEMA[kind], wait=True)
 
     def upsert(self, name: str, points: list[PointData]) -> None:
+        self.write(name, [self.prepare(p) for p in points])
+
+    def prepare(self, point: PointData) -> tuple[models.PointStruct, int]:
+        """(qdrant-client's point, its approximate request size in bytes)."""
         bytes_per_float = 4 if self._grpc else 12  # protobuf vs JSON text
+        size = sum(v.size for v in point.vectors.values()) * bytes_per_float + 4096
+        vectors = {k: _vector(v) for k, v in point.vectors.items()}
+        return models.PointStruct(id=point.id, vector=vectors, payload=point.payload), size
+
+    def write(self, name: str, prepared: list[tuple[models.PointStruct, int]]) -> None:
+        """In requests of at most ``REQUEST_BUDGET_BYTES``."""
         batch: list[models.PointStruct] = []
         size = 0
-        for p in points:
-            n = sum(v.size for v in p.vectors.values()) * bytes_per_float + 4096
+        for point, n in prepared:
             if batch and size + n > REQUEST_BUDGET_BYTES:
                 _call(self.client.upsert, name, batch, wait=True)
                 batch, size = [], 0
-            batch.append(
-                models.PointStruct(
-                    id=p.id, vector={k: _vector(v) for k, v in p.vectors.items()}, payload=p.payload
-                )
-            )
+            batch.append(point)
             size += n
         if batch:
             _call(self.client.upsert, name, batch, wait=True)

@@ -2,6 +2,10 @@
 
     render (process pool) -> batch + preprocess -> forward (one thread per GPU) -> store
 
+The forward threads also prepare each page's point for the store (``PageStore.prepare_page``:
+payload, vectors, the backend's own point), so the store's one thread, which must write in
+stream order, only writes.
+
 Pages come from the render processes with their pixels in shared memory
 (``retrieval.shared_image``); this process handles only their handles, and whoever embeds them
 (a thread here, or an encoder process) reads the pixels from there.
@@ -417,7 +421,7 @@ class IngestPipeline:
                     turn += 1
                     with self._busy_lock:
                         self._outstanding += 1
-                in_flight.append(pool.submit(self._prepare, lane, messages))
+                in_flight.append(pool.submit(self._preprocess, lane, messages))
                 while in_flight and (
                     in_flight[0].done() or len(in_flight) > self.preprocess_threads
                 ):
@@ -513,7 +517,7 @@ class IngestPipeline:
         with self._busy_lock:
             return self._outstanding < len(self.replicas)
 
-    def _prepare(self, lane: int, messages: list[_Msg]) -> _Work:
+    def _preprocess(self, lane: int, messages: list[_Msg]) -> _Work:
         work = _Work(messages, lane=lane, replica=self.replicas[lane])
         images = [m.page.image for m in work.pages]
         if images:
@@ -562,12 +566,13 @@ class IngestPipeline:
         derived = getattr(launched, "derived", None) or [None] * len(embeddings)
         t0 = time.perf_counter()
         for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
-            # The CPU half of storing the page, here rather than on the store's one thread,
-            # which then only writes (in order): at two GPUs that thread was the limit.
-            msg.prepared = self.store.prepare_page(self.collection, self._record(msg, emb, vectors))
+            record = self._record(msg, emb, vectors)
             release(msg.page.image)  # no longer needed: free it early (shared memory too)
             msg.page = None
-        self._add_busy("prepare", time.perf_counter() - t0)
+            # The CPU half of storing the page, here rather than on the store's one thread,
+            # which then only writes (in order): at two GPUs that thread was the limit.
+            msg.prepared = self.store.prepare_page(self.collection, record)
+        self._add_busy("prepare points", time.perf_counter() - t0)
         self._put(out, work)
 
     # --- stage 4: store ------------------------------------------------------------------------

@@ -215,8 +215,8 @@ class Encoder:
 
     def use_fp8(self) -> None:
         """Run the linear layers of every vision block and decoder layer as float8 products
-        (``retrieval.models.fp8``), on every replica: about twice bf16's matmul rate on Hopper,
-        embeddings close to bf16's but not equal. Before ``compile``."""
+        (``retrieval.models.fp8``), on every replica: 1.15x the compiled bf16 forward pass on an
+        H100, embeddings close to bf16's but not equal (BENCHMARKS.md). Before ``compile``."""
         from retrieval.models import fp8
 
         for replica in self.replicas:

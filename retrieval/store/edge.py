@@ -137,9 +137,8 @@ class EdgeBackend:
     def prepare(self, point: PointData) -> tuple[qe.Point, int]:
         """(qdrant-edge's point, its float count). Building it converts every vector to a
         Python list: about half of a page's store cost, all under the GIL."""
-        vectors = point.vectors.values()
         edge = qe.Point(point.id, {k: _vector(v) for k, v in point.vectors.items()}, point.payload)
-        return edge, sum(v.size for v in vectors)
+        return edge, sum(v.size for v in point.vectors.values())
 
     def write(self, name: str, prepared: list[tuple[qe.Point, int]]) -> None:
         self._update(name, qe.UpdateOperation.upsert_points([point for point, _ in prepared]))

@@ -91,41 +91,22 @@ def test_fp8_on_the_full_size_model_stays_close_to_float32():
     how close to a float32 copy of the model, beside plain bf16 (BENCHMARKS.md). Measured on an
     H100: fp8 min 0.951, mean 0.981; bf16 min 0.999, mean 0.9997. The bounds catch a broken
     scale or layout (which gives cosines near 0), not the loss fp8 costs by design."""
-    import copy
-
     from PIL import Image
 
     from bench.ingest_bench import full_size_encoder
+    from tests.test_parallel import float32_reference, token_cosines
 
     encoder = full_size_encoder("cuda", 8)
-    exact = Encoder(
-        copy.deepcopy(encoder.model).float(),
-        encoder.processor,
-        model_id="fp32",
-        device="cuda",
-        max_visual_tokens=768,
-        batch_size=8,
-    )
     pages = [Image.effect_noise((644, 924), 64).convert("RGB") for _ in range(4)]
     pages += [page_image(672, 868, seed=s) for s in range(4)]
-    reference = exact.embed_pages(pages)
-    del exact
+    reference = float32_reference(encoder, pages)
     bf16 = encoder.embed_pages(pages)
     encoder.use_fp8()
     encoder.compile()
     fast = encoder.embed_pages(pages)
-
-    def cosines(a, b):
-        return torch.cat(
-            [
-                _cosines(torch.tensor(x.multivector), torch.tensor(y.multivector))
-                for x, y in zip(a, b, strict=True)
-            ]
-        )
-
-    bf16_ref, fast_ref = cosines(bf16, reference), cosines(fast, reference)
+    bf16_ref, fast_ref = token_cosines(bf16, reference), token_cosines(fast, reference)
     for name, c in [("bf16/fp32", bf16_ref), ("fp8/fp32", fast_ref),
-                    ("fp8/bf16", cosines(fast, bf16))]:  # fmt: skip
+                    ("fp8/bf16", token_cosines(fast, bf16))]:  # fmt: skip
         print(f"{name}: min {float(c.min()):.5f}, mean {float(c.mean()):.6f}")
     assert [x.grid for x in fast] == [x.grid for x in bf16]
     assert float(fast_ref.mean()) >= 0.97 and float(fast_ref.min()) >= 0.9

@@ -98,47 +98,54 @@ def test_device_lists_are_checked():
     assert resolve_devices("cpu") == ["cpu"]
 
 
+def float32_reference(encoder: Encoder, pages: list) -> list:
+    """``pages`` embedded by a float32 copy of ``encoder``'s model (on its device, freed after)."""
+    import copy
+
+    exact = Encoder(
+        copy.deepcopy(encoder.model).float(),
+        encoder.processor,
+        model_id="fp32",
+        device=encoder.device,
+        max_visual_tokens=encoder.max_visual_tokens,
+        batch_size=encoder.batch_size,
+    )
+    return exact.embed_pages(pages)
+
+
+def token_cosines(a: list, b: list):
+    """Per-token cosines between two lists of the same pages' embeddings, concatenated."""
+    import torch
+
+    return torch.cat(
+        [
+            torch.nn.functional.cosine_similarity(
+                torch.tensor(x.multivector), torch.tensor(y.multivector), dim=-1
+            )
+            for x, y in zip(a, b, strict=True)
+        ]
+    )
+
+
 @pytest.mark.gpu
 def test_compiled_forward_is_as_faithful_as_eager_on_the_full_size_model():
     """bf16, the real architecture with random weights: the compiled path's tokens stay within
     bf16 noise of the eager path's, and as close as eager's to a float32 reference."""
-    import copy
-
-    import torch
     from PIL import Image
 
     from bench.ingest_bench import full_size_encoder
 
     encoder = full_size_encoder("cuda", 8)
-    exact = Encoder(
-        copy.deepcopy(encoder.model).float(),
-        encoder.processor,
-        model_id="fp32",
-        device="cuda",
-        max_visual_tokens=768,
-        batch_size=8,
-    )
     pages = [Image.effect_noise((644, 924), 64).convert("RGB") for _ in range(4)]
     pages += [Image.effect_noise((672, 868), 64).convert("RGB") for _ in range(4)]
-    reference = exact.embed_pages(pages)
+    reference = float32_reference(encoder, pages)
     eager = encoder.embed_pages(pages)
     encoder.compile()
     fast = encoder.embed_pages(pages)
-
-    def cosines(a, b):
-        return torch.cat(
-            [
-                torch.nn.functional.cosine_similarity(
-                    torch.tensor(x.multivector), torch.tensor(y.multivector), dim=-1
-                )
-                for x, y in zip(a, b, strict=True)
-            ]
-        )
-
     fast_eager, eager_ref, fast_ref = (
-        cosines(fast, eager),
-        cosines(eager, reference),
-        cosines(fast, reference),
+        token_cosines(fast, eager),
+        token_cosines(eager, reference),
+        token_cosines(fast, reference),
     )
     for name, c in [("compiled/eager", fast_eager), ("eager/fp32", eager_ref),
                     ("compiled/fp32", fast_ref)]:  # fmt: skip

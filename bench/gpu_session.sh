@@ -25,10 +25,12 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 \
         run ingest_compiled_blas1 $bench --compile --repeat 2
     ;;
-multi)  # an encoder process per GPU (the default on GPUs), on one GPU and on all
-    run ingest_1gpu $bench --compile --repeat 4 --gpus 1 --processes-only
-    run ingest_2gpu $bench --compile --repeat 4 --gpus "$(nvidia-smi -L | wc -l)" --processes-only \
-        --without shared-memory probe-ahead
+multi)  # an encoder process per GPU (the default on GPUs), on all GPUs and on one, a long run
+        # (4,452 pages: the start and end weigh little); the parent's stages' busy time shows
+        # which one limits the GPUs
+    run ingest_2gpu $bench --compile --repeat 12 --gpus "$(nvidia-smi -L | wc -l)" \
+        --processes-only --trace
+    run ingest_1gpu $bench --compile --repeat 12 --gpus 1 --processes-only
     ;;
 profile)  # where a running pipeline's device time goes: per-batch device spans and gaps,
           # allocator and recompile counters, then torch's profiler over every thread

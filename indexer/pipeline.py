@@ -149,7 +149,6 @@ class _Work:
     messages: list[_Msg]
     lane: int = 0  # which device runs it (an index into the pipeline's replicas)
     inputs: Any = None
-    replica: Any = None  # the Encoder whose device runs it
 
     @property
     def pages(self) -> list[_Msg]:
@@ -518,11 +517,11 @@ class IngestPipeline:
             return self._outstanding < len(self.replicas)
 
     def _preprocess(self, lane: int, messages: list[_Msg]) -> _Work:
-        work = _Work(messages, lane=lane, replica=self.replicas[lane])
+        work = _Work(messages, lane=lane)
         images = [m.page.image for m in work.pages]
         if images:
             t0 = time.perf_counter()
-            work.inputs = work.replica.preprocess(images)
+            work.inputs = self.replicas[lane].preprocess(images)
             self._add_busy("preprocess", time.perf_counter() - t0)
         return work
 
@@ -543,26 +542,26 @@ class IngestPipeline:
                 self._put(out, work)
                 continue
             t0 = time.perf_counter()
-            in_flight.append((work, self._launch(work)))
+            in_flight.append((work, self._launch(replica, work)))
             self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
             while len(in_flight) > replica.lookahead:
-                self._finish_batch(*in_flight.popleft(), out)
+                self._finish_batch(replica, *in_flight.popleft(), out)
         while in_flight:
-            self._finish_batch(*in_flight.popleft(), out)
+            self._finish_batch(replica, *in_flight.popleft(), out)
         self._put(out, _END)
 
-    def _launch(self, work: _Work) -> Any:
+    def _launch(self, replica: Encoder, work: _Work) -> Any:
         """The replica's handle on the launched batch, for its ``finish``."""
-        return work.replica.launch_fitting(work.inputs, [m.page.image for m in work.pages])
+        return replica.launch_fitting(work.inputs, [m.page.image for m in work.pages])
 
-    def _finish_batch(self, work: _Work, launched: Any, out: queue.Queue) -> None:
+    def _finish_batch(self, replica: Encoder, work: _Work, launched: Any, out: queue.Queue) -> None:
         t0 = time.perf_counter()
         try:
-            embeddings = work.replica.finish(launched)
+            embeddings = replica.finish(launched)
         finally:
             with self._busy_lock:
                 self._outstanding -= 1
-        self._add_busy(f"encode {work.replica.device}", time.perf_counter() - t0)
+        self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
         derived = getattr(launched, "derived", None) or [None] * len(embeddings)
         t0 = time.perf_counter()
         for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):

@@ -356,9 +356,9 @@ def test_documents_between_batches_leave_the_device_its_queue(tiny_model_dir, tm
     for msg in pages:
         msg.page.image = Image.new("RGB", (4, 3))
     for i in range(6):
-        inp.put(_Work(pages[2 * i : 2 * i + 2], replica=device))
+        inp.put(_Work(pages[2 * i : 2 * i + 2]))
         for kind in ("end", "open"):  # a one-page document's worth of control messages
-            inp.put(_Work([_Msg(kind, pages[0].doc)], replica=device))
+            inp.put(_Work([_Msg(kind, pages[0].doc)]))
     inp.put(_END)
     pipeline._encode(device, inp, out)
     drained = device.queued_at_wait[: -device.lookahead]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of one session, in priority order, each log into $OUT as it runs.
 #   bash bench/gpu_session.sh single   # one GPU: compiled and eager ingest, model probe, GPU test
-#   bash bench/gpu_session.sh multi    # all GPUs vs one, compiled; threads and processes
+#   bash bench/gpu_session.sh multi    # the parent's ceiling, then all GPUs vs one, compiled
 #   bash bench/gpu_session.sh profile  # one GPU: where the pipeline's device time goes
 #   bash bench/gpu_session.sh families # forward pass of each family; compile modes; CUDA graphs
 # Expects the lock's wheels in .whl/ and the PDFs to ingest in .pdfs/ (see BENCHMARKS.md).
@@ -27,7 +27,10 @@ store)  # after a change to the store stage: compiled, then with one BLAS thread
     ;;
 multi)  # an encoder process per GPU (the default on GPUs), on all GPUs and on one, a long run
         # (4,452 pages: the start and end weigh little); the parent's stages' busy time shows
-        # which one limits the GPUs
+        # which one limits the GPUs. First the parent's own ceiling: the same run with the
+        # forward pass replaced by random vectors.
+    run ingest_null $bench --repeat 12 --gpus "$(nvidia-smi -L | wc -l)" --processes-only \
+        --null-model
     run ingest_2gpu $bench --compile --repeat 12 --gpus "$(nvidia-smi -L | wc -l)" \
         --processes-only --trace
     run ingest_1gpu $bench --compile --repeat 12 --gpus 1 --processes-only

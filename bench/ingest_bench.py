@@ -106,9 +106,10 @@ def ours(
         interval = sys.getswitchinterval()
         if switch_interval_ms:
             sys.setswitchinterval(switch_interval_ms / 1000)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             report = pipeline.run(sources)
+            cpu = time.process_time() - cpu
         finally:
             sys.setswitchinterval(interval)
     store.close()
@@ -120,7 +121,8 @@ def ours(
         "index_s": report.stage_s.pop("index", 0.0),
         "busy": report.stage_s,
         "steady": steady_rate(marks),
-        "timeline": timeline(marks, start, seconds),
+        "timeline": timeline(marks, start, seconds)
+        + f"; this process's CPU time {1000 * cpu / max(report.pages_embedded, 1):.1f} ms a page",
     }
 
 
@@ -578,6 +580,8 @@ def main() -> None:
     if args.processes_only:  # the parent's model only answers what the pipeline asks of it
         build = full_size_encoder if args.full_size else tiny_encoder
         encoder = build(device, args.batch_size)
+        # On CPU, several processes share it (with --null-model: the parent's ceiling).
+        extra = extra or [device] * (args.gpus - 1)
         in_process(encoder, args, device, extra, repeated(files, args.repeat))
         return
     if args.full_size:
@@ -751,7 +755,8 @@ def null_forward(encoder: Encoder) -> None:
 
     def forward(batch):
         inputs = batch.inputs
-        out = torch.randn(*inputs["input_ids"].shape, encoder.dim)
+        ids = inputs["input_ids"]
+        out = torch.randn(*ids.shape, encoder.dim, device=ids.device)
         return torch.nn.functional.normalize(out, dim=-1) * inputs["attention_mask"][..., None]
 
     for replica in encoder.replicas:
@@ -789,6 +794,8 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         )
     else:
         build = functools.partial(tiny_encoder, batch_size=args.batch_size)
+    if args.null_model:
+        build = functools.partial(null_in_child, build)
     if args.sample:
         build = functools.partial(sampled_in_child, build)
     threads = encoder.replicas
@@ -833,6 +840,15 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         encoder.replicas = threads
         for process in processes:
             process.close()
+
+
+def null_in_child(build, device: str) -> Encoder:
+    """``build(device)`` with its forward pass replaced by random unit vectors
+    (``null_forward``): encoder processes then return pages as fast as the parent takes them,
+    so the run measures the parent's own ceiling."""
+    encoder = build(device)
+    null_forward(encoder)
+    return encoder
 
 
 def sampled_in_child(build, device: str) -> Encoder:

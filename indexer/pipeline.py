@@ -19,8 +19,9 @@ its own queue. The store puts every message back in stream order: it sees a docu
 ``open``, then its pages, then its ``end`` (or ``fail``), exactly as rendered.
 
 Safe to kill at any point: pages have deterministic ids (re-writing one overwrites it), a
-document is marked ``indexed`` only once all its pages are stored, and a re-run skips indexed
-documents by content hash before rendering and resumes the others from their missing pages.
+document is marked ``indexed`` only once all its pages are stored and flushed, and a re-run
+skips indexed documents by content hash before rendering and resumes the others from their
+missing pages.
 """
 
 from __future__ import annotations
@@ -645,6 +646,10 @@ class IngestPipeline:
         elif msg.kind == "open":
             self.store.put_document(self.collection, self._catalog(doc, "indexing"))
         elif msg.kind == "end":
+            # Its pages durable before the catalog says it is indexed: pages are written
+            # without a journal (``Backend.write``), and a crash must not lose pages of a
+            # document marked indexed. ~2 ms and 0.2 a page on the embedded store.
+            self.store.flush(self.collection)
             stored = self.store.count_pages(self.collection, Filter((Match("doc_id", doc.doc_id),)))
             if stored != doc.page_count:
                 raise StoreError(

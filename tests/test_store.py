@@ -555,19 +555,56 @@ def test_readers_racing_a_collection_being_created_never_fail(tmp_path):
     assert errors == []
 
 
-def test_long_writes_keep_the_embedded_wal_bounded(tmp_path, monkeypatch):
-    import retrieval.store.edge as edge
+def crash_pages(rng: np.random.Generator) -> dict[str, list]:
+    """The pages ``test_a_kill_9_...`` writes, the same ones for the same ``rng``."""
+    return {
+        "gone": [page_record("gone", p, page_embedding(rng)) for p in range(1, 4)],
+        "kept": [page_record("kept", p, page_embedding(rng)) for p in range(1, 5)],
+        # A4-sized: ~110k floats a page with its derived vectors
+        "long": [page_record("long", p, page_embedding(rng, 32, 23)) for p in range(1, 161)],
+    }
 
-    monkeypatch.setattr(edge, "WAL_FLUSH_FLOATS", 5_000_000)  # ~50 A4 pages
+
+def test_a_kill_9_keeps_every_write_that_returned_durable_and_no_part_of_a_page(tmp_path):
+    """The embedded store writes pages without a journal (``retrieval.store.edge``). After a
+    kill -9: upserts, deletes, catalog records and flushed bulk writes are all there; bulk
+    writes since the last flush are lost, whole pages at a time; and a long bulk write was
+    flushed along the way, so the crash lost at most ``FLUSH_FLOATS`` of it."""
+    writer = textwrap.dedent(
+        f"""
+        import os, signal
+        import numpy as np
+        import retrieval.store.edge as edge
+        from retrieval.store import PageStore
+        from retrieval.store.edge import EdgeBackend
+        from retrieval.types import DocumentRecord
+        from tests.test_store import crash_pages
+        edge.FLUSH_FLOATS = 5_000_000  # ~45 A4 pages
+        store = PageStore(EdgeBackend({str(tmp_path / "q")!r}))
+        store.create_collection("c", model="test", max_visual_tokens=768)
+        pages = crash_pages(np.random.default_rng(0))
+        store.upsert_pages("c", pages["gone"])
+        store.put_document("c", DocumentRecord("kept", "kept.pdf", 4))
+        store.write_pages("c", [store.prepare_page("c", p) for p in pages["kept"]])
+        store.flush("c")
+        store.delete_pages("c", "gone")
+        for i in range(0, 160, 30):  # flushed after pages 60 and 120 (> FLUSH_FLOATS each)
+            store.write_pages("c", [store.prepare_page("c", p) for p in pages["long"][i : i + 30]])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", writer], capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr
+    pages = crash_pages(np.random.default_rng(0))
     store = PageStore(EdgeBackend(tmp_path / "q"))
-    store.create_collection("c", model="test", max_visual_tokens=768)
-    rng = np.random.default_rng(0)
-    wal = tmp_path / "q" / "c" / "wal"
-    sizes = []
-    for batch in range(6):  # 6 x 60 A4-sized pages: ~180 MB of WAL if never flushed
-        pages = [page_embedding(rng, rows=32, cols=23) for _ in range(60)]
-        store.upsert_pages("c", [page_record(f"d{batch}", p + 1, e) for p, e in enumerate(pages)])
-        sizes.append(sum(f.stat().st_blocks * 512 for f in wal.rglob("*")))
-    assert store.count_pages("c") == 360
-    assert max(sizes) < 100 * 2**20, sizes  # flushed along the way instead of growing with the run
+    assert store.document("c", "kept").page_count == 4
+    assert store.stored_page_numbers("c", "gone") == set()
+    assert store.stored_page_numbers("c", "kept") == {1, 2, 3, 4}
+    long = store.stored_page_numbers("c", "long")
+    assert len(long) >= 120, len(long)  # not flushed along the way: none
+    for number in sorted(long)[::10] + sorted(long)[-3:]:
+        payload, tokens = store.page_tokens("c", "long", number)
+        expected = pages["long"][number - 1].embedding.multivector
+        assert tokens.shape == expected.shape and payload["page"] == number
+        np.testing.assert_allclose(tokens, expected, atol=1e-3)  # float16 storage
     store.close()

@@ -37,14 +37,21 @@ class Backend(Protocol):
     def create_payload_index(self, name: str, key: str, kind: FieldKind) -> None: ...
 
     def upsert(self, name: str, points: list[PointData]) -> None:
-        """Write points and wait until they are applied: ``write`` of each one's ``prepare``."""
+        """Write points and wait until they are applied and durable: ``write`` of each one's
+        ``prepare``, then ``flush``. Every other write (delete, payload index) is durable when
+        it returns too."""
 
     def prepare(self, point: PointData) -> Any:
         """The point in this backend's own form, ready to write. Pure CPU work that any thread
         can do, so that the thread writing in order does only the write."""
 
     def write(self, name: str, prepared: list[Any]) -> None:
-        """Write points that ``prepare`` made and wait until they are applied."""
+        """Write points that ``prepare`` made and wait until they are applied (searchable).
+        The bulk path: durable only once ``flush`` returns, so a crash may lose them (whole
+        points, never part of one)."""
+
+    def flush(self, name: str) -> None:
+        """Make every write to ``name`` so far durable."""
 
     def delete(self, name: str, where: Filter) -> None: ...
 

@@ -445,9 +445,10 @@ class PageStore:
         self.backend.delete(self._points(collection), Filter((Match("doc_id", doc_id),)))
 
     def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
-        """Store pages (batched, waited on). Raises ``StoreError`` if a write fails."""
+        """Store pages (batched, waited on, durable). Raises ``StoreError`` if a write fails."""
         created_at = now()
         self.write_pages(collection, [self.prepare_page(collection, p, created_at) for p in pages])
+        self.backend.flush(self._points(collection))
 
     def prepare_page(self, collection: str, page: PageRecord, created_at: str | None = None) -> Any:
         """``page`` as the backend writes it (its vectors, payload, the backend's own point):
@@ -456,8 +457,9 @@ class PageStore:
         return self.backend.prepare(self._point(info, page, created_at or now()))
 
     def write_pages(self, collection: str, prepared: list[Any]) -> None:
-        """Store pages that ``prepare_page`` made (batched, waited on). Raises ``StoreError``
-        if a write fails."""
+        """Store pages that ``prepare_page`` made (batched, waited on: searchable on return,
+        durable once ``flush`` returns, ``Backend.write``). Raises ``StoreError`` if a write
+        fails."""
         name = self.collection(collection).points_collection
         for start in range(0, len(prepared), self.write_batch):
             self.backend.write(name, prepared[start : start + self.write_batch])
@@ -521,6 +523,7 @@ class PageStore:
         return self.backend.count(self._points(collection), where)
 
     def flush(self, collection: str) -> None:
+        """Make every page written to ``collection`` durable (``write_pages`` does not)."""
         self.backend.flush(self._points(collection))
         self.backend.flush(collection + CATALOG_SUFFIX)
 

@@ -8,8 +8,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from retrieval.text import clean, document_vector, query_vector
+from retrieval.text import MAX_TEXT_CHARS, clean, document_vector, query_vector
 from retrieval.types import DocumentRecord
 from tests.fakes import maxsim, page_embedding, page_record
 from tests.test_store import make_store
@@ -110,6 +112,14 @@ def test_pages_keep_their_text_and_a_scan_has_no_text_vector(store):
 def test_text_is_cleaned_and_capped():
     assert clean("a\x00b\n\n  c\td") == "a b c d"
     assert len(clean("word " * 10_000)) == 20_000
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
+def test_text_is_cleaned_as_a_character_at_a_time_would(text):
+    """The fast path (whole-string checks) against the plain definition: every character
+    neither printable nor a space becomes one, spaces runs one space, trimmed."""
+    slow = "".join(ch if ch.isprintable() or ch.isspace() else " " for ch in text)
+    assert clean(text) == " ".join(slow.split())[:MAX_TEXT_CHARS]
 
 
 def test_rendered_pages_carry_their_text_layer(tmp_path):

@@ -164,7 +164,7 @@ def test_kill_9_at_a_random_moment_loses_and_duplicates_nothing(tiny_model_dir, 
                         and doc.json()["page_count"] == (DOCS[name])
                     )
                 else:
-                    assert name == victim and job["status"] == "cancelled", (name, job)
+                    assert name == victim and job["status"] == "cancelled", f"{name}: {job}"
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

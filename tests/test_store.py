@@ -341,6 +341,48 @@ def test_collections_are_listed_and_dropped(store, corpus):
         store.search("other", queries(1)[0])
 
 
+def test_a_collection_whose_creation_was_cut_short_is_created_again(store, monkeypatch):
+    """A crash at any step of creating a collection (say the first ingestion's, killed): the
+    next ingestion creates it whole instead of failing on the half-made one; dropping it works
+    too. Cut here by the n-th backend call failing."""
+    backend = store.backend
+    steps = ("create_collection", "create_payload_index", "upsert")
+    calls = []
+    for step in steps:
+        real = getattr(backend, step)
+
+        def cut(*args, _real=real, _step=step, **kwargs):
+            calls.append(_step)
+            if len(calls) == cut_at:
+                raise RuntimeError("killed")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(backend, step, cut)
+    cut_at = 0
+    store.create_collection("whole", model="test", max_visual_tokens=768)
+    n = len(calls)
+    rng = np.random.default_rng(0)
+    for cut_at in range(1, n + 1):
+        name = f"cut{cut_at}"
+        calls.clear()
+        with pytest.raises(RuntimeError, match="killed"):
+            store.create_collection(name, model="test", max_visual_tokens=768)
+        store._collections.clear()  # as a new process finds it
+        with pytest.raises(NotFound):
+            store.collection(name)
+        if cut_at % 2 and cut_at > 1:  # (cut at the first step: nothing to drop)
+            store.drop_collection(name)
+            assert name not in [c.name for c in store.collections()]
+        calls.clear()
+        cut_at_now, cut_at = cut_at, 0
+        info = store.ensure_collection(name, model="test", max_visual_tokens=768)
+        cut_at = cut_at_now
+        assert info.name == name and store.collection(name) == info
+        store.upsert_pages(name, [page_record("d", 1, page_embedding(rng))])
+        assert store.count_pages(name) == 1
+    assert {c.name for c in store.collections()} == {"whole"} | {f"cut{k}" for k in range(1, n + 1)}
+
+
 def test_pages_are_searchable_at_once_and_growing_an_indexed_collection_is_cheap(store):
     """Pages are found as soon as they are stored, before and after the index is built; adding
     to or deleting from an indexed collection needs no rebuild to be searched correctly."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import re
 import threading
 import uuid
@@ -62,6 +63,8 @@ from retrieval.types import (
 
 SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
 SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
+log = logging.getLogger(__name__)
+
 POOLINGS = ("rows", "cols", "buckets")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
@@ -172,6 +175,11 @@ class PageStore:
         filterable = dict(filterable or {})
         if bad := {k: v for k, v in filterable.items() if v not in FIELD_KINDS}:
             raise ConfigurationError(f"unknown field kinds {bad}: use {FIELD_KINDS}")
+        if self._incomplete(name):
+            # A creation cut short (a crash): it holds nothing, as nothing is written into a
+            # collection before its schema record, which its creation writes last.
+            log.warning("collection '%s' was not created completely: creating it again", name)
+            self._drop_shards(name)
         if self.backend.collection_exists(name):
             raise Conflict(f"collection '{name}' already exists")
         info = CollectionInfo(
@@ -286,7 +294,10 @@ class PageStore:
             )
         records = self.backend.retrieve(catalog, [_COLLECTION_POINT])
         if not records:
-            raise NotFound(f"collection '{name}' was not created completely; drop it and retry")
+            raise NotFound(
+                f"collection '{name}' was not created completely: `colqwen collections drop "
+                f"{name}` and retry (ingesting into it creates it again)"
+            )
         payload = {k: v for k, v in records[0].payload.items() if k != "kind"}
         payload.setdefault("unit_pooled", False)  # recorded since pooled vectors are unit-length
         info = CollectionInfo(**{**payload, "pooling": tuple(payload["pooling"])})
@@ -315,13 +326,28 @@ class PageStore:
         return out
 
     def drop_collection(self, name: str) -> None:
+        """Delete a collection, or what a creation cut short left of one."""
+        if self._incomplete(name):
+            self._drop_shards(name)
+            return
         info = self.collection(name)  # NotFound if absent
+        self._drop_shards(name, info.points_collection)
+
+    def _drop_shards(self, name: str, points: str | None = None) -> None:
         with self._lock:
             self._collections.pop(name, None)
-        for points in {info.points_collection, name, name + UPGRADED_SUFFIX, name + TEXT_SUFFIX}:
-            if self.backend.collection_exists(points):
-                self.backend.delete_collection(points)
-        self.backend.delete_collection(name + CATALOG_SUFFIX)
+        for shard in {points or name, name, name + UPGRADED_SUFFIX, name + TEXT_SUFFIX}:
+            if self.backend.collection_exists(shard):
+                self.backend.delete_collection(shard)
+        if self.backend.collection_exists(name + CATALOG_SUFFIX):
+            self.backend.delete_collection(name + CATALOG_SUFFIX)
+
+    def _incomplete(self, name: str) -> bool:
+        """Whether ``name`` has a catalog without its schema record: a creation cut short."""
+        catalog = name + CATALOG_SUFFIX
+        if not self.backend.collection_exists(catalog):
+            return False
+        return not self.backend.retrieve(catalog, [_COLLECTION_POINT])
 
     def upgrade_collection(
         self,

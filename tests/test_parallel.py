@@ -92,6 +92,70 @@ def test_two_replicas_store_every_page_once_in_order(tiny_model_dir, tmp_path):
     double.close()
 
 
+class LoggedBackend(EdgeBackend):
+    """The embedded backend, logging page writes, flushes and ``indexed`` catalog records."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.log: list[tuple[str, object]] = []
+
+    def write(self, name, prepared):
+        if name == "c":
+            self.log.append(("write", {point.payload["doc_id"] for point, _ in prepared}))
+        super().write(name, prepared)
+
+    def flush(self, name):
+        self.log.append(("flush", name))
+        super().flush(name)
+
+    def upsert(self, name, points):
+        marked = {p.payload["doc_id"] for p in points if p.payload.get("status") == "indexed"}
+        self.log.append(("indexed", marked))
+        super().upsert(name, points)
+
+
+def test_documents_are_marked_indexed_only_after_their_pages_are_flushed(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Pages are written without a journal, so a crash loses what was not flushed: every
+    document's ``indexed`` record must come after a flush that follows all its page writes.
+    Marks are batched (a flush holds the parent's GIL): with the interval longer than the
+    run, one flush of the pages marks every document, in one catalog write."""
+    import indexer.pipeline as pipeline_module
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"d{i}.pdf").write_bytes(make_pdf([(595, 842)] * (1 + i)))
+    encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
+    for interval in (0.0, 3600.0):
+        monkeypatch.setattr(pipeline_module, "_MARK_EVERY_S", interval)
+        backend = LoggedBackend(tmp_path / str(interval))
+        store = PageStore(backend)
+        store.create_collection("c", model=encoder.model_id, max_visual_tokens=BUDGET)
+        backend.log.clear()
+        options = RenderOptions(max_visual_tokens=BUDGET)
+        pipeline = IngestPipeline(encoder, store, "c", render_options=options, batch_size=2)
+        assert pipeline.run(discover([folder])).count("indexed") == 5
+        unflushed: set[str] = set()  # documents with page writes since the last flush
+        marks = []
+        for event, what in backend.log:
+            if event == "write":
+                unflushed |= what
+            elif event == "flush" and what == "c":
+                unflushed = set()
+            elif event == "indexed" and what:
+                assert not what & unflushed, (what, unflushed)
+                marks.append(what)
+        assert set().union(*marks) == {d.doc_id for d in store.documents("c")}
+        flushes = [e for e in backend.log if e == ("flush", "c")]
+        if interval:
+            assert len(flushes) == len(marks) == 1
+        else:
+            assert len(marks) > 1
+        store.close()
+
+
 def test_device_lists_are_checked():
     with pytest.raises(ConfigurationError, match="CUDA devices"):
         resolve_devices("cpu,cpu")

@@ -431,13 +431,20 @@ class PageStore:
     # --- documents -----------------------------------------------------------------------------
 
     def put_document(self, collection: str, doc: DocumentRecord) -> DocumentRecord:
+        return self.put_documents(collection, [doc])[0]
+
+    def put_documents(self, collection: str, docs: list[DocumentRecord]) -> list[DocumentRecord]:
+        """Write catalog records, durable on return: one write (and flush) for them all."""
         self.collection(collection)
-        doc.created_at = doc.created_at or now()
-        doc.updated_at = now()
-        payload = {"kind": "document", **asdict(doc)}
-        point = PointData(_document_point_id(doc.doc_id), _DUMMY, payload)
-        self.backend.upsert(collection + CATALOG_SUFFIX, [point])
-        return doc
+        points = []
+        for doc in docs:
+            doc.created_at = doc.created_at or now()
+            doc.updated_at = now()
+            payload = {"kind": "document", **asdict(doc)}
+            points.append(PointData(_document_point_id(doc.doc_id), _DUMMY, payload))
+        if points:
+            self.backend.upsert(collection + CATALOG_SUFFIX, points)
+        return docs
 
     def document(self, collection: str, doc_id: str) -> DocumentRecord:
         self.collection(collection)
@@ -462,7 +469,6 @@ class PageStore:
             collection + CATALOG_SUFFIX,
             Filter((Match("kind", "document"), Match("doc_id", doc_id))),
         )
-        self.backend.flush(self._points(collection))
 
     # --- pages ---------------------------------------------------------------------------------
 
@@ -549,9 +555,9 @@ class PageStore:
         return self.backend.count(self._points(collection), where)
 
     def flush(self, collection: str) -> None:
-        """Make every page written to ``collection`` durable (``write_pages`` does not)."""
+        """Make every page written to ``collection`` durable (``write_pages`` does not; every
+        other write, the catalog's too, is durable when it returns)."""
         self.backend.flush(self._points(collection))
-        self.backend.flush(collection + CATALOG_SUFFIX)
 
     def optimize(self, collection: str) -> None:
         """Index what was written since the last call (the embedded engine has no background

@@ -300,11 +300,15 @@ def _vectors(vector) -> dict[str, np.ndarray | Sparse] | None:
 def _point_vector(v: np.ndarray | Sparse):
     """A point's vector as qdrant-edge reads it fastest: float32 rows as memoryviews, which it
     reads value by value without a Python list of them all first (a page's 788 x 128 tokens:
-    1.1 ms against 2.4 for ``tolist``, the same floats)."""
+    1.1 ms against 2.4 for ``tolist``, the same floats). The rows are slices of one flat view,
+    half the cost of a view of each numpy row (0.06 against 0.12 ms)."""
     if isinstance(v, Sparse):
         return _vector(v)
     v = np.ascontiguousarray(v, dtype=np.float32)
-    return [memoryview(row) for row in v] if v.ndim == 2 else memoryview(v)
+    if v.ndim == 1:
+        return memoryview(v)
+    flat, width = memoryview(v.reshape(-1)), v.shape[1]
+    return [flat[start : start + width] for start in range(0, v.size, width)]
 
 
 def _vector(v: np.ndarray | Sparse):

@@ -7,9 +7,9 @@ Durability without a write-ahead log: shards are created without one (journaling
 vectors was two thirds of writing it, all under the GIL: 1.9 -> 0.7 ms a page). Every
 operation but ``write`` flushes its shard before returning, so it survives a crash as a WAL
 would have kept it; pages written with ``write`` are durable once ``flush`` returns (ingestion
-flushes at each document's end, before marking it indexed). A crash loses what was written
-since the last flush, never part of a point: a reopened shard holds each point whole or not at
-all. Shards created with a WAL by older versions keep it.
+flushes about once a second, then marks the documents those pages completed indexed). A crash
+loses what was written since the last flush, never part of a point: a reopened shard holds each
+point whole or not at all. Shards created with a WAL by older versions keep it.
 """
 
 from __future__ import annotations

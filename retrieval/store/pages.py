@@ -61,10 +61,10 @@ from retrieval.types import (
     PageRecord,
 )
 
-SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
-SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
 log = logging.getLogger(__name__)
 
+SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
+SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
 POOLINGS = ("rows", "cols", "buckets")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"

@@ -147,8 +147,9 @@ class EdgeBackend:
         self.flush(name)
 
     def prepare(self, point: PointData) -> tuple[qe.Point, int]:
-        """(qdrant-edge's point, its float count). Building it converts every vector to a
-        Python list: about half of a page's store cost, all under the GIL."""
+        """(qdrant-edge's point, its float count). Building it copies every vector into
+        qdrant-edge value by value (``_point_vector``): about half of a page's store cost, all
+        under the GIL."""
         vectors = {k: _point_vector(v) for k, v in point.vectors.items()}
         edge = qe.Point(point.id, vectors, point.payload)
         return edge, sum(v.size for v in point.vectors.values())

@@ -480,7 +480,7 @@ class PageStore:
         """Store pages (batched, waited on, durable). Raises ``StoreError`` if a write fails."""
         created_at = now()
         self.write_pages(collection, [self.prepare_page(collection, p, created_at) for p in pages])
-        self.backend.flush(self._points(collection))
+        self.flush(collection)
 
     def prepare_page(self, collection: str, page: PageRecord, created_at: str | None = None) -> Any:
         """``page`` as the backend writes it (its vectors, payload, the backend's own point):

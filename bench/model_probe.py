@@ -4,9 +4,11 @@ warm-up each compile costs. Diagnostic companion to ingest_bench; full-size arch
 random weights (bench.full_size).
 
     uv run python -m bench.model_probe --device cuda --families colqwen2 colqwen2_5 colqwen3_5 \\
-        [--batches 8 16 32] [--modes eager default reduce-overhead] [--fp8]
+        [--batches 8 16 32] [--modes eager default reduce-overhead] [--fp8] \\
+        [--profile]
 
-``--fp8`` adds each mode again with float8 matmuls (``Encoder.use_fp8``).
+``--fp8`` adds each mode again with float8 matmuls (``Encoder.use_fp8``); ``--profile`` prints
+the GPU kernels of one forward pass at the largest batch, by time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,23 @@ def measure(encoder, images, batches) -> dict[int, tuple[float, float, float]]:
     return out
 
 
+def profile(encoder, images) -> None:
+    """The GPU kernels of one forward pass, summed by name, longest first."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch = encoder.preprocess(images)
+    encoder.forward(batch)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        encoder.forward(batch)
+        torch.cuda.synchronize()
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    )
+
+
 def main() -> None:
     import torch
 
@@ -72,6 +91,7 @@ def main() -> None:
         help="eager, and torch.compile modes: default, reduce-overhead (CUDA graphs), ...",
     )
     parser.add_argument("--fp8", action="store_true", help="each mode also with fp8 matmuls")
+    parser.add_argument("--profile", action="store_true", help="GPU kernels of one forward pass")
     args = parser.parse_args()
     rows = []
     variants = [(m, fp8) for m in args.modes for fp8 in ([False, True] if args.fp8 else [False])]
@@ -109,6 +129,8 @@ def main() -> None:
             except Exception as exc:  # a mode that fails is a result too
                 print(f"  {label} failed: {type(exc).__name__}: {exc}", flush=True)
                 rows.append([name, f"{params:.2f}", label, "-", "failed", "-", "-", "-"])
+            if args.profile:
+                profile(encoder, images)
             del encoder
             gc.collect()
             torch.cuda.empty_cache()

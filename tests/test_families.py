@@ -5,6 +5,7 @@ colpali-engine's own geometry says, and a PDF goes in and comes back out of sear
 from __future__ import annotations
 
 import itertools
+import math
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -286,3 +287,22 @@ def test_qwen_vision_towers_run_the_packed_attention():
 
     for name in ("colqwen2", "colqwen2_5", "colqwen3", "colqwen3_5"):
         assert encoder(name).model.visual.config._attn_implementation == attention.NAME
+
+
+@pytest.mark.parametrize("name", ["colqwen2", "colqwen2_5", "colqwen3", "colqwen3_5"])
+def test_qwen_patch_embeddings_run_as_a_matmul_equal_to_the_convolution(name):
+    """The vision tower's patch embedding (a convolution of one patch per row) runs as a
+    matmul; the convolution itself, on the same rows, is the oracle (Qwen3's has a bias)."""
+    import torch
+
+    embed = encoder(name).model.visual.patch_embed
+    conv = embed.proj
+    assert type(embed).forward is not embed.forward.__func__  # replaced on this model
+    torch.manual_seed(0)
+    rows = torch.randn(37, conv.in_channels * math.prod(conv.kernel_size))
+    with torch.no_grad():
+        ours = embed(rows)
+        oracle = conv(rows.view(-1, conv.in_channels, *conv.kernel_size)).view(
+            -1, conv.out_channels
+        )
+    torch.testing.assert_close(ours, oracle, atol=1e-5, rtol=1e-5)

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile the model's blocks: faster forward passes after a warm-up "
-        "of seconds per page shape; auto = on CUDA.",
+        "once a process (~3 min the first time on a machine, ~1 min once inductor's cache "
+        "holds the kernels); auto = on CUDA.",
     )
     fp8: bool = Field(
         False,

@@ -26,6 +26,7 @@ COPY --from=build --chown=colqwen:colqwen /app /app
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
+    TORCHINDUCTOR_CACHE_DIR=/models/torchinductor \
     COLQWEN_DATA_DIR=/data
 WORKDIR /app
 USER colqwen

@@ -346,8 +346,8 @@ def _patch_embedding_as_matmul(model: Any) -> bool:
     """Run the vision tower's patch embedding, a 3-D convolution whose kernel is its stride and
     covers exactly one input row (a patch, flattened as channels x frames x rows x columns), as
     the matmul it is: the same products and sums. cuDNN ran it as an implicit-GEMM convolution
-    at ~21 TFLOP/s, 12.5 ms of a 521 ms batch of 32 A4 pages on an H100; the matmul takes under
-    1 ms (BENCHMARKS.md). True if replaced."""
+    at ~21 TFLOP/s, 12.5 ms of a 521 ms batch of 32 A4 pages on an H100; as a matmul (0.3 TFLOP
+    a batch) the batch took 15 ms less in all (BENCHMARKS.md). True if replaced."""
     import types
 
     import torch

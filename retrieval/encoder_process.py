@@ -269,7 +269,9 @@ def ingest_encoder(
         _load_on, settings.model, compile=settings.compile, fp8=settings.fp8, **load
     )
     processes = EncoderProcess.start_many(factory, devices)
-    say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}")
+    warm_up_s = max(p.warm_up_s for p in processes)
+    warmed = f"; compiled and warmed up in {warm_up_s:.0f} s" if warm_up_s else ""
+    say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}{warmed}")
     encoder.replicas = processes
     try:
         yield encoder

@@ -116,7 +116,10 @@ def _run(settings, sources, *, quiet: bool):
     from retrieval.encoder_process import ingest_encoder
 
     say = (lambda message: None) if quiet else err_console.print
-    message = f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape"
+    message = (
+        f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape "
+        "(minutes the first time on a machine)"
+    )
     options = RenderOptions.from_settings(settings)
     with open_store(settings) as store, ExitStack() as stack:
         # The render processes start while the model loads.

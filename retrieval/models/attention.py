@@ -124,13 +124,11 @@ def layout_inputs(prefix: str, cu_seqlens: Any, longest: int) -> dict[str, Any]:
     return {f"{prefix}_index": index, f"{prefix}_valid": valid, f"{prefix}_rows": rows}
 
 
-def use(model: Any) -> bool:
-    """Run ``model``'s vision tower on ``packed_sdpa`` where it uses SDPA; True if it does."""
+def use(visual: Any) -> bool:
+    """Run a model's vision tower ``visual`` on ``packed_sdpa`` where it uses SDPA; True if it
+    does."""
     from transformers import AttentionInterface
 
-    visual = getattr(model, "visual", None) or getattr(
-        getattr(model, "model", None), "visual", None
-    )
     config = getattr(visual, "config", None)
     if config is None or config._attn_implementation != "sdpa":
         return False

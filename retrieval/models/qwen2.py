@@ -50,8 +50,11 @@ class QwenVL(Family):
         the device moved to ``complete``."""
         from retrieval.models import attention
 
-        attention.use(model)
-        _patch_embedding_as_matmul(model)
+        visual = getattr(model, "visual", None) or getattr(
+            getattr(model, "model", None), "visual", None
+        )
+        attention.use(visual)
+        _patch_embedding_as_matmul(visual)
         _check_placeholders_on_host(model)
 
     def processor_kwargs(self, budget: int) -> dict[str, Any]:
@@ -342,8 +345,8 @@ def _check_placeholders_on_host(model: Any) -> None:
     model.get_placeholder_mask = types.MethodType(get_placeholder_mask, model)
 
 
-def _patch_embedding_as_matmul(model: Any) -> bool:
-    """Run the vision tower's patch embedding, a 3-D convolution whose kernel is its stride and
+def _patch_embedding_as_matmul(visual: Any) -> bool:
+    """Run a vision tower's patch embedding, a 3-D convolution whose kernel is its stride and
     covers exactly one input row (a patch, flattened as channels x frames x rows x columns), as
     the matmul it is: the same products and sums. cuDNN ran it as an implicit-GEMM convolution
     at ~21 TFLOP/s, 12.5 ms of a 521 ms batch of 32 A4 pages on an H100; as a matmul (0.3 TFLOP
@@ -352,9 +355,6 @@ def _patch_embedding_as_matmul(model: Any) -> bool:
 
     import torch
 
-    visual = getattr(model, "visual", None) or getattr(
-        getattr(model, "model", None), "visual", None
-    )
     embed = getattr(visual, "patch_embed", None)
     conv = getattr(embed, "proj", None)
     if not isinstance(conv, torch.nn.Conv3d) or not (

@@ -133,7 +133,89 @@ class HardCorpus(Corpus):
         return np.concatenate([words, self.generic])  # (20, DIM)
 
 
-CORPORA = {"regions": Corpus, "hard": HardCorpus}
+COMMON_WORDS, DENSE_TOPICS, DENSE_TOPIC_WORDS = 2_000, 300, 200
+VOCABULARY = COMMON_WORDS + DENSE_TOPICS * DENSE_TOPIC_WORDS
+
+
+class DenseCorpus(Corpus):
+    """Pages of dense text and tables: every patch its own content, little background.
+
+    A page is 32 lines of text between two narrow margins; each line is a run of "words" of 1-3
+    patches, each patch its word's vector plus its own noise (the parts of a word differ). 60% of
+    words are common ones (a Zipf draw from 2,000 shared by all pages), 40% from the page's topic
+    (300 topics of 200 words); 30% of pages hold a table of 8 rows whose cells are numbers (100
+    "digit" vectors shared by every table). 5% of pages are noisy copies of earlier ones. A query
+    is 12 tokens about 3 topical words of the target page, 3 common words and 5 generic tokens.
+    Bucket means mix many words here, and the FDE sees a page of ~700 distinct tokens: the
+    corpus that is hardest for every cheap stage.
+    """
+
+    def __init__(self, seed: int = 3) -> None:
+        super().__init__(seed)
+        rng = np.random.default_rng(seed + 1)
+        self.words = unit(rng.standard_normal((VOCABULARY, DIM)))
+        self.digits = unit(rng.standard_normal((100, DIM)))
+        self.background = unit(rng.standard_normal((1, DIM)))
+        self.generic = unit(0.5 * self.background[0] + 0.5 * rng.standard_normal((5, DIM)))
+        ranks = np.arange(1, COMMON_WORDS + 1)
+        self.zipf = (1 / ranks) / (1 / ranks).sum()
+
+    def _source(self, page: int) -> int:
+        rng = np.random.default_rng(50_000_017 + page)
+        return int(rng.integers(0, page)) if page > 0 and rng.random() < 0.05 else page
+
+    def _layout(self, page: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ROWS, COLS - 2) word ids of the text area, and its topic words."""
+        rng = np.random.default_rng(60_000_011 + self._source(page))
+        topic = int(rng.integers(0, DENSE_TOPICS))
+        topical = COMMON_WORDS + topic * DENSE_TOPIC_WORDS + np.arange(DENSE_TOPIC_WORDS)
+        width = COLS - 2
+        spans = rng.integers(1, 4, size=(ROWS, width))  # more words than a line holds
+        common = rng.choice(COMMON_WORDS, size=(ROWS, width), p=self.zipf)
+        words = np.where(
+            rng.random((ROWS, width)) < 0.6, common, rng.choice(topical, (ROWS, width))
+        )
+        ids = np.stack([np.repeat(w, n)[:width] for w, n in zip(words, spans, strict=True)])
+        if rng.random() < 0.3:  # a table: numbers in cells
+            top = int(rng.integers(0, ROWS - 8))
+            ids[top : top + 8] = -1 - rng.integers(0, 100, size=(8, width))
+        return ids, topical
+
+    def page_concepts(self, page: int) -> np.ndarray:
+        ids, topical = self._layout(page)
+        on_page = np.unique(ids[ids >= COMMON_WORDS])
+        return on_page if len(on_page) >= 3 else topical[:3]
+
+    def page(self, page: int) -> PageEmbedding:
+        rng = np.random.default_rng(page)
+        ids, _ = self._layout(page)
+        text = np.where(
+            ids[..., None] >= 0,
+            self.words[np.maximum(ids, 0)],
+            self.digits[-1 - np.minimum(ids, -1)],
+        )
+        centers = np.concatenate(
+            [
+                np.repeat(self.background[None], ROWS, 0),
+                text,
+                np.repeat(self.background[None], ROWS, 0),
+            ],
+            axis=1,
+        )  # (ROWS, COLS, DIM)
+        visual = unit(centers + 0.7 * rng.standard_normal((ROWS, COLS, DIM)) / np.sqrt(DIM))
+        special = unit(self.prompt + 0.1 * rng.standard_normal(self.prompt.shape))
+        tokens = np.concatenate([special[:PREFIX], visual.reshape(-1, DIM), special[PREFIX:]])
+        return PageEmbedding(tokens, (ROWS, COLS), visual, special)
+
+    def query(self, target_page: int, rng: np.random.Generator) -> np.ndarray:
+        topical = rng.choice(self.page_concepts(target_page), size=3, replace=False)
+        common = rng.choice(COMMON_WORDS, size=3, p=self.zipf)
+        words = self.words[np.concatenate([np.repeat(topical, 4), common])]  # (15, DIM)
+        words = unit(words + 0.8 * rng.standard_normal(words.shape) / np.sqrt(DIM))
+        return np.concatenate([words, self.generic])  # (20, DIM)
+
+
+CORPORA = {"regions": Corpus, "hard": HardCorpus, "dense": DenseCorpus}
 
 
 def build(store: PageStore, corpus: Corpus, pages: range, batch: int = 256) -> tuple[float, float]:

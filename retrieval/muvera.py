@@ -13,7 +13,7 @@ size: ``r_reps * 2**k_sim * dim_proj``.
 
 This is fastembed's ``Muvera`` (Qdrant's library), computed without its per-token Python loop:
 the same random draws from the same seed, hence the same encodings (``tests/test_muvera.py``
-compares the two), about six times faster (2.7 vs 15 ms a page). fastembed itself is not a runtime
+compares the two), about twenty times faster (0.8 vs 15 ms a page). fastembed itself is not a runtime
 dependency: it brings onnxruntime and a model hub client we would not use.
 """
 
@@ -65,6 +65,12 @@ class Muvera:
             self._projection = scale * projections.transpose(1, 0, 2).reshape(dim, -1)
         else:  # nothing to reduce: the bucket means themselves, as fastembed does
             self._projection = np.tile(np.eye(dim), reps)
+        # (reps, dim, dim_proj) float32: each repetition's projection.
+        self._per_rep = (
+            self._projection.reshape(dim, reps, params.dim_proj)
+            .transpose(1, 0, 2)
+            .astype(np.float32)
+        )
         self._bits = 1 << np.arange(k)
         ids = np.arange(self.buckets)
         self._hamming = (
@@ -91,24 +97,28 @@ class Muvera:
                 f"expected a non-empty (n, {self.dim}) multivector, got {vectors.shape}"
             )
         p = self.params
-        x = vectors.astype(np.float64, copy=False)
-        n, reps, buckets = len(x), p.r_reps, self.buckets
-        signs = (x @ self._simhash).reshape(n, reps, p.k_sim) > 0
+        n, reps, buckets = len(vectors), p.r_reps, self.buckets
+        # Buckets from float64 products, as fastembed draws them: a token on a hyperplane's
+        # edge falls on the same side.
+        signs = (vectors.astype(np.float64, copy=False) @ self._simhash).reshape(n, reps, -1) > 0
         bucket = signs.astype(np.int64) @ self._bits  # (n, reps)
-        # Projection is linear: project each token once, then sum per bucket. The sums are one
-        # batched matmul with a one-hot (reps, buckets, n) membership: BLAS, off the GIL, where
-        # np.add.at took most of a page's CPU time.
-        projected = (x @ self._projection).reshape(n, reps, p.dim_proj)
         member = bucket.T[:, None, :] == np.arange(buckets)[None, :, None]  # (reps, buckets, n)
-        sums = member.astype(np.float64) @ projected.transpose(1, 0, 2)  # (reps, buckets, dp)
+        # Projection is linear: sum each bucket's tokens first (one matmul with the one-hot
+        # membership, BLAS, off the GIL), then project the (reps, buckets) sums: a third of
+        # the products of projecting every token (0.8 against 2.9 ms a page).
+        x = vectors.astype(np.float32, copy=False)
+        sums = (member.reshape(reps * buckets, n).astype(np.float32) @ x).reshape(reps, buckets, -1)
+        projected = sums @ self._per_rep  # (reps, buckets, dim_proj)
         if document:
             counts = member.sum(axis=2)  # (reps, buckets)
             occupied = counts > 0
-            sums[occupied] /= counts[occupied][:, None]
+            projected[occupied] /= counts[occupied][:, None]
             # Empty bucket: the first token of the nearest occupied bucket (lowest id on ties).
             first = np.where(occupied, member.argmax(axis=2), n)  # (reps, buckets)
             distance = np.where(occupied[:, None, :], self._hamming[None], 1 << 20)
             nearest = distance.argmin(axis=2)  # (reps, buckets)
             rep, empty = np.nonzero(~occupied)
-            sums[rep, empty] = projected[first[rep, nearest[rep, empty]], rep]
-        return sums.reshape(-1).astype(np.float32)
+            if len(rep):
+                tokens = x[first[rep, nearest[rep, empty]]]  # (empties, dim)
+                projected[rep, empty] = np.einsum("ed,edp->ep", tokens, self._per_rep[rep])
+        return projected.reshape(-1).astype(np.float32, copy=False)

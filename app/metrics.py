@@ -44,9 +44,24 @@ class Metrics:
             buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
             registry=self.registry,
         )
+        self.search_stage = Histogram(
+            "colqwen_search_stage_seconds",
+            "Time of each stage of a search: embed (the query through the model, batching "
+            "included), encode (its FDE), each engine stage by the vector it scores (fde, the "
+            "pooled middle stage, original; one figure for the whole query on a Qdrant server), "
+            "and total (the store's part, embed excluded)",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "colqwen_jobs_queued", "Ingestion jobs waiting", registry=self.registry
         )
+
+    def observe_search(self, timings: dict[str, float]) -> None:
+        """A search's stage timings (milliseconds, as ``PageStore.search`` gives them)."""
+        for stage, ms in timings.items():
+            self.search_stage.labels(stage).observe(ms / 1000)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

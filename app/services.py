@@ -72,6 +72,7 @@ class Services:
             store.close()
             raise
         monitor = FidelityMonitor(store, metrics, settings.fidelity_sample)
+        store.warm_up_in_background()  # the first searches then find the store in memory
         return cls(
             settings, store, jobs, documents, metrics, run_worker=run_worker, fidelity=monitor
         )

@@ -1,22 +1,39 @@
-"""Search latency, recall and footprint on the embedded backend, with the real shapes.
+"""Search latency, recall and footprint on the embedded backend, measured as users meet them.
 
-    uv run python -m bench.search_bench [--sizes 1000 10000 50000] [--queries 50]
-        [--dtype float16] [--ef-construct 100] [--m 16] [--workdir DIR [--build-only]]
+    uv run python -m bench.search_bench [--sizes 10000 50000] [--corpora regions hard dense]
+        [--configs fde+clusters fde+buckets] [--queries 30] [--workdir DIR]
 
-Synthetic corpora: each page has 747 tokens x 128-d (4 prefix + 23 x 32 visual + 7 suffix, as
-an A4 page under ColQwen2) and 43 row-pooled vectors (32 rows + 11 prompt tokens). Tokens are
-drawn around "concepts" that vary by page region, so pooling and late interaction behave like
-on real pages rather than on white noise; queries are built from one page's concepts. Reports
-p50/p95 latency of two_stage and exact; for each prefetch size the first stage's own latency and
-candidate recall (share of the true top 10 among its candidates; also for an exact scan of the
-pooled vectors, the most any HNSW graph could give) and recall@10 of two_stage, against an
-independent oracle (float32 MaxSim over every page in numpy); build time, RAM and disk per page.
+Synthetic corpora with the real shapes: each page has 747 tokens x 128-d (4 prefix + 23 x 32
+visual + 7 suffix, as an A4 page under ColQwen2). ``regions``: tokens from 24 concepts spread
+over the page; ``hard``: mostly background, content in small blocks, topical clusters,
+near-duplicates; ``dense``: text and tables, every patch its own content (see each class).
+
+For each corpus, size and store layout (``--configs``), one run:
+
+1. **Build**: upload precomputed pages (the time spent in ``PageStore.upsert_pages``: derived
+   vectors, BM25-free points, the engine's writes; generating the synthetic pages is not
+   counted), then the index build. Reused from ``--workdir`` when it holds the store.
+2. **Cold**: the store's files are dropped from the page cache (``posix_fadvise``, as after a
+   reboot or on a host whose memory went to other work), then a fresh process opens the store,
+   starts its background warm-up as the service does, and runs the first ``--queries`` queries
+   at once: first query, p50, p95.
+3. **Warm**: this process, every query run once before; p50 / p95 for each depth swept.
+4. **Loaded**: warm queries while two other processes keep both cores busy (as an ingest
+   beside the service does).
+
+Every query reports its stages (the query's FDE, the FDE graph, the pooled middle stage, the
+rerank by the full multivectors, and the rest: payloads, Python, the engine's own overhead);
+tables give their medians. Recall@10 is against an independent oracle: float32 MaxSim of every
+query against every page, in numpy.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import hashlib
+import json
+import multiprocessing
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,7 +48,7 @@ from bench.common import header, table
 from retrieval.muvera import FdeParams
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
-from retrieval.types import DATATYPES, PageEmbedding, PageRecord
+from retrieval.types import DATATYPES, CollectionInfo, PageEmbedding, PageRecord
 
 ROWS, COLS, PREFIX, SUFFIX, DIM = 32, 23, 4, 7, 128
 N_CONCEPTS = 2048
@@ -219,8 +236,9 @@ CORPORA = {"regions": Corpus, "hard": HardCorpus, "dense": DenseCorpus}
 
 
 def build(store: PageStore, corpus: Corpus, pages: range, batch: int = 256) -> tuple[float, float]:
-    """Upsert ``pages``, then index them: (upload s, index s)."""
-    start = time.perf_counter()
+    """Upsert ``pages``, then index them: (upload s, index s). The upload is the time spent in
+    the store; the synthetic pages are generated outside it."""
+    uploading = 0.0
     for first in range(pages.start, pages.stop, batch):
         records = [
             PageRecord(
@@ -235,11 +253,13 @@ def build(store: PageStore, corpus: Corpus, pages: range, batch: int = 256) -> t
             )
             for p in range(first, min(pages.stop, first + batch))
         ]
+        start = time.perf_counter()
         store.upsert_pages("bench", records)
+        uploading += time.perf_counter() - start
+    start = time.perf_counter()
     store.flush("bench")
-    uploaded = time.perf_counter()
     store.optimize("bench")
-    return uploaded - start, time.perf_counter() - uploaded
+    return uploading, time.perf_counter() - start
 
 
 def du(path: Path) -> int:
@@ -247,50 +267,20 @@ def du(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def rss_mb(kind: str = "RssAnon") -> float:
-    """Resident memory in MB: RssAnon (heap: must be RAM) or RssFile (mmap'd files: page cache)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(kind + ":"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(fn) -> tuple[list, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - start) * 1000
+def drop_from_page_cache(path: Path) -> None:
+    """Evict the store's files from the page cache (unprivileged: clean pages only, which is all
+    of them once the store is flushed): the next reads come from the disk."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def pct(values: list[float], q: float) -> str:
-    return f"{np.percentile(values, q):.1f}"
-
-
-RAM_PROBE = """
-import sys, numpy as np
-from pathlib import Path
-from bench.search_bench import CORPORA, rss_mb
-from retrieval.store import PageStore
-from retrieval.store.edge import EdgeBackend
-before = rss_mb("RssAnon"), rss_mb("RssFile")
-store = PageStore(EdgeBackend(Path(sys.argv[1])))
-corpus, rng = CORPORA[sys.argv[3]](), np.random.default_rng(7)
-for _ in range(20):
-    store.search("bench", corpus.query(int(rng.integers(0, int(sys.argv[2]))), rng), top_k=10)
-print(rss_mb("RssAnon") - before[0], rss_mb("RssFile") - before[1])
-"""
-
-
-def ram_per_page_kb(path: Path, n: int, corpus: str) -> tuple[float, float]:
-    """Memory a fresh process adds by opening the store and serving two-stage queries:
-    (anonymous, file-backed) KB per page."""
-    out = subprocess.run(
-        [sys.executable, "-c", RAM_PROBE, str(path), str(n), corpus],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    anon, file = map(float, out.stdout.split()[-2:])
-    return anon * 1024 / n, file * 1024 / n
+    return f"{np.percentile(values, q):.1f}" if values else "-"
 
 
 def maxsim_scores(queries: list[np.ndarray], pages: list[np.ndarray]) -> np.ndarray:
@@ -314,185 +304,261 @@ def brute_force_top10(corpus: Corpus, n: int, queries: list[np.ndarray]) -> list
     return [{f"doc{p // 50}:{p % 50 + 1}" for p in np.argsort(-row)[:10]} for row in scores]
 
 
-# The first stages compared. "rows-graph" is the schema before FDEs, with the faster-building
-# ef_construct 32 that the 50k-page measurement used.
+# Store layouts compared: the default (FDE graph, clustered middle stage) and the one before it
+# (SimHash buckets), each searched at the depths the store uses for it (``TUNED_DEPTHS``);
+# "fde" goes straight to the rerank.
 CONFIGS = {
-    "rows-graph": {"first_stage": "rows", "pooling": ("rows",), "hnsw_ef_construct": 32},
-    "fde": {"first_stage": "fde", "pooling": ()},
-    "fde+rows": {"first_stage": "fde", "pooling": ("rows",)},
-    "fde+buckets": {"first_stage": "fde", "pooling": ("buckets",)},
+    "fde+clusters": {"pooling": ("clusters",)},
+    "fde+buckets": {"pooling": ("buckets",)},
+    "fde": {"pooling": ()},
 }
+STAGES = ("encode", "fde", "middle", "original", "other")
 
 
 def open_store(path: Path, args: argparse.Namespace, config: str | None = None) -> PageStore:
-    """The store at ``path``; created with ``config``'s schema when given."""
-    schema = dict(CONFIGS[config]) if config else {}
-    pooling = schema.pop("pooling", ("rows",))
+    """The store at ``path``, with the swept depths' first value; created with ``config``'s
+    schema when given."""
     store = PageStore(
         EdgeBackend(path),
         original_dtype=args.dtype,
         fde=FdeParams(*args.fde),
-        fde_binary=None if args.binary == "none" else args.binary,
         pooled_dtype=args.pooled_dtype,
-        **schema,
     )
     if config:
+        pooling = CONFIGS[config]["pooling"]
         store.create_collection("bench", model="synthetic", max_visual_tokens=768, pooling=pooling)
     return store
 
 
-def store_path(workdir: Path, corpus: str, n: int, config: str, args) -> Path:
-    fde = "" if config == "rows-graph" else "-fde" + "x".join(map(str, args.fde)) + args.binary
-    pooled = f"-{args.pooled_dtype}" if "+" in config else ""
-    return workdir / f"{corpus}-{n}-{config}-{args.dtype}{fde}{pooled}"
+def depths(args: argparse.Namespace, config: str) -> list[tuple[int, int, float]]:
+    """(FDE candidates, prefetch, oversampling) to measure: the swept ones, else those the
+    store uses for the layout's middle stage."""
+    pooling = CONFIGS[config]["pooling"]
+    info = CollectionInfo("bench", "synthetic", 768, pooling=pooling, first_stage="fde")
+    tuned = PageStore(None).depths(info)  # type: ignore[arg-type]  # no backend needed
+    limits = args.first_stage_limit or [tuned.first_stage_limit]
+    prefetches = args.prefetch or [tuned.prefetch]
+    oversamplings = args.oversampling or [tuned.oversampling]
+    return [(lim, k, o) for o in oversamplings for lim in limits for k in prefetches]
 
 
-def run(corpus_name: str, n: int, config: str, args: argparse.Namespace, workdir: Path) -> list:
+def stage_times(timings: dict[str, float], middle: str | None) -> dict[str, float]:
+    """A query's timings in the bench's stages."""
+    out = {
+        "encode": timings.get("encode", 0.0),
+        "fde": timings.get("fde", 0.0),
+        "middle": timings.get(middle, 0.0) if middle else 0.0,
+        "original": timings.get("original", 0.0),
+    }
+    out["other"] = timings["total"] - sum(out.values())
+    return out
+
+
+def timed_queries(store: PageStore, queries, truth, limit, k, over) -> dict:
+    """Run ``queries`` at these depths: per-query ms, stage medians, recall@10."""
+    store.first_stage_limit, store.prefetch, store.oversampling = limit, k, over
+    middle = (store.collection("bench").pooling or (None,))[0]
+    totals, stages, recalls = [], {s: [] for s in STAGES}, []
+    for i, q in enumerate(queries):
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        hits = store.search("bench", q, top_k=10, timings=timings)
+        totals.append((time.perf_counter() - start) * 1000)
+        for stage, ms in stage_times(timings, middle).items():
+            stages[stage].append(ms)
+        if i < len(truth):
+            recalls.append(len({f"{h.doc_id}:{h.page}" for h in hits} & truth[i]) / 10)
+    return {
+        "ms": totals,
+        "stages": {s: statistics.median(v) for s, v in stages.items()},
+        "recall": statistics.mean(recalls) if recalls else float("nan"),
+    }
+
+
+COLD_PROBE = """
+import json, sys, time
+import numpy as np
+from bench.search_bench import open_store, timed_queries, parse_args
+args = parse_args(json.loads(sys.argv[1]))
+queries = [np.asarray(q, dtype=np.float32) for q in json.load(open(sys.argv[3]))]
+truth = [set(t) for t in json.load(open(sys.argv[4]))]
+limit, k, over = json.loads(sys.argv[5])
+start = time.perf_counter()
+store = open_store(__import__("pathlib").Path(sys.argv[2]), args)
+store.warm_up_in_background()  # as the service and the CLI do at start
+opened = (time.perf_counter() - start) * 1000
+result = timed_queries(store, queries, truth, limit, k, over)
+result["open_ms"] = opened
+print(json.dumps(result))
+"""
+
+
+def cold_queries(path: Path, args, queries, truth, depth) -> dict:
+    """The first queries of a fresh process on a store just evicted from the page cache."""
+    drop_from_page_cache(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        qfile, tfile = Path(tmp) / "q.json", Path(tmp) / "t.json"
+        qfile.write_text(json.dumps([q.tolist() for q in queries]))
+        tfile.write_text(json.dumps([sorted(t) for t in truth]))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                COLD_PROBE,
+                json.dumps(sys.argv[1:]),
+                str(path),
+                str(qfile),
+                str(tfile),
+                json.dumps(depth),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _burn(stop) -> None:
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    while not stop.is_set():
+        a = np.tanh(a @ a)
+
+
+class Busy:
+    """Two processes keeping both cores busy for the duration of a ``with`` block."""
+
+    def __enter__(self):
+        ctx = multiprocessing.get_context("spawn")
+        self.stop = ctx.Event()
+        self.procs = [ctx.Process(target=_burn, args=(self.stop,), daemon=True) for _ in range(2)]
+        for p in self.procs:
+            p.start()
+        time.sleep(1.0)  # started and spinning
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def oracle(corpus_name: str, n: int, queries, workdir: Path, count: int) -> list[set]:
+    """The true top 10 of the first ``count`` queries, cached beside the stores."""
+    cache = workdir / f"truth-{corpus_name}-{n}-{count}-{hash_queries(queries)}.json"
+    if cache.exists():
+        return [set(t) for t in json.loads(cache.read_text())]
+    truth = brute_force_top10(CORPORA[corpus_name](), n, queries[:count])
+    cache.write_text(json.dumps([sorted(t) for t in truth]))
+    return truth
+
+
+def hash_queries(queries) -> str:
+    return hashlib.sha256(np.concatenate(queries).tobytes()).hexdigest()[:12]
+
+
+def run(corpus_name: str, n: int, config: str, args: argparse.Namespace, workdir: Path):
     """Build (or reuse) one store and measure it: rows of the latency and size tables."""
     corpus = CORPORA[corpus_name]()
-    path = store_path(workdir, corpus_name, n, config, args)
+    path = workdir / f"{corpus_name}-{n}-{config}-{args.dtype}-{args.pooled_dtype}"
     upload_s = index_s = float("nan")
-    if not (path / "bench").is_dir() and not (path / "bench__v2").is_dir():
+    if not (path / "bench").is_dir():
+        shutil.rmtree(path, ignore_errors=True)
         store = open_store(path, args, config)
         upload_s, index_s = build(store, corpus, range(n))
         store.close()
         print(f"built {corpus_name} {n} {config}: {upload_s:.0f} + {index_s:.0f} s", flush=True)
-    store = open_store(path, args)  # reopened, as after a restart
     rng = np.random.default_rng(123)
     queries = [corpus.query(int(rng.integers(0, n)), rng) for _ in range(args.queries)]
-    truth = brute_force_top10(corpus, n, queries[: args.recall_queries])
-
-    def recall(hits: list, i: int) -> float:
-        return len({f"{h.doc_id}:{h.page}" for h in hits} & truth[i]) / 10
-
-    for q in queries:  # warm the page cache, as a serving process would be
-        store.search("bench", q, top_k=10, prefetch=max(args.prefetch))
-    latency = []
-    middle = bool(store.collection("bench").pooling) and config != "rows-graph"
-    for oversampling in args.oversampling if config != "rows-graph" else [None]:
-        store.oversampling = oversampling
-        for limit in args.first_stage_limit if middle else [None]:
-            store.first_stage_limit = limit or 0
-            for k in args.prefetch:
-                first_ms, first_recall, times, recalls = [], [], [], []
-                for i, q in enumerate(queries):
-                    # The first stage alone: the candidates the next stage would see.
-                    if not args.skip_first_stage:
-                        depth = limit or k
-                        hits, ms = timed(
-                            lambda q=q, d=depth: store.search("bench", q, top_k=d, mode="pooled")
-                        )
-                        first_ms.append(ms)
-                        if i < len(truth):
-                            first_recall.append(recall(hits, i))
-                    hits, ms = timed(
-                        lambda q=q, k=k: store.search("bench", q, top_k=10, prefetch=k)
-                    )
-                    times.append(ms)
-                    if i < len(truth):
-                        recalls.append(recall(hits, i))
-                latency.append(
-                    [
-                        corpus_name,
-                        n,
-                        config,
-                        oversampling or "-",
-                        limit or "-",
-                        k,
-                        pct(first_ms, 50) if first_ms else "-",
-                        f"{statistics.mean(first_recall):.3f}" if first_recall else "-",
-                        pct(times, 50),
-                        pct(times, 95),
-                        f"{statistics.mean(recalls):.3f}",
-                    ]
-                )
-                print(" | ".join(map(str, latency[-1])), flush=True)
-    exact_ms = [
-        timed(lambda q=q: store.search("bench", q, top_k=10, mode="exact"))[1]
-        for q in queries[: args.exact_queries]
-    ]
-    disk = du(path) / n / 1024
-    grow = "-"
-    if args.grow and config != "rows-graph":
-        # New pages in an indexed collection: searchable at once, indexed in seconds.
-        upload, index = build(store, corpus, range(n, n + args.grow))
-        probe = corpus.query(n + args.grow - 1, np.random.default_rng(5))
-        hits = store.search("bench", probe, top_k=10)
-        found = any(h.doc_id == f"doc{(n + args.grow - 1) // 50}" for h in hits)
-        # ... and deleted again (the store stays as built, for the next run in --workdir).
-        start = time.perf_counter()
-        for doc in range(n // 50, (n + args.grow - 1) // 50 + 1):
-            store.delete_pages("bench", f"doc{doc}")
-        store.flush("bench")
-        store.optimize("bench")
-        gone = store.count_pages("bench") == n
-        grow = (
-            f"{upload:.1f} + {index:.1f} s (a new page found: {found}); deleted again in "
-            f"{time.perf_counter() - start:.1f} s (count back to {n}: {gone})"
+    truth = oracle(corpus_name, n, queries, workdir, args.queries)
+    sweep = depths(args, config)
+    rows = []
+    cold = cold_queries(path, args, queries, truth, sweep[0])
+    rows.append(row(corpus_name, n, config, sweep[0], "cold", cold))
+    store = open_store(path, args)
+    for q in queries:  # every query once: the pages it reads are in memory
+        store.search("bench", q, top_k=10)
+    for depth in sweep:
+        rows.append(
+            row(corpus_name, n, config, depth, "warm", timed_queries(store, queries, truth, *depth))
         )
+    if not args.skip_loaded:
+        with Busy():
+            loaded = timed_queries(store, queries, truth, *sweep[0])
+        rows.append(row(corpus_name, n, config, sweep[0], "loaded", loaded))
     store.close()
-    anon, mapped = ram_per_page_kb(path, n, corpus_name)
+    for r in rows:
+        print(" | ".join(map(str, r)), flush=True)
+    disk = du(path) / n / 1024
     size = [
         corpus_name,
         n,
         config,
         f"{upload_s:.0f}",
-        f"{index_s:.0f}",
+        f"{n / upload_s:.0f}" if upload_s == upload_s else "-",
+        f"{index_s:.1f}",
         f"{disk:.0f}",
-        f"{anon:.1f}",
-        f"{mapped:.1f}",
-        pct(exact_ms, 50) if exact_ms else "-",
-        grow,
     ]
     if args.workdir is None:
         shutil.rmtree(path)
-    return latency, size
+    return rows, size
 
 
-def main() -> None:
+def row(corpus, n, config, depth, phase, result) -> list:
+    limit, k, over = depth
+    ms = result["ms"]
+    first = f"{ms[0]:.0f}" if phase == "cold" else "-"
+    return [
+        corpus,
+        n,
+        config,
+        limit,
+        k,
+        over,
+        phase,
+        first,
+        pct(ms, 50),
+        pct(ms, 95),
+        *(f"{result['stages'][s]:.1f}" for s in STAGES),
+        f"{result['recall']:.3f}",
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     parser.add_argument("--corpora", nargs="+", choices=list(CORPORA), default=list(CORPORA))
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--queries", type=int, default=40, help="timed queries")
     parser.add_argument(
-        "--recall-queries", type=int, default=40, help="queries scored against the oracle"
+        "--configs", nargs="+", choices=list(CONFIGS), default=["fde+clusters", "fde+buckets"]
     )
     parser.add_argument(
-        "--exact-queries", type=int, default=1, help="timed exact queries (~1 ms a page each)"
+        "--queries", type=int, default=30, help="queries, each scored against the oracle"
     )
-    parser.add_argument("--prefetch", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--prefetch", type=int, nargs="+", help="rerank depths to sweep (warm)")
     parser.add_argument(
-        "--first-stage-limit",
-        type=int,
-        nargs="+",
-        default=[200, 400, 800],
-        help="FDE candidates the pooled middle stage narrows (fde+rows, fde+buckets)",
+        "--first-stage-limit", type=int, nargs="+", help="FDE candidates to sweep (warm)"
     )
-    parser.add_argument("--oversampling", type=float, nargs="+", default=[4.0])
+    parser.add_argument("--oversampling", type=float, nargs="+", help="to sweep (warm)")
     parser.add_argument(
         "--fde", type=int, nargs=3, default=[4, 32, 20], metavar=("K_SIM", "DIM_PROJ", "R_REPS")
     )
-    parser.add_argument("--binary", choices=["1", "1.5", "2", "none"], default="1")
     parser.add_argument(
         "--dtype", choices=DATATYPES, default="float16", help="storage of `original`"
     )
     parser.add_argument(
         "--pooled-dtype", choices=DATATYPES, default="turbo8", help="storage of the middle stage"
     )
-    parser.add_argument(
-        "--grow", type=int, default=1000, help="pages added to the indexed store at the end"
-    )
-    parser.add_argument(
-        "--skip-first-stage",
-        action="store_true",
-        help="time two_stage only (the first stage alone, with payloads, is slow to measure)",
-    )
+    parser.add_argument("--skip-loaded", action="store_true", help="no run with both cores busy")
     parser.add_argument(
         "--workdir", type=Path, help="keep the stores here and reuse them on the next run"
     )
-    args = parser.parse_args()
-    args.recall_queries = min(args.recall_queries, args.queries)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp())
     workdir.mkdir(parents=True, exist_ok=True)
     latency, sizes = [], []
@@ -505,21 +571,22 @@ def main() -> None:
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     title = f"Search, embedded backend, `original` in {args.dtype}, FDE {args.fde}"
-    title += f" binary {args.binary}, pooled vectors in {args.pooled_dtype}"
+    title += f", pooled vectors in {args.pooled_dtype}"
     print(header(title, "bench.search_bench"))
     print(
         table(
             [
                 "corpus",
                 "pages",
-                "first stage",
-                "oversampling",
+                "layout",
                 "FDE candidates",
                 "prefetch",
-                "first stage p50 ms",
-                "candidate recall",
-                "two_stage p50 ms",
+                "oversampling",
+                "phase",
+                "first query ms",
+                "p50 ms",
                 "p95 ms",
+                *(f"{s} p50 ms" for s in STAGES),
                 "recall@10",
             ],
             latency,
@@ -528,18 +595,7 @@ def main() -> None:
     print()
     print(
         table(
-            [
-                "corpus",
-                "pages",
-                "first stage",
-                "upload s",
-                "index s",
-                "disk KB/page",
-                "heap KB/page",
-                "mmap'd KB/page",
-                "exact p50 ms",
-                "+1000 pages: upload + index; their deletion",
-            ],
+            ["corpus", "pages", "layout", "upload s", "upload pages/s", "index s", "disk KB/page"],
             sizes,
         )
     )

@@ -115,9 +115,10 @@ class Settings(BaseSettings):
         "as collections made before FDEs; builds for an hour at 50k pages).",
     )
     pooling: str = Field(
-        "buckets",
-        description="Pooled vectors of new collections: buckets (SimHash groups of similar "
-        "tokens), rows, cols, a comma-separated mix, or none. With the fde first stage the "
+        "clusters",
+        description="Pooled vectors of new collections: clusters (k-means centroids of a page's "
+        "tokens, up to 64), buckets (SimHash groups of similar tokens), rows, cols, a "
+        "comma-separated mix, or none. With the fde first stage the "
         "first of them reranks its candidates before the full multivectors do.",
     )
     pooled_dtype: Datatype = Field(
@@ -138,25 +139,30 @@ class Settings(BaseSettings):
     )
 
     # --- search ----------------------------------------------------------------------------
-    prefetch: int = Field(
-        150,
+    prefetch: int | None = Field(
+        None,
         ge=1,
         le=10000,
-        description="Candidates the full multivectors rerank (the last stage of two_stage).",
+        description="Candidates the full multivectors rerank (the last stage of two_stage); "
+        "unset = what the collection's middle stage was tuned for (50 with clusters, 150 with "
+        "buckets).",
     )
-    first_stage_limit: int = Field(
-        800,
+    first_stage_limit: int | None = Field(
+        None,
         ge=1,
         le=100000,
         description="FDE candidates the pooled vectors narrow to `prefetch` (fde collections "
-        "with pooled vectors).",
+        "with pooled vectors); unset = tuned for the middle stage (600 with clusters, 800 with "
+        "buckets).",
     )
-    fde_oversampling: float = Field(
-        2.0,
-        ge=1.0,
+    fde_oversampling: float | None = Field(
+        None,
+        ge=0.0,
         le=64.0,
         description="The FDE graph search fetches this many times its candidates by binary "
-        "codes, then rescores them with the stored FDEs.",
+        "codes, then rescores them with the stored FDEs; 0 = no rescoring (the codes' own "
+        "ranking, no FDE read from disk); unset = tuned for the middle stage (0 with clusters, "
+        "2 with buckets).",
     )
 
     # --- service ---------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_pooling(cls, value: str) -> str:
         parts = [p.strip() for p in value.split(",") if p.strip()]
-        known = ("rows", "cols", "buckets")
+        known = ("rows", "cols", "buckets", "clusters")
         if parts != ["none"] and (not parts or any(p not in known for p in parts)):
             raise ValueError(
                 "pooling must be 'none' or a comma-separated mix of " + ", ".join(known)
@@ -225,6 +231,13 @@ class Settings(BaseSettings):
     def pooling_vectors(self) -> tuple[str, ...]:
         """The pooled vectors new collections store: () for none."""
         return () if self.pooling == "none" else tuple(self.pooling.split(","))
+
+    @field_validator("fde_oversampling")
+    @classmethod
+    def _oversampling_is_0_or_at_least_1(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < 1:
+            raise ValueError("fde_oversampling must be 0 (no rescoring) or at least 1")
+        return value
 
     @field_validator("qdrant_url", mode="before")
     @classmethod

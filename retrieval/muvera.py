@@ -13,8 +13,8 @@ size: ``r_reps * 2**k_sim * dim_proj``.
 
 This is fastembed's ``Muvera`` (Qdrant's library), computed without its per-token Python loop:
 the same random draws from the same seed, hence the same encodings (``tests/test_muvera.py``
-compares the two), about twenty times faster (0.8 vs 15 ms a page). fastembed itself is not a runtime
-dependency: it brings onnxruntime and a model hub client we would not use.
+compares the two), about twenty times faster (0.8 vs 15 ms a page). fastembed itself is not a
+runtime dependency: it brings onnxruntime and a model hub client we would not use.
 """
 
 from __future__ import annotations

@@ -237,6 +237,10 @@ def test_concurrent_queries_share_forward_passes(api):
     assert 'colqwen_http_requests_total{method="POST",route="/v1/search",status="200"}' in metrics
     assert "colqwen_pages_ingested_total 2.0" in metrics
     assert "colqwen_jobs_queued 0.0" in metrics
+    # Each stage of the 33 searches is timed: the model, then the store's (exact: one scan).
+    for stage in ("embed", "original", "total"):
+        line = f'colqwen_search_stage_seconds_count{{stage="{stage}"}} 33.0'
+        assert line in metrics, stage
 
 
 def test_killed_server_resumes_its_job_on_restart(tiny_model_dir, tmp_path):

@@ -237,7 +237,7 @@ def test_collections_upgrade_gives_an_old_collection_the_fde_first_stage(
     output = cli("collections", "upgrade", "old")
     assert "upgraded collection old" in output and "11/11" in output  # the progress bar
     [info] = cli_json("collections", "list")
-    assert info["first_stage"] == "fde" and info["pooling"] == ["buckets"] and info["pages"] == 11
+    assert info["first_stage"] == "fde" and info["pooling"] == ["clusters"] and info["pages"] == 11
     after = cli_json("search", "x", "-c", "old", "--mode", "exact", "-k", "11")["hits"]
     two_stage = cli_json("search", "x", "-c", "old", "-k", "11")["hits"]
     scores = {(h["doc_id"], h["page"]): h["score"] for h in exact}  # the tiny model ties pages

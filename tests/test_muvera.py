@@ -8,7 +8,7 @@ import pytest
 from fastembed.postprocess.muvera import Muvera as FastembedMuvera
 
 from retrieval.muvera import FdeParams, Muvera
-from retrieval.pooling import pool_buckets
+from retrieval.pooling import pool_buckets, pool_clusters
 from tests.fakes import maxsim, unit
 
 
@@ -88,3 +88,26 @@ def test_bucket_pooling_keeps_one_unit_mean_per_group_of_similar_tokens():
     for probe in (background, *content):
         assert (pooled @ probe).max() > 0.95
     np.testing.assert_array_equal(pool_buckets(page), pooled)  # deterministic
+
+
+def test_clustered_pooling_gives_every_group_of_tokens_a_vector_of_its_own():
+    """k-means centroids: each concept of a page keeps a vector close to it, where SimHash
+    buckets (as many vectors) merge some of them; a query about any one concept scores the
+    pooled page about as high as the page (a centroid is its tokens without their noise)."""
+    rng = np.random.default_rng(3)
+    concepts = unit(rng.standard_normal((24, 128)))
+    page = unit(concepts[rng.integers(0, 24, 747)] + 0.05 * rng.standard_normal((747, 128)))
+    clustered = pool_clusters(page)
+    assert clustered.dtype == np.float32 and clustered.shape == (len(clustered), 128)
+    assert len(clustered) <= 64
+    np.testing.assert_allclose(np.linalg.norm(clustered, axis=1), 1, atol=1e-5)
+    closest = (concepts @ clustered.T).max(axis=1)  # each concept's best centroid
+    assert closest.min() > 0.95
+    assert closest.min() > (concepts @ pool_buckets(page).T).max(axis=1).min()
+    for concept in concepts[:5]:
+        query = unit(concept + 0.3 * rng.standard_normal((4, 128)) / np.sqrt(128))
+        assert maxsim(query, clustered) >= 0.95 * maxsim(query, page)
+    np.testing.assert_array_equal(pool_clusters(page), clustered)  # deterministic
+    assert pool_clusters(page[:5]).shape[0] <= 5  # fewer tokens than clusters
+    with pytest.raises(ValueError, match="non-empty"):
+        pool_clusters(np.zeros((0, 128), np.float32))

@@ -147,7 +147,7 @@ def test_pooled_mode_scores_the_fde_first_stage(store, corpus):
     assert [h.score for h in hits] == pytest.approx([s for s, _ in expected], rel=1e-2)
 
 
-@pytest.mark.parametrize("pooling", [("buckets",), ("rows",), ()])
+@pytest.mark.parametrize("pooling", [("clusters",), ("buckets",), ("rows",), ()])
 @pytest.mark.parametrize("kind", ["embedded", "server"])
 def test_two_stage_covering_the_corpus_equals_exact_for_every_middle_stage(tmp_path, kind, pooling):
     store = make_store(kind, tmp_path, prefetch=40, first_stage_limit=40)
@@ -430,7 +430,7 @@ def test_upgrade_gives_an_old_collection_the_fde_schema_with_the_same_results(tm
     progress = []
     info = store.upgrade_collection("c", progress=lambda d, t: progress.append((d, t)), batch=10)
     assert progress[0] == (10, 36) and progress[-1] == (36, 36)  # resumed, not restarted
-    assert info.first_stage == "fde" and info.pooling == ("buckets",)
+    assert info.first_stage == "fde" and info.pooling == ("clusters",)
     assert info.points_collection == "c__v2" and not store.backend.collection_exists("c")
     reopened = PageStore(store.backend, prefetch=36, first_stage_limit=36)
     assert reopened.collection("c").first_stage == "fde"
@@ -650,3 +650,56 @@ def test_a_kill_9_keeps_every_write_that_returned_durable_and_no_part_of_a_page(
         assert tokens.shape == expected.shape and payload["page"] == number
         np.testing.assert_allclose(tokens, expected, atol=1e-3)  # float16 storage
     store.close()
+
+
+def test_each_stage_of_a_search_reports_its_time(store, corpus):
+    """The embedded engine runs the stages one call each and times them; a server runs the
+    whole query inside Qdrant and reports it as one figure. The results are the nested
+    query's either way (two_stage at full depth equals exact)."""
+    store.create_collection("c", model="test", max_visual_tokens=768, pooling=("clusters",))
+    rng = np.random.default_rng(5)
+    pages = {("d", p): page_embedding(rng, rows=5, cols=4) for p in range(1, 31)}
+    store.upsert_pages("c", [page_record(d, p, e) for (d, p), e in pages.items()])
+    store.optimize("c")
+    timings: dict[str, float] = {}
+    q = queries(1)[0]
+    hits = store.search("c", q, top_k=10, prefetch=30, timings=timings)
+    assert [(h.doc_id, h.page) for h in hits] == [k for _, k in oracle(pages, q)[:10]]
+    engine = {"fde", "clusters", "original"} if store.kind == "embedded" else {"original"}
+    assert set(timings) == engine | {"encode", "total"}
+    assert all(ms >= 0 for ms in timings.values())
+    assert sum(v for k, v in timings.items() if k != "total") <= timings["total"]
+    nothing: dict[str, float] = {}  # a filter nothing passes: the later stages never run
+    where = parse_filter({"doc_id": "nosuch"})
+    assert store.search("c", q, top_k=10, where=where, timings=nothing) == []
+
+
+def test_depths_are_tuned_for_the_middle_stage_unless_set(tmp_path):
+    from retrieval.store.pages import TUNED_DEPTHS, Depths
+
+    store = make_store("embedded", tmp_path, prefetch=None)
+    clusters = store.create_collection("a", model="t", max_visual_tokens=768)
+    buckets = store.create_collection("b", model="t", max_visual_tokens=768, pooling=("buckets",))
+    assert store.depths(clusters) == TUNED_DEPTHS["clusters"] == Depths(600, 50, 0.0)
+    assert store.depths(buckets) == TUNED_DEPTHS["buckets"] == Depths(800, 150, 2.0)
+    store.prefetch = 70  # COLQWEN_PREFETCH: wins over the tuned depth, the rest stays tuned
+    assert store.depths(clusters) == Depths(600, 70, 0.0)
+    store.close()
+
+
+def test_warming_up_loads_the_store_and_a_closed_store_stays_closed(tmp_path, caplog):
+    store = make_store("embedded", tmp_path)
+    store.create_collection("c", model="t", max_visual_tokens=768)
+    store.upsert_pages("c", [page_record("d", 1, page_embedding(np.random.default_rng(1)))])
+    store.close()
+    reopened = make_store("embedded", tmp_path)
+    assert not reopened.backend._shards  # opening reads nothing
+    reopened.warm_up_in_background().join(30)
+    assert {"c", "c__catalog"} <= set(reopened.backend._shards)
+    assert reopened.search("c", queries(1)[0], top_k=1)
+    reopened.close()
+    with caplog.at_level("WARNING"):  # a warm-up that outlives the store stops, loudly
+        reopened.warm_up_in_background().join(30)
+    assert "warming up the store stopped" in caplog.text
+    assert not reopened.backend._shards
+    make_store("server", tmp_path).warm_up()  # nothing to do on a server, and no error

@@ -37,7 +37,9 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     store = services.store
     info = await run_in_threadpool(store.collection, collection)  # 404 before the model runs
     encoder, embedder = await services.model_for(info)  # the collection's (409 if it cannot be)
+    embedding = time.perf_counter()
     vectors = await embedder.embed(body.query)
+    timings = {"embed": (time.perf_counter() - embedding) * 1000}
     hits = await run_in_threadpool(
         store.search,
         collection,
@@ -47,7 +49,9 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
         mode=body.mode,
         prefetch=body.prefetch,
         text=body.query,
+        timings=timings,
     )
+    services.metrics.observe_search(timings)
     if services.fidelity is not None:  # a sampled exact re-run, after the answer is sent
         services.fidelity.maybe_check(collection, body.mode, vectors, where, hits)
     explanations = {}

@@ -136,10 +136,14 @@ def _kind(exc: ColqwenError) -> str:
 
 
 @contextmanager
-def open_store(settings: Settings):
+def open_store(settings: Settings, *, warm: bool = False):
+    """The store, closed on exit; ``warm``: its files read into memory in the background
+    meanwhile (a search's model loads for seconds: the store is warm when it is done)."""
     from retrieval.store import PageStore
 
     store = PageStore.from_settings(settings)
+    if warm:
+        store.warm_up_in_background()
     try:
         yield store
     finally:

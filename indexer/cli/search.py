@@ -81,7 +81,7 @@ def search(
         if not query.strip():
             raise InvalidInput("the query is empty: say what you are looking for")
         where = parse_filter_json(filter_json, what="--filter")
-        with open_store(settings) as store:
+        with open_store(settings, warm=True) as store:
             info = store.collection(settings.collection)  # before the model loads
             from retrieval.search import Searcher
 

@@ -68,11 +68,15 @@ class Backend(Protocol):
         hnsw_ef: int | None = None,
         oversampling: float | None = None,
         fusion: Literal["rrf"] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[Record]:
         """Score ``vector`` against ``using``: MaxSim for a multivector (n, dim), a dot product
         for a single vector (dim,) or a sparse one; reranking the prefetches' results if given.
         With ``fusion="rrf"`` (``vector`` and ``using`` None) the prefetches' rankings are fused
-        instead: reciprocal rank fusion, k = ``RRF_K``. ``where`` applies to every stage."""
+        instead: reciprocal rank fusion, k = ``RRF_K``. ``where`` applies to every stage.
+        ``timings`` receives milliseconds spent in the engine: per stage, keyed by the vector
+        it scores, where the backend can tell them apart; else the whole query under
+        ``using``."""
 
     def scroll(
         self,
@@ -90,5 +94,10 @@ class Backend(Protocol):
 
     def optimize(self, name: str) -> None:
         """Build indexes now (the embedded engine has no background optimizer)."""
+
+    def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
+        """Bring what a query of ``name`` reads into memory (the embedded engine: its files
+        into the page cache, the vectors named in ``cold`` last); nothing on a server, which
+        keeps its own caches."""
 
     def close(self) -> None: ...

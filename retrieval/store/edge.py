@@ -15,9 +15,11 @@ point whole or not at all. Shards created with a WAL by older versions keep it.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +84,7 @@ class EdgeBackend:
         self._unflushed: dict[str, int] = {}  # floats written since the last flush
         self._write = threading.Lock()
         self._open = threading.Lock()
+        self._closed = False
 
     # --- collections ---------------------------------------------------------------------------
 
@@ -100,6 +103,8 @@ class EdgeBackend:
             with self._open:
                 shard = self._shards.get(name)
                 if shard is None:
+                    if self._closed:  # a background warm-up outliving the store
+                        raise StoreError("the embedded store is closed")
                     path = self._path(name)
                     if not path.is_dir():
                         raise NotFound(f"collection '{name}' does not exist")
@@ -191,7 +196,16 @@ class EdgeBackend:
         hnsw_ef: int | None = None,
         oversampling: float | None = None,
         fusion: Literal["rrf"] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[Record]:
+        """See ``Backend.query``. A chain of stages (each prefetch holding at most one) runs as
+        one engine call per stage, each over the candidates of the stage before it: the same
+        ranking as the nested prefetch, and the time of each stage in ``timings`` (ms, by the
+        name of the vector it scores; the engine runs one stage at a time either way)."""
+        chain = _chain(prefetch)
+        if chain is not None and fusion is None and not exact:
+            return self._query_chain(name, vector, using, limit, where, chain, timings)
+        start = time.perf_counter()
         q = None if vector is None else _vector(vector)
         flt = _filter(where)
 
@@ -214,6 +228,50 @@ class EdgeBackend:
             params=qe.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling),
         )
         hits = _call(self._shard(name).query, request)
+        if timings is not None:
+            timings[using or "fusion"] = (time.perf_counter() - start) * 1000
+        return [Record(str(h.id), h.payload or {}, h.score) for h in hits]
+
+    def _query_chain(
+        self,
+        name: str,
+        vector: np.ndarray | Sparse | None,
+        using: str | None,
+        limit: int,
+        where: Filter | None,
+        chain: list[Prefetch],
+        timings: dict[str, float] | None,
+    ) -> list[Record]:
+        """Innermost stage first; each later stage scores only the ids the one before kept."""
+        shard = self._shard(name)
+        final = Prefetch(using or "", limit, vector)
+        ids: list | None = None
+        outer = None if vector is None else _vector(vector)
+        vectors = []  # each stage's own vector, else its outer one's
+        for p in reversed(chain):
+            outer = outer if p.vector is None else _vector(p.vector)
+            vectors.append(outer)
+        vectors.reverse()
+        stages = [*chain, final]
+        vectors.append(None if vector is None else _vector(vector))
+        hits = []
+        for i, (p, q) in enumerate(zip(stages, vectors, strict=True)):
+            start = time.perf_counter()
+            last = i == len(stages) - 1
+            flt = _filter(where, ids)
+            request = qe.QueryRequest(
+                limit=p.limit,
+                query=qe.Query.Nearest(q, using=p.using),
+                filter=flt,
+                with_payload=last,
+                params=_params(p.hnsw_ef, p.oversampling),
+            )
+            hits = _call(shard.query, request)
+            if timings is not None:
+                timings[p.using] = timings.get(p.using, 0.0) + (time.perf_counter() - start) * 1000
+            if not hits:
+                return []
+            ids = [h.id for h in hits]
         return [Record(str(h.id), h.payload or {}, h.score) for h in hits]
 
     def scroll(
@@ -250,8 +308,27 @@ class EdgeBackend:
             _call(shard.optimize)
             _call(shard.flush)
 
+    def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
+        """Load the shard and read its files into the page cache, so that the first queries
+        after a start do not wait for the disk: first everything but the vectors named in
+        ``cold`` (graph, binary codes, FDEs, pooled vectors, payload: a query reads them at
+        random), then those (``original``: a query reads a few dozen pages' worth) if they fit
+        in a quarter of the memory available. Reads go through the kernel (no copy is kept
+        here), a few MB at a time, so queries meanwhile still get the disk."""
+        self._shard(name)
+        files = [f for f in self._path(name).rglob("*") if f.is_file()]
+
+        def is_cold(f: Path) -> bool:
+            return any(part in {f"vector_storage-{c}" for c in cold} for part in f.parts)
+
+        _read_into_cache([f for f in files if not is_cold(f)])
+        later = [f for f in files if is_cold(f)]
+        if sum(f.stat().st_size for f in later) < _available_memory() // 4:
+            _read_into_cache(later)
+
     def close(self) -> None:
-        with self._write:
+        with self._write, self._open:
+            self._closed = True
             for shard in self._shards.values():
                 shard.flush()
                 shard.close()
@@ -259,6 +336,32 @@ class EdgeBackend:
             if not self._lock_file.closed:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
                 self._lock_file.close()
+
+
+_CHUNK = 4 << 20
+
+
+def _read_into_cache(files: list[Path]) -> None:
+    buffer = bytearray(_CHUNK)
+    for path in files:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                while f.readinto(buffer):
+                    pass
+        except FileNotFoundError:  # a segment merged away meanwhile
+            continue
+
+
+def _available_memory() -> int:
+    """MemAvailable in bytes (0 where /proc/meminfo does not say)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _call(fn, *args):
@@ -279,10 +382,13 @@ def _call(fn, *args):
 def _params(hnsw_ef: int | None, oversampling: float | None) -> qe.SearchParams | None:
     if hnsw_ef is None and oversampling is None:
         return None
+    # oversampling 0: the binary codes' own ranking, no stored vector read to rescore it
     quantization = (
-        qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+        None
+        if oversampling is None
+        else qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
         if oversampling
-        else None
+        else qe.QuantizationSearchParams(rescore=False)
     )
     return qe.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
 
@@ -343,10 +449,24 @@ def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
     )
 
 
-def _filter(where: Filter | None) -> qe.Filter | None:
-    if where is None or not where.must:
+def _chain(prefetch: list[Prefetch] | None) -> list[Prefetch] | None:
+    """The stages of a single chain of prefetches, innermost first; None for no prefetch or a
+    tree (several prefetches at one level, fused by rank)."""
+    chain: list[Prefetch] = []
+    level = prefetch or []
+    while len(level) == 1:
+        chain.append(level[0])
+        level = list(level[0].prefetch)
+    if level or not chain:
         return None
-    conditions = []
+    chain.reverse()
+    return chain
+
+
+def _filter(where: Filter | None, ids: list | None = None) -> qe.Filter | None:
+    conditions: list = [] if ids is None else [qe.HasIdCondition(set(ids))]
+    if where is None or not where.must:
+        return qe.Filter(must=conditions) if conditions else None
     for c in where.must:
         if isinstance(c, Match):
             conditions.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.value)))

@@ -94,7 +94,8 @@ class Prefetch:
     """One stage of a multi-stage query: the ``limit`` best points by ``using``, scored with
     ``vector`` (default: the query's own vector), among the results of ``prefetch`` if given.
     ``hnsw_ef`` widens the graph search; ``oversampling`` fetches that many times ``limit``
-    by the quantized codes before rescoring with the stored vectors."""
+    by the quantized codes before rescoring with the stored vectors (0: no rescoring, the
+    codes' own ranking)."""
 
     using: str
     limit: int

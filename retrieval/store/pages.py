@@ -5,8 +5,8 @@ Schema of a collection ``C`` (see README, "Storage"):
 - ``C``: one point per page, id = uuid5(doc_id, page). Named vectors: ``original`` (every token,
   float16 by default, no HNSW graph, on disk: the final rerank), ``fde`` (one MUVERA encoding a
   page, HNSW over its binary-quantized codes held in RAM: finds the candidates), and pooled
-  multivectors, ``buckets`` by default (or ``rows`` / ``cols``; no graph: they narrow the FDE
-  candidates cheaply before ``original`` reranks). Payload: provenance, model, the caller's
+  multivectors, ``clusters`` by default (or ``buckets``, ``rows``, ``cols``; no graph: they narrow
+  the FDE candidates cheaply before ``original`` reranks). Payload: provenance, model, the caller's
   ``metadata``.
 - ``C__catalog``: one point per document (status, page count, metadata) plus one holding the
   collection's own schema, so a server deployment keeps everything in the cluster.
@@ -24,11 +24,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +39,7 @@ import numpy as np
 from retrieval.config import Settings
 from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
 from retrieval.muvera import FdeParams, Muvera
-from retrieval.pooling import pool_buckets, pool_cols, pool_rows
+from retrieval.pooling import pool_buckets, pool_clusters, pool_cols, pool_rows
 from retrieval.store.backend import Backend
 from retrieval.store.model import (
     BinaryBits,
@@ -65,7 +68,7 @@ log = logging.getLogger(__name__)
 
 SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
 SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
-POOLINGS = ("rows", "cols", "buckets")
+POOLINGS = ("rows", "cols", "buckets", "clusters")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"
 UPGRADED_SUFFIX = "__v2"  # the pages of an upgraded collection
@@ -75,6 +78,28 @@ _COLLECTION_POINT = str(uuid.uuid5(_NAMESPACE, "collection"))
 _DUMMY = {"_": np.ones((1,), dtype=np.float32)}  # catalog points need a vector; it means nothing
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _SCROLL_PAGE = 256
+
+
+@dataclass(frozen=True)
+class Depths:
+    """How deep each stage of ``two_stage`` looks: ``first_stage_limit`` FDE candidates (by
+    their binary codes, rescored from the stored FDEs at ``oversampling`` times as many unless
+    it is 0), narrowed by the pooled vectors to ``prefetch``, which the full multivectors
+    rerank."""
+
+    first_stage_limit: int
+    prefetch: int
+    oversampling: float
+
+
+# The depths each middle stage was tuned for (BENCHMARKS.md, "Search in tens of milliseconds"):
+# clustered vectors rank well enough that 50 pages reranked keep the true top 10 where SimHash
+# buckets needed 150, and 600 FDE candidates by their codes alone reach what 400 rescored do.
+TUNED_DEPTHS = {
+    "clusters": Depths(600, 50, 0.0),
+    "buckets": Depths(800, 150, 2.0),
+}
+_OTHER_DEPTHS = Depths(800, 150, 2.0)  # rows, cols, no middle stage
 
 
 def page_point_id(doc_id: str, page_number: int) -> str:
@@ -96,21 +121,23 @@ class PageStore:
     ``prefetch`` is how many candidates the full multivectors rerank; with pooled vectors in an
     FDE collection, the first stage passes ``first_stage_limit`` candidates to the pooled
     vectors, which keep the best ``prefetch``. ``oversampling`` fetches that many times the
-    candidates by the FDEs' binary codes, then rescores them with the stored FDEs.
+    candidates by the FDEs' binary codes, then rescores them with the stored FDEs (0: no
+    rescoring). Each left None is what the collection's middle stage was tuned for
+    (``TUNED_DEPTHS``).
     """
 
     def __init__(
         self,
         backend: Backend,
         *,
-        prefetch: int = 150,
+        prefetch: int | None = None,
         write_batch: int = 32,
         original_dtype: Datatype = "float16",
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
         first_stage: FirstStage = "fde",
-        first_stage_limit: int = 800,
-        oversampling: float = 2.0,
+        first_stage_limit: int | None = None,
+        oversampling: float | None = None,
         fde: FdeParams = FdeParams(),
         fde_binary: BinaryBits | None = "1",
         pooled_dtype: Datatype = "turbo8",
@@ -134,6 +161,18 @@ class PageStore:
         self.write_batch = write_batch
         self._collections: dict[str, CollectionInfo] = {}
         self._lock = threading.Lock()
+
+    def depths(self, info: CollectionInfo) -> Depths:
+        """The depths searches of ``info`` use: those set on the store, the rest tuned for its
+        middle stage."""
+        tuned = _OTHER_DEPTHS
+        if info.first_stage == "fde" and info.pooling:
+            tuned = TUNED_DEPTHS.get(info.pooling[0], _OTHER_DEPTHS)
+        return Depths(
+            tuned.first_stage_limit if self.first_stage_limit is None else self.first_stage_limit,
+            tuned.prefetch if self.prefetch is None else self.prefetch,
+            tuned.oversampling if self.oversampling is None else self.oversampling,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PageStore:
@@ -165,7 +204,7 @@ class PageStore:
         model: str,
         max_visual_tokens: int,
         dim: int = 128,
-        pooling: tuple[str, ...] = ("buckets",),
+        pooling: tuple[str, ...] = ("clusters",),
         filterable: dict[str, str] | None = None,
         family: str = "colqwen2",
     ) -> CollectionInfo:
@@ -361,7 +400,7 @@ class PageStore:
         with ``page_text(doc_id, page)`` one made before pages kept their text its text and
         BM25 vectors (the text and hybrid modes).
 
-        Copies every page into a new points collection with its FDE and bucket-pooled vectors
+        Copies every page into a new points collection with its FDE and clustered vectors
         computed from the stored ``original`` (no re-embedding: the schema of new collections,
         built on the CPU), then switches the schema record to it and drops the old points.
         Searches keep working on the old points until the switch. Resumable: pages already
@@ -383,7 +422,7 @@ class PageStore:
             first_stage="fde",
             fde=info.fde if info.first_stage == "fde" else self.fde.to_dict(),
             points=target,
-            pooling=("buckets",),
+            pooling=("clusters",),
             text=info.text or add_text,
         )
         if not self.backend.collection_exists(target):
@@ -405,7 +444,7 @@ class PageStore:
                 vectors: dict = {
                     "original": original,
                     "fde": encoder.encode_document(original),
-                    "buckets": pool_buckets(original),
+                    "clusters": pool_clusters(original),
                 }
                 payload = r.payload
                 if add_text:
@@ -477,9 +516,27 @@ class PageStore:
         self.backend.delete(self._points(collection), Filter((Match("doc_id", doc_id),)))
 
     def upsert_pages(self, collection: str, pages: list[PageRecord]) -> None:
-        """Store pages (batched, waited on, durable). Raises ``StoreError`` if a write fails."""
+        """Store pages (batched, waited on, durable). Raises ``StoreError`` if a write fails.
+
+        Pages are prepared on every core (one BLAS thread each: a pool of them behind every
+        small matmul would oversubscribe the cores), each batch written while the next ones
+        are prepared: 1.4x the pages a second of one thread on 2 cores (BENCHMARKS.md).
+        """
+        from threadpoolctl import threadpool_limits
+
         created_at = now()
-        self.write_pages(collection, [self.prepare_page(collection, p, created_at) for p in pages])
+        batches = [pages[i : i + self.write_batch] for i in range(0, len(pages), self.write_batch)]
+        workers = min(os.cpu_count() or 1, 4)
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool,
+        ):
+            prepared = [
+                [pool.submit(self.prepare_page, collection, p, created_at) for p in batch]
+                for batch in batches
+            ]
+            for futures in prepared:
+                self.write_pages(collection, [f.result() for f in futures])
         self.flush(collection)
 
     def prepare_page(self, collection: str, page: PageRecord, created_at: str | None = None) -> Any:
@@ -564,6 +621,30 @@ class PageStore:
         optimizer). Pages are searchable before: unindexed ones are scanned."""
         self.backend.optimize(self._points(collection))
 
+    def warm_up(self) -> None:
+        """Bring what queries read into memory, every collection's: after a start the first
+        queries then answer as fast as later ones (the embedded store reads its files into the
+        page cache, the full multivectors last; a server keeps its own caches)."""
+        for info in self.collections():
+            self.backend.warm_up(info.name + CATALOG_SUFFIX)
+            self.backend.warm_up(info.points_collection, cold=("original",))
+
+    def warm_up_in_background(self) -> threading.Thread:
+        """``warm_up`` on a daemon thread, so that opening the store does not wait for it."""
+
+        def run() -> None:
+            start = time.perf_counter()
+            try:
+                self.warm_up()
+            except Exception as exc:  # the store closed meanwhile, a file vanished: queries
+                log.warning("warming up the store stopped: %s", exc)  # still work, colder
+                return
+            log.info("store warmed up in %.1f s", time.perf_counter() - start)
+
+        thread = threading.Thread(target=run, name="store-warm-up", daemon=True)
+        thread.start()
+        return thread
+
     def _scroll_all(self, name: str, where: Filter | None) -> list[Record]:
         out: list[Record] = []
         offset = None
@@ -585,6 +666,7 @@ class PageStore:
         mode: SearchMode = "two_stage",
         prefetch: int | None = None,
         text: str | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[Hit]:
         """MaxSim search with a query multivector (n_tokens, dim) float32, and with ``text``
         (the query's words) BM25 over the pages' own text.
@@ -596,7 +678,11 @@ class PageStore:
         ``exact``. ``text``: BM25 alone; ``hybrid``: the ``two_stage`` ranking and the BM25
         ranking fused by reciprocal rank (scores are then fused ranks, not MaxSim), filters
         applying to both. Every stage runs inside Qdrant: no vector leaves it.
+
+        ``timings`` receives milliseconds: ``encode`` (the query's FDE), each engine stage by the
+        vector it scores (one figure for the whole query on a server) and ``total``.
         """
+        start = time.perf_counter()
         info = self.collection(collection)
         if top_k < 1:
             raise InvalidInput("top_k must be at least 1")
@@ -609,8 +695,10 @@ class PageStore:
             )
         if mode not in SEARCH_MODES:
             raise InvalidInput(f"unknown search mode '{mode}': use {', '.join(SEARCH_MODES)}")
-        candidates = max(top_k, prefetch or self.prefetch)
+        depths = self.depths(info)
+        candidates = max(top_k, prefetch or depths.prefetch)
         points = info.points_collection
+        engine: dict[str, float] = {}
         words = None
         if mode in ("hybrid", "text"):
             if not info.text:
@@ -622,13 +710,15 @@ class PageStore:
         if mode == "text":
             if words is None:
                 return []  # nothing in the query that BM25 indexes (only stop words, say)
-            records = self.backend.query(points, words, using="bm25", limit=top_k, where=where)
+            records = self.backend.query(
+                points, words, using="bm25", limit=top_k, where=where, timings=engine
+            )
         elif mode == "hybrid" and words is not None:
             visual = Prefetch(
                 "original",
                 candidates,
                 vector=query,
-                prefetch=tuple(self._candidate_stages(info, query, candidates)),
+                prefetch=tuple(self._candidate_stages(info, query, candidates, engine)),
             )
             textual = Prefetch("bm25", candidates, vector=words)
             records = self.backend.query(
@@ -639,19 +729,40 @@ class PageStore:
                 where=where,
                 prefetch=[visual, textual],
                 fusion="rrf",
+                timings=engine,
             )
         elif mode == "exact" or (info.first_stage == "rows" and not info.pooling):
             records = self.backend.query(
-                points, query, using="original", limit=top_k, where=where, exact=True
+                points,
+                query,
+                using="original",
+                limit=top_k,
+                where=where,
+                exact=True,
+                timings=engine,
             )
         elif mode == "pooled" and info.first_stage == "fde":
-            fde = self._muvera(info).encode_query(query)
+            fde = self._query_fde(info, query, engine)
             records = self.backend.query(
-                points, fde, using="fde", limit=top_k, where=where, oversampling=self.oversampling
+                points,
+                fde,
+                using="fde",
+                limit=top_k,
+                where=where,
+                # Scores as FDE dot products, as a server's exact scan gives them: twice its few
+                # hits by the codes, rescored from the stored FDEs, whatever two_stage does.
+                oversampling=max(depths.oversampling, 2.0),
+                timings=engine,
             )
         elif mode == "pooled":
             records = self.backend.query(
-                points, query, using=info.pooling[0], limit=top_k, where=where, hnsw_ef=candidates
+                points,
+                query,
+                using=info.pooling[0],
+                limit=top_k,
+                where=where,
+                hnsw_ef=candidates,
+                timings=engine,
             )
         else:
             records = self.backend.query(
@@ -660,8 +771,13 @@ class PageStore:
                 using="original",
                 limit=top_k,
                 where=where,
-                prefetch=self._candidate_stages(info, query, candidates),
+                prefetch=self._candidate_stages(info, query, candidates, engine),
+                timings=engine,
             )
+        if timings is not None:
+            total = (time.perf_counter() - start) * 1000
+            timings.update(engine)
+            timings["total"] = total
         return [
             Hit(
                 r.payload["doc_id"],
@@ -673,22 +789,31 @@ class PageStore:
             for r in records
         ]
 
+    def _query_fde(
+        self, info: CollectionInfo, query: np.ndarray, timings: dict[str, float]
+    ) -> np.ndarray:
+        start = time.perf_counter()
+        fde = self._muvera(info).encode_query(query)
+        timings["encode"] = (time.perf_counter() - start) * 1000
+        return fde
+
     def _candidate_stages(
-        self, info: CollectionInfo, query: np.ndarray, candidates: int
+        self, info: CollectionInfo, query: np.ndarray, candidates: int, timings: dict[str, float]
     ) -> list[Prefetch]:
         """The stages that find the ``candidates`` pages ``original`` reranks: FDE candidates
         narrowed by the pooled vectors (if stored), or, in collections made before FDEs, the
         pooled vectors' graph."""
         if info.first_stage != "fde":
             return [Prefetch(p, candidates, hnsw_ef=candidates) for p in info.pooling]
-        fde = self._muvera(info).encode_query(query)
+        fde = self._query_fde(info, query, timings)
+        depths = self.depths(info)
         if not info.pooling:
-            return [Prefetch("fde", candidates, vector=fde, oversampling=self.oversampling)]
+            return [Prefetch("fde", candidates, vector=fde, oversampling=depths.oversampling)]
         first = Prefetch(
             "fde",
-            max(candidates, self.first_stage_limit),
+            max(candidates, depths.first_stage_limit),
             vector=fde,
-            oversampling=self.oversampling,
+            oversampling=depths.oversampling,
         )
         return [Prefetch(info.pooling[0], candidates, prefetch=(first,))]
 
@@ -716,7 +841,9 @@ def derived_vectors(info: CollectionInfo, emb: PageEmbedding) -> dict[str, np.nd
         fde = _muvera(info.dim, FdeParams(**(info.fde or {})))
         vectors["fde"] = fde.encode_document(emb.multivector)
     for name in info.pooling:
-        if name == "buckets":
+        if name == "clusters":
+            vectors[name] = pool_clusters(emb.multivector)
+        elif name == "buckets":
             vectors[name] = pool_buckets(emb.multivector)
         else:
             pool = pool_rows if name == "rows" else pool_cols

@@ -243,7 +243,28 @@ def test_collections_upgrade_gives_an_old_collection_the_fde_first_stage(
     scores = {(h["doc_id"], h["page"]): h["score"] for h in exact}  # the tiny model ties pages
     for hits in (after, two_stage):
         assert {(h["doc_id"], h["page"]): h["score"] for h in hits} == pytest.approx(scores)
-    assert "already has the FDE first stage" in cli("collections", "upgrade", "old")
+    assert "already has the current schema" in cli("collections", "upgrade", "old")
+
+
+def test_collections_upgrade_gives_a_bucket_collection_the_clustered_middle_stage(
+    env, small_corpus, monkeypatch
+):
+    """Collections made with SimHash buckets search at the depths those were tuned for until
+    the upgrade recomputes their pooled vectors as clusters (no model): the same pages at the
+    same scores, fewer of them reranked."""
+    monkeypatch.setenv("COLQWEN_POOLING", "buckets")  # as collections were made before
+    cli("ingest", str(small_corpus), "--collection", "old", "--quiet")
+    monkeypatch.delenv("COLQWEN_POOLING")
+    [info] = cli_json("collections", "list")
+    assert info["pooling"] == ["buckets"]
+    exact = cli_json("search", "x", "-c", "old", "--mode", "exact", "-k", "11")["hits"]
+    assert "upgraded collection old" in cli("collections", "upgrade", "old")
+    [info] = cli_json("collections", "list")
+    assert info["pooling"] == ["clusters"] and info["pages"] == 11
+    two_stage = cli_json("search", "x", "-c", "old", "-k", "11", "--prefetch", "11")["hits"]
+    scores = {(h["doc_id"], h["page"]): h["score"] for h in exact}
+    assert {(h["doc_id"], h["page"]): h["score"] for h in two_stage} == pytest.approx(scores)
+    assert "already has the current schema" in cli("collections", "upgrade", "old")
 
 
 def test_collections_upgrade_gives_a_collection_made_before_text_its_text(env, tmp_path):
@@ -270,7 +291,7 @@ def test_collections_upgrade_gives_a_collection_made_before_text_its_text(env, t
     assert hit["page"] == 1 and hit["payload"]["text"] == "zebra stripes"
     after = cli_json("search", "zebra", "-c", "old", "--mode", "exact")["hits"]
     assert [(h["doc_id"], h["page"]) for h in after] == [(h["doc_id"], h["page"]) for h in exact]
-    assert "already has the FDE first stage and page text" in cli("collections", "upgrade", "old")
+    assert "already has the current schema" in cli("collections", "upgrade", "old")
 
 
 def test_user_errors_are_one_line_not_tracebacks(env, tmp_path):

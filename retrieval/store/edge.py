@@ -309,17 +309,19 @@ class EdgeBackend:
             _call(shard.flush)
 
     def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
-        """Load the shard and read its files into the page cache, so that the first queries
-        after a start do not wait for the disk: first everything but the vectors named in
-        ``cold`` (graph, binary codes, FDEs, pooled vectors, payload: a query reads them at
-        random), then those (``original``: a query reads a few dozen pages' worth) if they fit
-        in a quarter of the memory available. Reads go through the kernel (no copy is kept
-        here), a few MB at a time, so queries meanwhile still get the disk."""
+        """Load the shard and read its files into the page cache, so that the first queries after a
+        start do not wait for the disk: first everything but the vectors named in ``cold``
+        (graph, binary codes, FDEs, pooled vectors, payload: a query reads them at random),
+        then those (``original``: a query reads a few dozen pages' worth) if they fit in a
+        quarter of the memory available (their quantized codes, if any, come first). Reads
+        go through the kernel (no copy is kept here), a few MB at a time, so queries
+        meanwhile still get the disk."""
         self._shard(name)
         files = [f for f in self._path(name).rglob("*") if f.is_file()]
 
-        def is_cold(f: Path) -> bool:
-            return any(part in {f"vector_storage-{c}" for c in cold} for part in f.parts)
+        def is_cold(f: Path) -> bool:  # a cold vector's stored values; its codes stay first
+            stored = {f"vector_storage-{c}" for c in cold}
+            return not stored.isdisjoint(f.parts) and not f.name.startswith("quantized")
 
         _read_into_cache([f for f in files if not is_cold(f)])
         later = [f for f in files if is_cold(f)]

@@ -256,6 +256,4 @@ def collections_upgrade(
                 )
             finally:
                 jobs.close()
-    console.print(
-        f"upgraded collection {name}: FDE first stage, clustered middle stage, page text"
-    )
+    console.print(f"upgraded collection {name}: FDE first stage, clustered middle stage, page text")

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         ge=1,
         le=10000,
         description="Candidates the full multivectors rerank (the last stage of two_stage); "
-        "unset = what the collection's middle stage was tuned for (50 with clusters, 150 with "
+        "unset = what the collection's middle stage was tuned for (60 with clusters, 150 with "
         "buckets).",
     )
     first_stage_limit: int | None = Field(
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         ge=1,
         le=100000,
         description="FDE candidates the pooled vectors narrow to `prefetch` (fde collections "
-        "with pooled vectors); unset = tuned for the middle stage (600 with clusters, 800 with "
+        "with pooled vectors); unset = tuned for the middle stage (400 with clusters, 800 with "
         "buckets).",
     )
     fde_oversampling: float | None = Field(
@@ -161,8 +161,7 @@ class Settings(BaseSettings):
         le=64.0,
         description="The FDE graph search fetches this many times its candidates by binary "
         "codes, then rescores them with the stored FDEs; 0 = no rescoring (the codes' own "
-        "ranking, no FDE read from disk); unset = tuned for the middle stage (0 with clusters, "
-        "2 with buckets).",
+        "ranking, no FDE read from disk); unset = tuned for the middle stage (2).",
     )
 
     # --- service ---------------------------------------------------------------------------

@@ -680,10 +680,10 @@ def test_depths_are_tuned_for_the_middle_stage_unless_set(tmp_path):
     store = make_store("embedded", tmp_path, prefetch=None)
     clusters = store.create_collection("a", model="t", max_visual_tokens=768)
     buckets = store.create_collection("b", model="t", max_visual_tokens=768, pooling=("buckets",))
-    assert store.depths(clusters) == TUNED_DEPTHS["clusters"] == Depths(600, 50, 0.0)
+    assert store.depths(clusters) == TUNED_DEPTHS["clusters"] == Depths(400, 60, 2.0)
     assert store.depths(buckets) == TUNED_DEPTHS["buckets"] == Depths(800, 150, 2.0)
     store.prefetch = 70  # COLQWEN_PREFETCH: wins over the tuned depth, the rest stays tuned
-    assert store.depths(clusters) == Depths(600, 70, 0.0)
+    assert store.depths(clusters) == Depths(400, 70, 2.0)
     store.close()
 
 

@@ -244,26 +244,19 @@ class EdgeBackend:
     ) -> list[Record]:
         """Innermost stage first; each later stage scores only the ids the one before kept."""
         shard = self._shard(name)
-        final = Prefetch(using or "", limit, vector)
-        ids: list | None = None
-        outer = None if vector is None else _vector(vector)
-        vectors = []  # each stage's own vector, else its outer one's
-        for p in reversed(chain):
-            outer = outer if p.vector is None else _vector(p.vector)
-            vectors.append(outer)
-        vectors.reverse()
-        stages = [*chain, final]
-        vectors.append(None if vector is None else _vector(vector))
-        hits = []
-        for i, (p, q) in enumerate(zip(stages, vectors, strict=True)):
+        stages = [*chain, Prefetch(using or "", limit, vector)]
+        vectors, own = [], None
+        for p in reversed(stages):  # a stage's own vector, else its outer one's
+            own = own if p.vector is None else _vector(p.vector)
+            vectors.append(own)
+        hits, ids = [], None
+        for p, q in zip(stages, reversed(vectors), strict=True):
             start = time.perf_counter()
-            last = i == len(stages) - 1
-            flt = _filter(where, ids)
             request = qe.QueryRequest(
                 limit=p.limit,
                 query=qe.Query.Nearest(q, using=p.using),
-                filter=flt,
-                with_payload=last,
+                filter=_filter(where, ids),
+                with_payload=p is stages[-1],
                 params=_params(p.hnsw_ef, p.oversampling),
             )
             hits = _call(shard.query, request)

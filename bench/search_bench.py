@@ -49,6 +49,7 @@ from bench.common import header, table
 from retrieval.muvera import FdeParams
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
+from retrieval.store.pages import tuned_depths
 from retrieval.types import DATATYPES, CollectionInfo, PageEmbedding, PageRecord
 
 ROWS, COLS, PREFIX, SUFFIX, DIM = 32, 23, 4, 7, 128
@@ -336,7 +337,7 @@ def depths(args: argparse.Namespace, config: str) -> list[tuple[int, int, float]
     store uses for the layout's middle stage."""
     pooling = CONFIGS[config]["pooling"]
     info = CollectionInfo("bench", "synthetic", 768, pooling=pooling, first_stage="fde")
-    tuned = PageStore(None).depths(info)  # type: ignore[arg-type]  # no backend needed
+    tuned = tuned_depths(info)
     limits = args.first_stage_limit or [tuned.first_stage_limit]
     prefetches = args.prefetch or [tuned.prefetch]
     oversamplings = args.oversampling or [tuned.oversampling]

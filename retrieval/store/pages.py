@@ -103,6 +103,13 @@ TUNED_DEPTHS = {
 _OTHER_DEPTHS = Depths(800, 150, 2.0)  # rows, cols, no middle stage
 
 
+def tuned_depths(info: CollectionInfo) -> Depths:
+    """The depths ``info``'s middle stage was tuned for."""
+    if info.first_stage == "fde" and info.pooling:
+        return TUNED_DEPTHS.get(info.pooling[0], _OTHER_DEPTHS)
+    return _OTHER_DEPTHS
+
+
 def page_point_id(doc_id: str, page_number: int) -> str:
     """Deterministic: re-ingesting a page overwrites it."""
     return str(uuid.uuid5(_NAMESPACE, f"page:{doc_id}:{page_number}"))
@@ -166,9 +173,7 @@ class PageStore:
     def depths(self, info: CollectionInfo) -> Depths:
         """The depths searches of ``info`` use: those set on the store, the rest tuned for its
         middle stage."""
-        tuned = _OTHER_DEPTHS
-        if info.first_stage == "fde" and info.pooling:
-            tuned = TUNED_DEPTHS.get(info.pooling[0], _OTHER_DEPTHS)
+        tuned = tuned_depths(info)
         return Depths(
             tuned.first_stage_limit if self.first_stage_limit is None else self.first_stage_limit,
             tuned.prefetch if self.prefetch is None else self.prefetch,

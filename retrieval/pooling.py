@@ -62,11 +62,7 @@ def pool_buckets(tokens: np.ndarray) -> np.ndarray:
     member = np.zeros((BUCKET_REPS * buckets, n), dtype=np.float32)
     member[ids.T, np.arange(n)[None, :]] = 1.0
     sums = member @ tokens.astype(np.float32, copy=False)
-    occupied = member.any(axis=1)
-    means = sums[occupied]
-    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(
-        np.float32, copy=False
-    )
+    return _unit(sums[member.any(axis=1)])
 
 
 def pool_clusters(tokens: np.ndarray, k: int = CLUSTERS) -> np.ndarray:
@@ -95,6 +91,7 @@ def pool_clusters(tokens: np.ndarray, k: int = CLUSTERS) -> np.ndarray:
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero), float32."""
     return (a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)).astype(
         np.float32, copy=False
     )
@@ -122,8 +119,7 @@ def pool_cols(visual: np.ndarray, special: np.ndarray, *, normalize: bool = True
 
 def _stack(means: np.ndarray, special: np.ndarray, normalize: bool) -> np.ndarray:
     if normalize:
-        norms = np.linalg.norm(means, axis=1, keepdims=True)
-        means = means / np.maximum(norms, 1e-12)  # an all-zero mean stays zero
+        means = _unit(means)  # an all-zero mean stays zero
     return np.concatenate([means, special]).astype(np.float32, copy=False)
 
 

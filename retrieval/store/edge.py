@@ -312,8 +312,9 @@ class EdgeBackend:
         self._shard(name)
         files = [f for f in self._path(name).rglob("*") if f.is_file()]
 
+        stored = {f"vector_storage-{c}" for c in cold}
+
         def is_cold(f: Path) -> bool:  # a cold vector's stored values; its codes stay first
-            stored = {f"vector_storage-{c}" for c in cold}
             return not stored.isdisjoint(f.parts) and not f.name.startswith("quantized")
 
         _read_into_cache([f for f in files if not is_cold(f)])
@@ -377,14 +378,11 @@ def _call(fn, *args):
 def _params(hnsw_ef: int | None, oversampling: float | None) -> qe.SearchParams | None:
     if hnsw_ef is None and oversampling is None:
         return None
-    # oversampling 0: the binary codes' own ranking, no stored vector read to rescore it
-    quantization = (
-        None
-        if oversampling is None
-        else qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-        if oversampling
-        else qe.QuantizationSearchParams(rescore=False)
-    )
+    quantization = None
+    if oversampling == 0:  # the binary codes' own ranking: no stored vector read to rescore it
+        quantization = qe.QuantizationSearchParams(rescore=False)
+    elif oversampling is not None:
+        quantization = qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
     return qe.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
 
 

@@ -728,7 +728,7 @@ class PageStore:
                 "original",
                 candidates,
                 vector=query,
-                prefetch=tuple(self._candidate_stages(info, query, candidates, engine)),
+                prefetch=tuple(self._candidate_stages(info, query, candidates, depths, engine)),
             )
             textual = Prefetch("bm25", candidates, vector=words)
             records = self.backend.query(
@@ -781,13 +781,11 @@ class PageStore:
                 using="original",
                 limit=top_k,
                 where=where,
-                prefetch=self._candidate_stages(info, query, candidates, engine),
+                prefetch=self._candidate_stages(info, query, candidates, depths, engine),
                 timings=engine,
             )
         if timings is not None:
-            total = (time.perf_counter() - start) * 1000
-            timings.update(engine)
-            timings["total"] = total
+            timings.update(engine, total=(time.perf_counter() - start) * 1000)
         return [
             Hit(
                 r.payload["doc_id"],
@@ -808,7 +806,12 @@ class PageStore:
         return fde
 
     def _candidate_stages(
-        self, info: CollectionInfo, query: np.ndarray, candidates: int, timings: dict[str, float]
+        self,
+        info: CollectionInfo,
+        query: np.ndarray,
+        candidates: int,
+        depths: Depths,
+        timings: dict[str, float],
     ) -> list[Prefetch]:
         """The stages that find the ``candidates`` pages ``original`` reranks: FDE candidates
         narrowed by the pooled vectors (if stored), or, in collections made before FDEs, the
@@ -816,7 +819,6 @@ class PageStore:
         if info.first_stage != "fde":
             return [Prefetch(p, candidates, hnsw_ef=candidates) for p in info.pooling]
         fde = self._query_fde(info, query, timings)
-        depths = self.depths(info)
         if not info.pooling:
             return [Prefetch("fde", candidates, vector=fde, oversampling=depths.oversampling)]
         first = Prefetch(

@@ -236,14 +236,11 @@ def _call(fn, *args, **kwargs):
 def _params(hnsw_ef: int | None, oversampling: float | None) -> models.SearchParams | None:
     if hnsw_ef is None and oversampling is None:
         return None
-    # oversampling 0: the binary codes' own ranking, no stored vector read to rescore it
-    quantization = (
-        None
-        if oversampling is None
-        else models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-        if oversampling
-        else models.QuantizationSearchParams(rescore=False)
-    )
+    quantization = None
+    if oversampling == 0:  # the binary codes' own ranking: no stored vector read to rescore it
+        quantization = models.QuantizationSearchParams(rescore=False)
+    elif oversampling is not None:
+        quantization = models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
     return models.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
 
 

@@ -105,7 +105,10 @@ class SearchRequest(BaseModel):
 
 class QueryToken(BaseModel):
     index: int = Field(description="Row of the token in the query's embedding.")
-    text: str = Field(description="The token as text (prompt and augmentation tokens too).")
+    text: str = Field(
+        description="The token as text: one of the query's own words or word pieces (the prompt "
+        "and augmentation tokens count in the score and the map, but are not listed)."
+    )
     score: float = Field(description="Its best dot product with a patch of the page.")
 
 
@@ -122,7 +125,9 @@ class Explanation(BaseModel):
         "that token's best match on the page (its dot product / the token's MaxSim term, "
         "clipped at 0), scaled to a maximum of 1."
     )
-    tokens: list[QueryToken] = Field(description="The query tokens that match the page best.")
+    tokens: list[QueryToken] = Field(
+        description="The query's own tokens that match the page best (at most 5)."
+    )
     regions: list[Region] = Field(description="The brightest cells of the map.")
     heatmap_url: str = Field(description="The page image with the map drawn over it (PNG).")
 

@@ -30,7 +30,7 @@ from indexer.worker import Worker, document_service, job_queue
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError, ModelLoadError
 from retrieval.store import PageStore
-from retrieval.types import CollectionInfo, model_name
+from retrieval.types import CollectionInfo
 
 if TYPE_CHECKING:
     from retrieval.encoder import Encoder
@@ -112,10 +112,10 @@ class Services:
         default = self.require_model()
         encoder = self.encoder
         assert encoder is not None
-        name = model_name(info.model)
-        if name == model_name(encoder.model_id):
-            info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
+        if info.identity.serves(encoder.identity):
+            info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
             return encoder, default
+        name = info.model
         task = self._others.get(name)
         if task is None or (task.done() and task.exception() is not None):
             task = asyncio.create_task(self._load_other(info), name=f"load-{name}")
@@ -127,7 +127,7 @@ class Services:
                 break
             await _stop_loaded(self._others.pop(other_name))  # its waiting queries finish first
         other, embedder = await asyncio.shield(task)
-        info.check_model(other.model_id, other.family.name, other.dim, action="search")
+        info.check_model(other.identity, other.family.name, other.dim, action="search")
         return other, embedder
 
     async def _load_other(self, info: CollectionInfo) -> tuple[Encoder, QueryBatcher]:

@@ -105,12 +105,12 @@ def main() -> None:
             images = a4_pages(encoder, max(args.batches))
             [page] = encoder.embed_pages(images[:1])
             visual = page.grid[0] * page.grid[1]
-            shape = f"{page.grid[1]} x {page.grid[0]} = {visual} (+{page.n_tokens - visual})"
+            shape = f"{page.grid[0]} x {page.grid[1]} = {visual} (+{page.n_tokens - visual})"
             warm = 0.0
             if mode != "eager":
                 encoder.compile(None if mode == "default" else mode)
-                grid = encoder.family.grid_for(595, 842, encoder.max_visual_tokens)
-                warm = encoder.warm_up(grids=[grid])
+                a4 = encoder.family.size_for(595, 842, encoder.max_visual_tokens)
+                warm = encoder.warm_up(sizes=[a4])
                 print(f"  compile warm-up (A4, batch {encoder.batch_size}): {warm:.1f} s")
             try:
                 for b, (_first, rate, peak) in measure(encoder, images, args.batches).items():
@@ -148,7 +148,7 @@ def main() -> None:
                 "pages/s",
                 "peak GiB",
                 "warm-up s",
-                "A4 tokens: cols x rows = visual (+ prompt)",
+                "A4 tokens: rows x cols = visual (+ prompt)",
             ],
             rows,
         )

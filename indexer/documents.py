@@ -20,10 +20,10 @@ from indexer.render import RenderOptions, open_document, page_texts
 from indexer.secrets import Sealer
 from indexer.uploads import StoredUpload, UploadFolder
 from retrieval.errors import Conflict, NotFound
-from retrieval.models import family as model_family
+from retrieval.models import recorded
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
-from retrieval.types import DocumentRecord, model_name
+from retrieval.types import DocumentRecord
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,13 @@ class DocumentService:
     def check_model(self, collection: str, model: str) -> None:
         """``Conflict`` if ``collection`` exists and was built with another model than
         ``model``, the one that would ingest into it: refuse the upload, not fail its job."""
+        from retrieval.checkpoint import identify
+
         try:
             info = self.store.collection(collection)
         except NotFound:
             return
-        if model_name(info.model) != model_name(model):
+        if not info.identity.serves(identify(model)):
             raise Conflict(
                 f"collection '{collection}' was built with {info.model}; this service ingests "
                 f"with {model}: upload into a collection of this model"
@@ -163,7 +165,7 @@ class DocumentService:
             raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
         info = self.store.collection(collection)
         options = RenderOptions(
-            max_visual_tokens=info.max_visual_tokens, family=model_family(info.family)
+            max_visual_tokens=info.max_visual_tokens, family=recorded(info.family, info.geometry)
         )
         password = self.sealer.unseal(doc.password_sealed, name=doc.name)
         with (

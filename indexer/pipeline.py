@@ -196,6 +196,13 @@ class IngestPipeline:
         )
         if renderer is not None and renderer.options != self.render_options:
             raise ValueError("the renderer given renders with other options than render_options")
+        if self.render_options.family != encoder.family:
+            theirs, ours = self.render_options.family, encoder.family
+            raise ValueError(
+                f"pages would be rendered with {theirs.name}'s geometry {theirs.params()}, but "
+                f"the model's processor is configured for {ours.name} {ours.params()}: render "
+                "with the encoder's family (RenderOptions.from_settings(settings, encoder.family))"
+            )
         self.render_workers = render_workers
         self.batch_size = batch_size or encoder.batch_size
         family, budget = encoder.family, self.render_options.max_visual_tokens
@@ -208,10 +215,17 @@ class IngestPipeline:
         # needs more than one core. Its torch ops release the GIL, so threads suffice.
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
         info = store.collection(collection)
-        info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="ingest into")
+        info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="ingest into")
         for replica in self.replicas:
             if hasattr(replica, "derive"):  # a process of its own: it derives the vectors too
                 replica.derive = functools.partial(derived_vectors, info)
+        if info.geometry is None and not store.count_pages(collection):
+            info = store.record_geometry(collection, encoder.family.params())  # made empty
+        if info.geometry is not None and info.geometry != encoder.family.params():
+            raise Conflict(
+                f"collection '{collection}' was built with the geometry {info.geometry}; this "
+                f"model's processor is configured for {encoder.family.params()}"
+            )
         if info.max_visual_tokens != self.render_options.max_visual_tokens:
             raise Conflict(
                 f"collection '{collection}' was built with max_visual_tokens="

@@ -2,7 +2,9 @@
 
 ``open_document`` reads a PDF (PDFium, through pypdfium2) or an image (PNG, JPEG, TIFF, WebP;
 each frame a page) from a path or bytes, and ``Document.render(i)`` returns page ``i`` at the size
-the model family picks (``Family.grid_for``), with its provenance. Bad input raises one of our
+the model family picks (``Family.size_for``, with the geometry of the checkpoint's own processor:
+``RenderOptions.family`` is a bound family), with the grid the model makes of it and its
+provenance. Bad input raises one of our
 exceptions naming the file and the reason. PDFium is not thread-safe: use one ``Document`` per
 process (``indexer.render_pool`` runs them in a process pool).
 """
@@ -22,7 +24,7 @@ from retrieval.errors import (
     PasswordRequired,
     UnsupportedFormat,
 )
-from retrieval.models import COLQWEN2, Family, resolve
+from retrieval.models import COLQWEN2, Family
 from retrieval.text import clean
 
 if TYPE_CHECKING:
@@ -50,12 +52,24 @@ class RenderOptions:
     family: Family = COLQWEN2  # whose geometry: the image and token grid for a page
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RenderOptions:
+    def from_settings(cls, settings: Settings, family: Family | None = None) -> RenderOptions:
+        """The settings' options, with ``family``'s geometry: the loaded model's
+        (``Encoder.family``), else that of the configured checkpoint's own processor
+        (``retrieval.checkpoint.geometry``, which loads the processor, not the model)."""
+        if family is None:
+            from retrieval.checkpoint import geometry
+
+            family = geometry(settings.model, settings.model_family, settings.max_visual_tokens)
         return cls(
             max_visual_tokens=settings.max_visual_tokens,
             supersample=settings.render_supersample,
-            family=resolve(settings.model_family, settings.model),
+            family=family,
         )
+
+    def layout(self, width: float, height: float) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((width_px, height_px), (rows, cols)): a page's rendered size and its token grid."""
+        size = self.family.size_for(width, height, self.max_visual_tokens)
+        return size, self.family.grid_of(size, self.max_visual_tokens)
 
 
 @dataclass(frozen=True)
@@ -213,9 +227,9 @@ class PdfDocument(Document):
                     f"{self.name}: page {number} declares an absurd size "
                     f"({width_pt:g} x {height_pt:g} pt); the file is likely corrupt"
                 )
-            grid = self._grid(width_pt, height_pt, number)
+            size, grid = self._layout(width_pt, height_pt, number)
             k = self.options.supersample
-            width_px, height_px = (k * px for px in self.options.family.pixels_for(grid))
+            width_px, height_px = (k * px for px in size)
             bitmap = pdfium.PdfBitmap.new_native(
                 width_px, height_px, pdfium_c.FPDFBitmap_BGR, rev_byteorder=True
             )
@@ -258,9 +272,9 @@ class PdfDocument(Document):
         finally:
             textpage.close()
 
-    def _grid(self, width: float, height: float, number: int) -> tuple[int, int]:
+    def _layout(self, width: float, height: float, number: int):
         try:
-            return self.options.family.grid_for(width, height, self.options.max_visual_tokens)
+            return self.options.layout(width, height)
         except PageTooLarge as exc:
             raise PageTooLarge(f"{self.name}: page {number}: {exc}") from None
 
@@ -333,8 +347,7 @@ class ImageDocument(Document):
                 round(width * 72 / (dpi[0] or 72), 2),
                 round(height * 72 / (dpi[1] or 72), 2),
             )
-            grid = self.options.family.grid_for(width, height, self.options.max_visual_tokens)
-            target = self.options.family.pixels_for(grid)
+            target, grid = self.options.layout(width, height)
             k = self.options.supersample
             if self._image.format == "JPEG":
                 self._image.draft("RGB", (target[0] * k, target[1] * k))  # decode at reduced scale

@@ -109,7 +109,7 @@ class Worker:
         if self._renderer is None and self._keep_pool:
             settings = self.settings
             self._renderer = Renderer(
-                RenderOptions.from_settings(settings),
+                RenderOptions.from_settings(settings, self.encoder.family),
                 workers=settings.render_workers,
                 max_pages=settings.max_pages,
             ).start()
@@ -174,9 +174,7 @@ class Worker:
         self, job: Job, progress: _JobProgress, cancel: threading.Event
     ) -> tuple[str | None, int]:
         settings = self.settings
-        self.store.ensure_collection_for(
-            job.collection, settings, self.encoder.dim, self.encoder.family.name
-        )
+        self.store.ensure_collection_for(job.collection, settings, self.encoder)
         last = 0
 
         def on_progress(state: IngestProgress) -> None:
@@ -190,7 +188,7 @@ class Worker:
             self.encoder,
             self.store,
             job.collection,
-            render_options=RenderOptions.from_settings(settings),
+            render_options=RenderOptions.from_settings(settings, self.encoder.family),
             render_workers=settings.render_workers,
             batch_size=settings.batch_size,
             max_pages=settings.max_pages,

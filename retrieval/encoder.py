@@ -13,7 +13,6 @@ tokens before the image; ``emb[:, :n_x * n_y]`` (a popular recipe) is wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,17 +20,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval import checkpoint
 from retrieval.config import ModelFamily, Settings
-from retrieval.errors import ConfigurationError, EncoderError, InvalidInput, ModelLoadError
+from retrieval.errors import ConfigurationError, EncoderError, InvalidInput
 from retrieval.models import COLQWEN2, Family
-from retrieval.models import resolve as resolve_family
 from retrieval.shared_image import SharedImage, load
-from retrieval.types import PageEmbedding
+from retrieval.types import ModelIdentity, PageEmbedding
 
 if TYPE_CHECKING:
     import torch
@@ -120,12 +118,16 @@ class Encoder:
         batch_size: int = 8,
         query_batch_size: int = 32,
         family: Family = COLQWEN2,
+        identity: ModelIdentity | None = None,
     ) -> None:
         self.model = model
         self.family = family  # the page geometry and prompt of this model
         family.prepare(model)
         self.processor = processor
-        self.model_id = model_id
+        # What collections record and match (``retrieval.checkpoint.identify``): a local
+        # checkpoint by its absolute path and fingerprint, whatever the working directory.
+        self.identity = identity or ModelIdentity(model_id)
+        self.model_id = self.identity.ref
         self.device = device
         self.max_visual_tokens = max_visual_tokens
         self.batch_size = batch_size
@@ -174,7 +176,7 @@ class Encoder:
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
         devices = resolve_devices(device)
         torch_dtype = resolve_dtype(dtype, devices[0])
-        net, processor, spec = _load_checkpoint(model, family, torch_dtype, max_visual_tokens)
+        net, processor, bound = checkpoint.load(model, family, torch_dtype, max_visual_tokens)
         net = net.to(devices[0]).eval()
         log.info("loaded %s on %s (%s)", model, ", ".join(devices), torch_dtype)
         encoder = cls(
@@ -185,7 +187,8 @@ class Encoder:
             max_visual_tokens=max_visual_tokens,
             batch_size=batch_size,
             query_batch_size=query_batch_size,
-            family=spec.bind(processor),
+            family=bound,
+            identity=checkpoint.identify(model),
         )
         encoder.replicate(devices[1:])
         if fp8:
@@ -210,6 +213,7 @@ class Encoder:
                     batch_size=self.batch_size,
                     query_batch_size=self.query_batch_size,
                     family=self.family,
+                    identity=self.identity,
                 )
             )
 
@@ -257,36 +261,34 @@ class Encoder:
                     stack[i] = compiled
             replica.compiled = True
 
-    def warm_up(self, grids: Sequence[tuple[int, int]] | None = None) -> float:
-        """Run a batch of blank pages of each (rows, cols) grid (default: the family's grids of
-        A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's autotuning)
-        is paid before real pages arrive; with dynamic graphs for other shapes, also a partial
-        batch, batches of two grids (of equal and of unequal token counts) and a single page.
-        Returns seconds spent."""
+    def warm_up(self, sizes: Sequence[tuple[int, int]] | None = None) -> float:
+        """Run a batch of blank pages of each (width, height) px size (default: the family's
+        sizes of A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's
+        autotuning) is paid before real pages arrive; with dynamic graphs for other shapes,
+        also a partial batch, batches of two sizes (of equal and of unequal token counts) and
+        a single page. Returns seconds spent."""
         import torch
         from PIL import Image
 
         start = time.perf_counter()
         if self.compiled:
             torch.compiler.set_stance("default")
-        grids = list(grids or self.family.warm_up_grids(self.max_visual_tokens))
+        sizes = list(sizes or self.family.warm_up_sizes(self.max_visual_tokens))
         dispatchers = [m for r in self.replicas for m in r.model.modules() if _is_by_shape(m)]
         for d in dispatchers:
             d.learning = True  # the shapes of these full batches run the static graphs
-        for grid in grids:
-            size = self.family.pixels_for(grid)
+        for size in sizes:
             pages = [Image.new("RGB", size, "white")] * self.batch_size
             for replica in self.replicas:
                 replica.embed_pages(pages)
         for d in dispatchers:
             d.learning = False
-        if dispatchers:  # the dynamic graphs: a partial batch, batches of two grids, a page
-            first = Image.new("RGB", self.family.pixels_for(grids[0]))
-            last = Image.new("RGB", self.family.pixels_for(grids[-1]))
+        if dispatchers:  # the dynamic graphs: a partial batch, batches of two sizes, a page
+            first = Image.new("RGB", sizes[0])
+            last = Image.new("RGB", sizes[-1])
             # Pages of unequal token counts (a US Legal page beside an A4 one) take the packed
             # attention's gather plan: inputs of their own, so a graph of their own.
-            legal = self.family.grid_for(612, 1008, self.max_visual_tokens)
-            longer = Image.new("RGB", self.family.pixels_for(legal))
+            longer = Image.new("RGB", self.family.size_for(612, 1008, self.max_visual_tokens))
             # Odd counts: dynamo would tie a batch of 2 to the other sizes of 2 (duck shapes).
             n = max(1, self.batch_size // 4)
             for replica in self.replicas:
@@ -469,18 +471,38 @@ class Encoder:
 
     # --- queries -------------------------------------------------------------------------------
 
-    def query_pieces(self, text: str) -> list[str]:
-        """The text piece of each token of ``text``'s embedding, row for row (prompt and
-        augmentation tokens included, as the model sees them)."""
+    def query_words(self, text: str) -> dict[int, str]:
+        """The rows of ``text``'s embedding that are the query's own words, and their text:
+        not the prompt around them nor the augmentation tokens after them (``<|endoftext|>``
+        x 10 on ColQwen2), which count in MaxSim but say nothing to a reader. Found as what
+        ``text`` adds to the empty query's tokens; whitespace-only pieces left out."""
+        full, bare = self._query_ids(text), self._query_ids("")
+        start = 0
+        while start < min(len(full), len(bare)) and full[start] == bare[start]:
+            start += 1
+        end = 0
+        while end < len(bare) - start and full[-1 - end] == bare[-1 - end]:
+            end += 1
+        special = set(self.processor.tokenizer.all_special_ids)
+        words = {}
+        for row in range(start, len(full) - end):
+            piece = self.processor.tokenizer.decode([full[row]])
+            if full[row] not in special and piece.strip():
+                words[row] = piece
+        return words
+
+    def _query_ids(self, text: str) -> list[int]:
         batch = self.processor.process_queries([text])
-        mask = batch["attention_mask"][0].bool()
-        return _pieces(self.processor.tokenizer, batch["input_ids"][0][mask].tolist())
+        return batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
 
     def embed_queries(
         self, texts: Sequence[str], batch_size: int | None = None
     ) -> list[np.ndarray]:
         """Embed queries: one float32 (n_tokens, dim) array each, augmentation tokens kept,
-        padding dropped."""
+        padding dropped. Queries are batched only with queries of their own token count: then
+        no batch is padded, and a query's vectors are those it has alone, whatever else is
+        embedded with it (a left-padded model, such as ColPali, otherwise gives a padded query
+        other vectors: min token cosine 0.87 on a tiny ColPali)."""
         for text in texts:
             if not text or not text.strip():
                 raise InvalidInput("query is empty")
@@ -489,15 +511,20 @@ class Encoder:
                     f"query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
                 )
         size = batch_size or self.query_batch_size
-        result: list[np.ndarray] = []
-        for chunk in _chunks(list(texts), size):
-            batch = self.processor.process_queries(chunk)
-            out = self.forward(batch).float().cpu().numpy()  # (batch, seq_len, dim)
-            mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
-            result.extend(
-                np.ascontiguousarray(r[m], dtype=np.float32) for r, m in zip(out, mask, strict=True)
-            )
-        return result
+        texts = list(texts)
+        lengths = self.processor.process_queries(texts)["attention_mask"].sum(dim=1).tolist()
+        by_length: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_length.setdefault(int(n), []).append(i)
+        found: dict[int, np.ndarray] = {}
+        for indices in by_length.values():
+            for chunk in _chunks(indices, size):
+                batch = self.processor.process_queries([texts[i] for i in chunk])
+                out = self.forward(batch).float().cpu().numpy()  # (batch, seq_len, dim)
+                mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
+                for i, row, keep in zip(chunk, out, mask, strict=True):
+                    found[i] = np.ascontiguousarray(row[keep], dtype=np.float32)
+        return [found[i] for i in range(len(texts))]
 
 
 def runs(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -561,10 +588,6 @@ def _is_by_shape(module: Any) -> bool:
     return type(module).__name__ == "ByShape" and hasattr(module, "learning")
 
 
-def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    return [tokenizer.decode([i]) for i in ids]
-
-
 def _compilable_stacks(model: Any) -> list[Any]:
     """The repeated blocks of a ColQwen2-style model: vision blocks, text decoder layers."""
     stacks = []
@@ -585,81 +608,3 @@ def _compilable_stacks(model: Any) -> list[Any]:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-# --- checkpoint loading --------------------------------------------------------------------------
-
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def _load_checkpoint(
-    ref: str, family: str, torch_dtype: torch.dtype, max_visual_tokens: int
-) -> tuple[Any, Any, Family]:
-    import colpali_engine.models as models
-
-    path = Path(ref).expanduser()
-    local = path.exists()
-    if local:
-        processor_source = _check_local_checkpoint(path)
-    elif _looks_like_path(ref):
-        raise ModelLoadError(f"model directory '{ref}' does not exist")
-    else:
-        processor_source = ref
-    spec = resolve_family(family, ref)
-    model_cls, processor_cls = getattr(models, spec.model_cls), getattr(models, spec.processor_cls)
-    source = str(path) if local else ref
-    try:
-        net = model_cls.from_pretrained(source, dtype=torch_dtype, local_files_only=local)
-        processor = processor_cls.from_pretrained(
-            processor_source, local_files_only=local, **spec.processor_kwargs(max_visual_tokens)
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        where = f"local directory '{path}'" if local else f"'{ref}' (hub id)"
-        raise ModelLoadError(
-            f"cannot load model from {where}: {exc}. Set COLQWEN_MODEL to a local checkpoint "
-            "directory when the model hub is unreachable."
-        ) from exc
-    _tie_missing_output_head(net)
-    return net, processor, spec
-
-
-def _tie_missing_output_head(net: Any) -> None:
-    """ColPali's checkpoints leave out the language model's output head, tied to the input
-    embeddings in PaliGemma; transformers 5 then leaves it unloaded (a meta tensor) and the
-    model cannot be moved. Tie it back. The head is never used for embeddings."""
-    missing = [name for name, p in net.named_parameters() if p.is_meta]
-    embeddings = net.get_input_embeddings().weight
-    for name in missing:
-        owner_path, _, attr = name.rpartition(".")
-        owner = net.get_submodule(owner_path)
-        if not owner_path.endswith("lm_head") or owner.weight.shape != embeddings.shape:
-            raise ModelLoadError(f"checkpoint has no weights for '{name}'")
-        setattr(owner, attr, embeddings)
-
-
-def _check_local_checkpoint(path: Path) -> str:
-    """Validate a local model or adapter directory; return where its processor files are."""
-    if not path.is_dir():
-        raise ModelLoadError(f"model path '{path}' is not a directory")
-    adapter = path / "adapter_config.json"
-    if adapter.is_file():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ModelLoadError(f"adapter '{path}' does not name its base model")
-        if _looks_like_path(base) and not Path(base).expanduser().exists():
-            raise ModelLoadError(
-                f"adapter '{path}' points at base model '{base}', which does not exist; "
-                "edit base_model_name_or_path in its adapter_config.json"
-            )
-        has_processor = any((path / f).is_file() for f in _PROCESSOR_FILES)
-        return str(path) if has_processor else str(base)
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"'{path}' is not a model checkpoint (no config.json or adapter_config.json)"
-        )
-    return str(path)
-
-
-def _looks_like_path(ref: str) -> bool:
-    """Hub ids are 'name' or 'org/name'; anything else is meant as a filesystem path."""
-    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref

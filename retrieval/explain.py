@@ -11,12 +11,13 @@ one no query token cares about is dark. Everything comes from the stored ``origi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 
 from retrieval.errors import Conflict, InvalidInput, NotFound
-from retrieval.models import family as family_named
+from retrieval.models import recorded
 from retrieval.store import PageStore
 
 
@@ -41,10 +42,12 @@ class Explanation:
         best = max(float(self.token_scores[token]), 1e-6)
         return np.clip(self.token_maps[token] / best, 0, 1).astype(np.float32)
 
-    def top_tokens(self, n: int = 5) -> list[int]:
-        """Indices of the query tokens that match the page's grid best (by their best patch)."""
+    def top_tokens(self, n: int = 5, among: Collection[int] | None = None) -> list[int]:
+        """Indices of the query tokens that match the page's grid best (by their best patch),
+        of those ``among`` (e.g. the query's own words, ``Encoder.query_words``) if given."""
         best = self.token_maps.reshape(len(self.token_maps), -1).max(axis=1)
-        return [int(i) for i in np.argsort(-best, kind="stable")[:n]]
+        order = [int(i) for i in np.argsort(-best, kind="stable")]
+        return [i for i in order if among is None or i in among][:n]
 
     def top_regions(self, n: int = 3) -> list[tuple[int, int, float]]:
         """The ``n`` brightest cells of the combined map: (row, col, value), 0-based."""
@@ -87,7 +90,7 @@ def explain_page(
     image_size = (int(payload["width_px"]), int(payload["height_px"]))
     runs = payload.get("visual_runs") or _runs_before_they_were_stored(info.family, grid, tokens)
     visual = np.concatenate([tokens[start : start + n] for start, n in runs])
-    grid_tokens = family_named(info.family).grid_tokens(visual, grid, image_size)
+    grid_tokens = recorded(info.family, info.geometry).grid_tokens(visual, grid, image_size)
     return similarity_maps(query, tokens, grid_tokens, image_size)
 
 

@@ -53,7 +53,7 @@ class Searcher:
         name = collection or self.collection
         info = self.store.collection(name)  # a missing collection fails before the model runs
         encoder = self.encoder
-        info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
+        info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
         vectors = self.embed_query(query)
         return self.store.search(
             name, vectors, top_k=top_k, where=where, mode=mode, prefetch=prefetch, text=query

@@ -156,6 +156,12 @@ class CollectionInfo:
     # collections upgrade` converts them).
     first_stage: FirstStage = "rows"
     fde: dict[str, int] | None = None  # retrieval.muvera.FdeParams of the "fde" first stage
+    # The checkpoint's fingerprint (retrieval.checkpoint.identify): None for a hub id, and for
+    # collections made before fingerprints (matched by name then).
+    model_fingerprint: str | None = None
+    # The family's geometry as the checkpoint's processor set it (Family.params): pages are
+    # drawn again and explained with it, without the model. None: the family's defaults.
+    geometry: dict[str, int] | None = None
     points: str = ""  # the Qdrant collection holding the pages, when not `name` (after upgrade)
     family: str = "colqwen2"  # retrieval.models family of `model` (records before it: ColQwen2)
     # Pages carry their text and a BM25 vector ("bm25"): the text and hybrid modes. Collections
@@ -166,19 +172,58 @@ class CollectionInfo:
     def points_collection(self) -> str:
         return self.points or self.name
 
-    def check_model(self, model: str, family: str, dim: int, *, action: str) -> None:
-        """Raise ``Conflict`` unless vectors of ``model`` (of ``family``, ``dim``-d) belong in
-        this collection: the same checkpoint (by name: a hub id and a local copy of it agree),
-        family and vector size. Vectors of two models are not comparable, whatever their size."""
-        if (model_name(self.model), self.family, self.dim) == (model_name(model), family, dim):
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model the collection was built with."""
+        return ModelIdentity(self.model, self.model_fingerprint)
+
+    def check_model(
+        self,
+        model: ModelIdentity,
+        family: str | None = None,
+        dim: int | None = None,
+        *,
+        action: str,
+    ) -> None:
+        """Raise ``Conflict`` unless vectors of ``model`` (of ``family``, ``dim``-d; None: not
+        known yet, before the model loads) belong in this collection: the same checkpoint
+        (``ModelIdentity.serves``), family and vector size. Vectors of two models are not
+        comparable, whatever their size."""
+        same_family = family is None or family == self.family
+        same_dim = dim is None or dim == self.dim
+        if self.identity.serves(model) and same_family and same_dim:
             return
         from retrieval.errors import Conflict
 
+        what = ", ".join(str(x) for x in (family, f"{dim}-d" if dim else None) if x)
         raise Conflict(
             f"collection '{self.name}' was built with {self.model} ({self.family}, {self.dim}-d "
-            f"vectors); cannot {action} it with {model} ({family}, {dim}-d): use its model "
-            "(COLQWEN_MODEL), or another collection"
+            f"vectors); cannot {action} it with {model.ref}{f' ({what})' if what else ''}: use "
+            "its model (COLQWEN_MODEL), or another collection"
         )
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A checkpoint as collections record it (``retrieval.checkpoint.identify`` makes one):
+    ``ref`` loads it from any working directory (an absolute path, or a hub id), and
+    ``fingerprint`` (local checkpoints) tells two copies of one checkpoint from two models."""
+
+    ref: str
+    fingerprint: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The last part of its hub id or directory path."""
+        return model_name(self.ref)
+
+    def serves(self, other: ModelIdentity) -> bool:
+        """Whether ``other`` is the same model: by fingerprint where both have one (two copies
+        of a checkpoint agree, wherever they are), else by name (a hub id and a local copy of
+        it agree)."""
+        if self.fingerprint and other.fingerprint:
+            return self.fingerprint == other.fingerprint
+        return self.name == other.name
 
 
 def model_name(ref: str) -> str:

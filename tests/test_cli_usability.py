@@ -40,6 +40,39 @@ def test_search_uses_the_model_the_collection_was_built_with(env, tiny_model_dir
     assert len(json.loads(found.stdout)["hits"]) == 2
 
 
+def test_a_relative_model_path_is_recorded_so_search_works_from_anywhere(
+    env, tiny_model_dir, monkeypatch
+):
+    """`--model data/tiny-model` is a path relative to where ingest ran: the collection
+    records it absolute (and by fingerprint), so a search from another folder loads it, and
+    a copy of the checkpoint elsewhere serves it too; another checkpoint is refused before it
+    loads."""
+    import shutil
+
+    work, elsewhere = env / "work", env / "elsewhere"
+    (work / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copytree(tiny_model_dir, work / "data" / "tiny-model")
+    (work / "a.pdf").write_bytes(make_pdf([(595, 842)] * 2))
+    monkeypatch.chdir(work)
+    ingest = invoke("--model", "data/tiny-model", "ingest", "a.pdf", "--quiet")
+    assert ingest.exit_code == 0, ingest.output
+    monkeypatch.chdir(elsewhere)
+    found = invoke("search", "x", "--json")
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)["hits"]) == 2
+    listed = json.loads(invoke("collections", "list", "--json").stdout)
+    [info] = [c for c in listed if c["name"] == "pages"] if isinstance(listed, list) else [listed]
+    assert info["model"] == str((work / "data" / "tiny-model").resolve())
+    shutil.copytree(tiny_model_dir, elsewhere / "copy")  # same files, another name and place
+    assert invoke("--model", "copy", "search", "x", "--json").exit_code == 0
+    from tests.tiny_model import write_tiny_model
+
+    other = write_tiny_model(elsewhere / "tiny-model", seed=1)  # same name, other weights
+    refused = invoke("--model", str(other), "search", "x")
+    assert refused.exit_code == 1 and "was built with" in refused.stderr
+
+
 def test_empty_folders_say_what_to_do(env, tiny_model_dir):
     empty = env / "empty"
     empty.mkdir()
@@ -107,19 +140,19 @@ def test_tables_are_not_cut_when_piped(env, tiny_model_dir):
     assert name in invoke("search", "x").stdout
 
 
-def test_grids_read_width_by_height_like_the_readme(env, tmp_path):
+def test_grids_read_rows_by_cols_like_the_readme(env, tmp_path, tiny_model_dir):
     pdf = tmp_path / "a4.pdf"
     pdf.write_bytes(make_pdf([(595.28, 841.89)]))
     result = invoke("--data-dir", str(tmp_path), "render", str(pdf), "--out", str(tmp_path / "png"))
     assert result.exit_code == 0, result.output
-    assert "grid (cols x rows)" in result.stdout
-    # README: "A4: 644 x 924 px, 23 x 33 tokens" at the default 768-token budget.
+    assert "grid (rows x cols)" in result.stdout
+    # README: "A4: 644 x 924 px, a grid of 33 x 23 tokens" at the default 768-token budget.
     full = CliRunner().invoke(
         app,
-        ["render", str(pdf), "--out", str(tmp_path / "png")],
+        ["--model", str(tiny_model_dir), "render", str(pdf), "--out", str(tmp_path / "png")],
         env={"COLQWEN_MAX_VISUAL_TOKENS": "768"},
     )
-    assert "644 x 924" in full.stdout and "23 x 33" in full.stdout
+    assert "644 x 924" in full.stdout and "33 x 23" in full.stdout
 
 
 def test_progress_names_the_index_build_and_agrees_with_the_summary(env, tiny_model_dir):

@@ -318,10 +318,10 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
     not eager (the H100 pipeline once ran at 41 instead of 60 pages/s so). The caller's count
     is restored after each batch. Nor does a single page, a shape of its own, retrace."""
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=64, batch_size=4)
-    grids = encoder.family.warm_up_grids(64)
-    pages = [Image.effect_noise(encoder.family.pixels_for(grids[0]), 64).convert("RGB")] * 4
-    other = Image.effect_noise(encoder.family.pixels_for(grids[-1]), 64).convert("RGB")
-    legal = encoder.family.pixels_for(encoder.family.grid_for(612, 1008, 64))
+    sizes = encoder.family.warm_up_sizes(64)
+    pages = [Image.effect_noise(sizes[0], 64).convert("RGB")] * 4
+    other = Image.effect_noise(sizes[-1], 64).convert("RGB")
+    legal = encoder.family.size_for(612, 1008, 64)
     longer = Image.effect_noise(legal, 64).convert("RGB")  # more tokens than an A4 page
     mixes = [[other, *pages[:2]], [longer, *pages[:2]], [longer, pages[0]]]
     expected = [p.multivector for p in encoder.embed_pages(pages)]

@@ -67,10 +67,12 @@ def test_search_explains_each_hit_with_its_similarity_map(served, encoder):
         np.testing.assert_allclose(got, expected, atol=2e-2)  # stored as float16
         if hit["page"] == 1:
             assert rows != cols and (rows, cols) == (5, 11)
-        pieces = encoder.query_pieces(QUERY)
-        assert len(pieces) == len(query)
+        words = encoder.query_words(QUERY)
+        assert words and max(words) < len(query)
+        assert "".join(words.values()).replace(" ", "") == QUERY.replace(" ", "")
+        assert found["tokens"] and {t["index"] for t in found["tokens"]} <= set(words)
         for token in found["tokens"]:
-            assert token["text"] == pieces[token["index"]]
+            assert token["text"] == words[token["index"]]
         best = max(found["regions"], key=lambda r: r["value"])
         assert best["value"] == pytest.approx(1.0) and got[best["row"], best["col"]] == 1.0
         png = client.get(found["heatmap_url"])

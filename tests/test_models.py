@@ -9,12 +9,13 @@ from retrieval.errors import ConfigurationError
 from retrieval.models import FAMILIES, family
 
 
-def test_every_family_maps_pages_to_pixels_it_turns_back_into_the_same_grid():
+def test_every_family_renders_pages_at_a_size_its_processor_leaves_as_it_is():
     for f in FAMILIES.values():
         for size in [(595, 842), (612, 792), (842, 595), (2000, 300), (300, 2000)]:
             grid = f.grid_for(*size, 768)
             width, height = f.size_for(*size, 768)
-            assert (width, height) == f.pixels_for(grid)
+            assert f.processed_size((width, height)) == (width, height), (f.name, size)
+            assert f.grid_of((width, height), 768) == grid
             if f.name.startswith("colqwen"):
                 assert grid[0] * grid[1] <= 768
             else:  # the rendered image is tiled (or squared) exactly as the page was

@@ -31,7 +31,7 @@ def ingest(encoder: Encoder, folder: Path, data: Path) -> tuple[PageStore, dict]
         encoder,
         store,
         "c",
-        render_options=RenderOptions(max_visual_tokens=BUDGET),
+        render_options=RenderOptions(max_visual_tokens=BUDGET, family=encoder.family),
         render_workers=2,
         batch_size=2,
     )
@@ -134,7 +134,7 @@ def test_documents_are_marked_indexed_only_after_their_pages_are_flushed(
         store = PageStore(backend)
         store.create_collection("c", model=encoder.model_id, max_visual_tokens=BUDGET)
         backend.log.clear()
-        options = RenderOptions(max_visual_tokens=BUDGET)
+        options = RenderOptions(max_visual_tokens=BUDGET, family=encoder.family)
         pipeline = IngestPipeline(encoder, store, "c", render_options=options, batch_size=2)
         assert pipeline.run(discover([folder])).count("indexed") == 5
         unflushed: set[str] = set()  # documents with page writes since the last flush
@@ -245,7 +245,7 @@ def test_a_collection_refuses_another_model(tiny_model_dir, tiny_adapter_dir, tm
     store.create_collection(
         "c", model="other", max_visual_tokens=BUDGET, dim=encoder.dim, family="colqwen2_5"
     )
-    options = RenderOptions(max_visual_tokens=BUDGET)
+    options = RenderOptions(max_visual_tokens=BUDGET, family=encoder.family)
     with pytest.raises(Conflict, match=r"built with other \(colqwen2_5, 128-d vectors\)"):
         IngestPipeline(encoder, store, "c", render_options=options)
     assert store.collection("c").family == "colqwen2_5"
@@ -637,7 +637,7 @@ def test_one_render_pool_serves_many_runs(tiny_model_dir, tmp_path):
     (folder / "a.pdf").write_bytes(make_pdf([(595, 842)] * 3))
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
     store = PageStore(EdgeBackend(tmp_path / "data"))
-    options = RenderOptions(max_visual_tokens=BUDGET)
+    options = RenderOptions(max_visual_tokens=BUDGET, family=encoder.family)
     with Renderer(options, workers=2).start(wait=True) as renderer:
         workers = set(renderer._executor._processes)
         assert len(workers) == 2

@@ -169,19 +169,20 @@ def colqwen3_5(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
 _GEMMA_BASE = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 
 
-def colpali(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
+def colpali(seed: int = 0, budget: int = 768, side_px: int = 448) -> tuple[Any, Any]:
     from colpali_engine.models import ColPali, ColPaliProcessor
     from transformers import GemmaTokenizer, PaliGemmaConfig, SiglipImageProcessor
 
     tok = GemmaTokenizer(vocab=_byte_vocab(_GEMMA_BASE), merges=[])
     image_processor = SiglipImageProcessor(
-        size={"height": 448, "width": 448}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": side_px, "width": side_px}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
-    image_processor.image_seq_length = 1024  # (448 / 14)^2, as PaliGemma-448's config says
+    # (448 / 14)^2 = 1024, as PaliGemma-448's config says
+    image_processor.image_seq_length = (side_px // 14) ** 2
     processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tok)
     config = PaliGemmaConfig(
         text_config=dict(vocab_size=len(tok), num_key_value_heads=1, head_dim=16, **SMALL_TEXT),
-        vision_config=dict(patch_size=14, image_size=448, projection_dim=64, **SMALL_VISION),
+        vision_config=dict(patch_size=14, image_size=side_px, projection_dim=64, **SMALL_VISION),
         image_token_id=processor.image_token_id,
         projection_dim=64,
     )
@@ -196,7 +197,9 @@ _GEMMA3_TEMPLATE = (
 )
 
 
-def colgemma3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
+def colgemma3(
+    seed: int = 0, budget: int = 768, side_px: int = 896, tokens: int = 256
+) -> tuple[Any, Any]:
     from colpali_engine.models import ColGemma3, ColGemmaProcessor3
     from transformers import Gemma3Config, Gemma3ImageProcessor, GemmaTokenizer
 
@@ -212,12 +215,12 @@ def colgemma3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
     )
     tok.chat_template = _GEMMA3_TEMPLATE
     image_processor = Gemma3ImageProcessor(
-        size={"height": 896, "width": 896}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": side_px, "width": side_px}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     processor = ColGemmaProcessor3(
         image_processor=image_processor,
         tokenizer=tok,
-        image_seq_length=256,
+        image_seq_length=tokens,
         chat_template=_GEMMA3_TEMPLATE,
     )
     config = Gemma3Config(
@@ -230,8 +233,8 @@ def colgemma3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
             pad_token_id=None,
             **SMALL_TEXT,
         ),
-        vision_config=dict(patch_size=14, image_size=896, **SMALL_VISION),
-        mm_tokens_per_image=256,
+        vision_config=dict(patch_size=14, image_size=side_px, **SMALL_VISION),
+        mm_tokens_per_image=tokens,
         image_token_index=tok.image_token_id,
         boi_token_index=tok.boi_token_id,
         eoi_token_index=tok.eoi_token_id,
@@ -244,7 +247,9 @@ def colgemma3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
 _ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 
-def _tiled_processor(processor_cls: Any, bos: str) -> Any:
+def _tiled_processor(
+    processor_cls: Any, bos: str, longest_edge: int, tile_px: int, seq_len: int
+) -> Any:
     from transformers import Idefics3ImageProcessor
 
     specials = [
@@ -264,18 +269,25 @@ def _tiled_processor(processor_cls: Any, bos: str) -> Any:
         unk_token="<|endoftext|>",
     )
     image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": 4 * 512},
-        max_image_size={"longest_edge": 512},
+        size={"longest_edge": longest_edge},
+        max_image_size={"longest_edge": tile_px},
         do_image_splitting=True,
     )
-    return processor_cls(image_processor=image_processor, tokenizer=tok, image_seq_len=64)
+    return processor_cls(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len)
 
 
-def colidefics3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
+def colidefics3(
+    seed: int = 0, budget: int = 768, longest_edge: int = 2048, tile_px: int = 512, scale: int = 4
+) -> tuple[Any, Any]:
+    """``scale``: the pixel shuffle of the 16 px patches of a tile (tile_px / 16 / scale
+    tokens a side)."""
     from colpali_engine.models import ColIdefics3, ColIdefics3Processor
     from transformers import Idefics3Config
 
-    processor = _tiled_processor(ColIdefics3Processor, "<|im_start|>")
+    side = tile_px // 16 // scale
+    processor = _tiled_processor(
+        ColIdefics3Processor, "<|im_start|>", longest_edge, tile_px, side * side
+    )
     tok = processor.tokenizer
     config = Idefics3Config(
         text_config=dict(
@@ -285,18 +297,23 @@ def colidefics3(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
             pad_token_id=None,
             **SMALL_TEXT,
         ),
-        vision_config=dict(patch_size=16, image_size=512, **SMALL_VISION),
+        vision_config=dict(patch_size=16, image_size=tile_px, **SMALL_VISION),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
-        scale_factor=4,  # 32 x 32 patches of a tile -> 8 x 8 tokens
+        scale_factor=scale,  # 32 x 32 patches of a 512 px tile -> 8 x 8 tokens at 4
     )
     return _seeded(ColIdefics3, config, seed), processor
 
 
-def colmodernvbert(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
+def colmodernvbert(
+    seed: int = 0, budget: int = 768, longest_edge: int = 2048, tile_px: int = 512, scale: int = 4
+) -> tuple[Any, Any]:
     from colpali_engine.models import ColModernVBert, ColModernVBertProcessor
     from transformers import ModernVBertConfig
 
-    processor = _tiled_processor(ColModernVBertProcessor, "<|begin_of_text|>")
+    side = tile_px // 16 // scale
+    processor = _tiled_processor(
+        ColModernVBertProcessor, "<|begin_of_text|>", longest_edge, tile_px, side * side
+    )
     tok = processor.tokenizer
     special_ids = {
         key: tok.convert_tokens_to_ids(token)
@@ -312,9 +329,9 @@ def colmodernvbert(seed: int = 0, budget: int = 768) -> tuple[Any, Any]:
         text_config=dict(
             vocab_size=len(tok), global_attn_every_n_layers=1, **special_ids, **SMALL_TEXT
         ),
-        vision_config=dict(patch_size=16, image_size=512, **SMALL_VISION),
+        vision_config=dict(patch_size=16, image_size=tile_px, **SMALL_VISION),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
-        pixel_shuffle_factor=4,
+        pixel_shuffle_factor=scale,
     )
     return _seeded(ColModernVBert, config, seed), processor
 
@@ -338,11 +355,12 @@ BUILDERS = {
 }
 
 
-def write_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny checkpoint of family ``name`` (model and processor) to ``out_dir``."""
+def write_checkpoint(name: str, out_dir: str | Path, seed: int = 0, **geometry: int) -> Path:
+    """Save a tiny checkpoint of family ``name`` (model and processor) to ``out_dir``;
+    ``geometry``: the builder's image settings, where they are not the released ones."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = BUILDERS[name](seed)
+    model, processor = BUILDERS[name](seed, **geometry)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

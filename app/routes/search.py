@@ -56,10 +56,10 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
         services.fidelity.maybe_check(collection, body.mode, vectors, where, hits)
     explanations = {}
     if body.explain:
-        pieces = await run_in_threadpool(encoder.query_pieces, body.query)
+        words = await run_in_threadpool(encoder.query_words, body.query)
         for h in hits:
             explanations[(h.doc_id, h.page)] = await run_in_threadpool(
-                explain_public, services, collection, h.doc_id, h.page, vectors, pieces, body.query
+                explain_public, services, collection, h.doc_id, h.page, vectors, words, body.query
             )
     return SearchResponse(
         query=body.query,
@@ -83,20 +83,17 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
 
 
 def explain_public(
-    services, collection: str, doc_id: str, page: int, vectors, pieces: list[str], query: str
+    services, collection: str, doc_id: str, page: int, vectors, words: dict[int, str], query: str
 ) -> Explanation:
-    """A hit's similarity map, its best query tokens and regions, as the API returns them."""
+    """A hit's similarity map, its best query words (``Encoder.query_words``: not the prompt
+    or augmentation tokens) and regions, as the API returns them."""
     found = explain_page(services.store, collection, doc_id, page, vectors)
     return Explanation(
         grid=found.grid,
         map=[[round(float(v), 3) for v in row] for row in found.combined],
         tokens=[
-            QueryToken(
-                index=i,
-                text=pieces[i] if i < len(pieces) else "",
-                score=round(float(found.token_maps[i].max()), 4),
-            )
-            for i in found.top_tokens(5)
+            QueryToken(index=i, text=words[i], score=round(float(found.token_maps[i].max()), 4))
+            for i in found.top_tokens(5, among=words)
         ],
         regions=[Region(row=r, col=c, value=round(v, 3)) for r, c, v in found.top_regions(3)],
         heatmap_url=f"/v1/documents/{doc_id}/pages/{page}/heatmap?query={quote(query)}"

@@ -155,10 +155,13 @@ def load_encoder_for(settings: Settings, info: CollectionInfo, *, quiet: bool = 
     or COLQWEN_MODEL names another; loaded with a spinner on stderr (none when ``quiet``)."""
     from contextlib import nullcontext
 
+    from retrieval.checkpoint import identify
     from retrieval.encoder import Encoder
 
-    if "model" not in settings.model_fields_set and info.model != settings.model:
+    if "model" not in settings.model_fields_set:
         settings = settings.model_copy(update={"model": info.model})
+    # Refused before minutes of loading: a model that is not the collection's.
+    info.check_model(identify(settings.model), action="search")
     with nullcontext() if quiet else err_console.status(f"loading {settings.model}"):
         return Encoder.from_settings(settings)
 

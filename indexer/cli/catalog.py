@@ -177,7 +177,9 @@ def collections_create(
     ] = None,
 ) -> None:
     """Create a collection, declaring which metadata keys are filterable (indexed)."""
+    from retrieval.checkpoint import identify
     from retrieval.errors import ConfigurationError
+    from retrieval.models import resolve
 
     settings = settings_of(ctx, pooling=pooling, original_dtype=dtype)
     with user_errors(), open_store(settings) as store:
@@ -187,9 +189,12 @@ def collections_create(
             if not sep:
                 raise ConfigurationError(f"bad --index '{item}': use key=kind, e.g. year=integer")
             filterable[key] = kind
-        info = store.create_collection(
+        model = identify(settings.model)
+        info = store.create_collection(  # its geometry is recorded by its first ingestion
             name,
-            model=settings.model,
+            model=model.ref,
+            model_fingerprint=model.fingerprint,
+            family=resolve(settings.model_family, settings.model).name,
             max_visual_tokens=settings.max_visual_tokens,
             pooling=settings.pooling_vectors,
             filterable=filterable,

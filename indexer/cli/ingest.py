@@ -127,7 +127,7 @@ def _run(settings, sources, *, quiet: bool):
         renderer.start()
         with nullcontext() if quiet else err_console.status(message):
             encoder = stack.enter_context(ingest_encoder(settings, on_status=say))
-        store.ensure_collection_for(settings.collection, settings, encoder.dim, encoder.family.name)
+        store.ensure_collection_for(settings.collection, settings, encoder)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)
             for source in sources:

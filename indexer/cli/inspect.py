@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from indexer.cli.base import app, console, settings_of, user_errors
+from indexer.cli.base import app, console, err_console, settings_of, user_errors
 
 
 @app.command()
@@ -30,7 +30,7 @@ def embed(
         "file",
         "page",
         "image px",
-        "grid (cols x rows)",
+        "grid (rows x cols)",
         "visual",
         "tokens (+ prompt)",
         "pooled rows (+ prompt)",
@@ -40,7 +40,7 @@ def embed(
         wanted = parse_page_range(pages) if pages else None
         with console.status(f"loading {settings.model}"):
             encoder = Encoder.from_settings(settings)
-        options = RenderOptions(max_visual_tokens=encoder.max_visual_tokens, family=encoder.family)
+        options = RenderOptions.from_settings(settings, encoder.family)
         rendered = []
         for f in files:
             with open_document(f, name=f.name, options=options) as document:
@@ -56,7 +56,7 @@ def embed(
             f.name,
             str(page.page_number),
             f"{page.pixel_size[0]} x {page.pixel_size[1]}",
-            f"{cols} x {rows}",
+            f"{rows} x {cols}",
             str(rows * cols),
             f"{emb.n_tokens - prompt} + {prompt}",
             f"{rows} + {prompt}",
@@ -79,7 +79,7 @@ def render(
     ] = 1,
 ) -> None:
     """Render pages exactly as the model will see them, and print each page's size and grid."""
-    from indexer.render import RenderOptions, parse_page_range
+    from indexer.render import parse_page_range
     from indexer.render_pool import Renderer, RenderRequest
     from retrieval.shared_image import load
 
@@ -87,10 +87,10 @@ def render(
     with user_errors():
         wanted = parse_page_range(pages) if pages else None
     with user_errors():
-        options = replace(RenderOptions.from_settings(settings), supersample=supersample)
+        options = replace(_checkpoint_options(settings), supersample=supersample)
     out.mkdir(parents=True, exist_ok=True)
     table = Table(
-        "page", "size (pt)", "rotation", "image (px)", "grid (cols x rows)", "tokens", "file"
+        "page", "size (pt)", "rotation", "image (px)", "grid (rows x cols)", "tokens", "file"
     )
     request = RenderRequest(file, file.name, password=password, pages=wanted)
     with user_errors(), Renderer(options, workers=settings.render_workers) as renderer:
@@ -103,8 +103,26 @@ def render(
                 f"{page.size_pt[0]:g} x {page.size_pt[1]:g}",
                 str(page.rotation),
                 f"{page.pixel_size[0]} x {page.pixel_size[1]}",
-                f"{cols} x {rows}",
+                f"{rows} x {cols}",
                 str(rows * cols),
                 str(target),
             )
     console.print(table)
+
+
+def _checkpoint_options(settings):
+    """Render options with the configured checkpoint's geometry (its processor, loaded without
+    the model); where it cannot be read, the family's defaults, with a warning saying so."""
+    from indexer.render import RenderOptions
+    from retrieval.errors import ModelLoadError
+    from retrieval.models import resolve
+
+    try:
+        return RenderOptions.from_settings(settings)
+    except ModelLoadError as exc:
+        family = resolve(settings.model_family, settings.model)
+        err_console.print(
+            f"[yellow]warning[/]: {exc}\nrendering with {family.name}'s default geometry; the "
+            "checkpoint's own may differ"
+        )
+        return RenderOptions.from_settings(settings, family)

@@ -122,7 +122,7 @@ def _explain(encoder, store, collection: str, query: str, hits) -> dict:
     from retrieval.explain import explain_page
 
     [vectors] = encoder.embed_queries([query])
-    pieces = encoder.query_pieces(query)
+    words = encoder.query_words(query)
     out = {}
     for hit in hits:
         found = explain_page(store, collection, hit.doc_id, hit.page, vectors)
@@ -130,7 +130,9 @@ def _explain(encoder, store, collection: str, query: str, hits) -> dict:
             "explanation": {
                 "grid": list(found.grid),
                 "regions": [{"row": r, "col": c, "value": v} for r, c, v in found.top_regions(3)],
-                "tokens": [{"index": i, "text": pieces[i]} for i in found.top_tokens(5)],
+                "tokens": [
+                    {"index": i, "text": words[i]} for i in found.top_tokens(5, among=words)
+                ],
             }
         }
     return out
@@ -154,6 +156,7 @@ def heatmap(
     from indexer.heatmap import overlay
     from indexer.worker import document_service, job_queue
     from retrieval.explain import explain_page
+    from retrieval.models import describe_grid
 
     settings = settings_of(ctx, collection=collection)
     with user_errors():
@@ -163,7 +166,7 @@ def heatmap(
             doc = _resolve(store, settings.collection, doc_id)
             info = store.collection(settings.collection)
             encoder = load_encoder_for(settings, info)
-            info.check_model(encoder.model_id, encoder.family.name, encoder.dim, action="search")
+            info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
             [vectors] = encoder.embed_queries([query])
             found = explain_page(store, settings.collection, doc.doc_id, page, vectors)
             grid_map = found.map_for(token)
@@ -176,5 +179,5 @@ def heatmap(
                 jobs.close()
         overlay(image, grid_map).save(out)
     console.print(
-        f"wrote {out} ({image.width} x {image.height} px, grid {found.grid[0]} x {found.grid[1]})"
+        f"wrote {out} ({image.width} x {image.height} px, grid {describe_grid(found.grid)})"
     )

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from retrieval.errors import ConfigurationError
-from retrieval.models.base import Family
+from retrieval.models.base import Family, describe_grid
 from retrieval.models.gemma3 import COLGEMMA3
 from retrieval.models.idefics3 import COLIDEFICS3
 from retrieval.models.modernvbert import COLMODERNVBERT
@@ -68,6 +68,12 @@ def family(name: str) -> Family:
     return found
 
 
+def recorded(name: str, geometry: dict[str, int] | None) -> Family:
+    """Family ``name`` with the geometry a collection recorded (``Family.params``) when it was
+    made; the family's defaults for collections made before they recorded it."""
+    return family(name).with_params(geometry)
+
+
 def resolve(name: str, model: str) -> Family:
     """The family of checkpoint ``model``: ``name``, or with ``auto`` the one its config (or an
     adapter's base config) declares, else the one its hub name says; a hub id that says
@@ -114,4 +120,13 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["COLQWEN2", "COLQWEN2_5", "FAMILIES", "Family", "family", "resolve"]
+__all__ = [
+    "COLQWEN2",
+    "COLQWEN2_5",
+    "FAMILIES",
+    "Family",
+    "describe_grid",
+    "family",
+    "recorded",
+    "resolve",
+]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -17,9 +17,16 @@ COMMON_PAGES = ((595.0, 842.0), (612.0, 792.0), (842.0, 595.0))
 class Family(ABC):
     """A family of late-interaction checkpoints sharing classes, prompt and page geometry.
 
-    Subclasses say how a page becomes an image and a token grid (``grid_for``, ``pixels_for``)
-    and how the model's visual tokens, found by the image token id, are laid out on that grid
-    (``arrange``). ``bind`` adapts the geometry to a loaded processor's own configuration."""
+    Subclasses say at what pixel size a page is rendered (``size_for``), what token grid the
+    model makes of an image of a given size (``grid_of``, the processor's own arithmetic), and
+    how the model's visual tokens, found by the image token id, are laid out on that grid
+    (``arrange``). ``bind`` adapts the geometry to a loaded processor's own configuration;
+    ``bound`` names the fields it sets, which a collection records (``geometry``) so that its
+    pages can be drawn again and explained without loading the model.
+
+    Grids are (rows, cols) everywhere, and written "rows x cols" (``describe_grid``)."""
+
+    bound: ClassVar[tuple[str, ...]] = ()
 
     name: str
     model_cls: str  # colpali-engine class names
@@ -34,16 +41,32 @@ class Family(ABC):
     # --- geometry ------------------------------------------------------------------------------
 
     @abstractmethod
-    def grid_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
-        """(rows, cols) of the page grid for a page of ``width`` x ``height`` (any unit)."""
+    def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
+        """(width_px, height_px) to render a page of ``width`` x ``height`` (any unit) at: a
+        size the processor's resize leaves as it is (``processed_size``), where its
+        configuration allows one."""
 
     @abstractmethod
-    def pixels_for(self, grid: tuple[int, int]) -> tuple[int, int]:
-        """(width_px, height_px) of the image the model turns into exactly ``grid``."""
+    def processed_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width_px, height_px) the processor resizes an image of ``size`` to before cutting
+        it into patches: its own arithmetic, mirrored (the tests check it against it)."""
 
-    def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
-        """(width_px, height_px) to render a page of ``width`` x ``height`` at."""
-        return self.pixels_for(self.grid_for(width, height, budget))
+    @abstractmethod
+    def grid_of(self, size: tuple[int, int], budget: int) -> tuple[int, int]:
+        """(rows, cols) of visual tokens the model makes of an image of ``size`` px."""
+
+    def grid_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
+        """(rows, cols) of the token grid of a page of ``width`` x ``height``, as rendered."""
+        return self.grid_of(self.size_for(width, height, budget), budget)
+
+    def params(self) -> dict[str, int]:
+        """The geometry ``bind`` took from the processor, e.g. ``{"tile_px": 512, ...}``."""
+        return {name: getattr(self, name) for name in self.bound}
+
+    def with_params(self, params: dict[str, Any] | None) -> Family:
+        """This family with a recorded geometry (``params``); as it is for ``None``."""
+        known = {k: int(v) for k, v in (params or {}).items() if k in self.bound}
+        return replace(self, **known) if known else self
 
     @property
     @abstractmethod
@@ -59,9 +82,9 @@ class Family(ABC):
         """Tokens of a page of ``grid`` in the model's input: what a batch's budget counts."""
         return grid[0] * grid[1] + self.prompt_tokens
 
-    def warm_up_grids(self, budget: int) -> list[tuple[int, int]]:
-        """The distinct grids of the common page sizes: a compiled model is traced for these."""
-        return list(dict.fromkeys(self.grid_for(w, h, budget) for w, h in COMMON_PAGES))
+    def warm_up_sizes(self, budget: int) -> list[tuple[int, int]]:
+        """The distinct image sizes of the common pages: a compiled model is traced for these."""
+        return list(dict.fromkeys(self.size_for(w, h, budget) for w, h in COMMON_PAGES))
 
     # --- the model's side ----------------------------------------------------------------------
 
@@ -142,6 +165,11 @@ class Family(ABC):
         have no place on it, (k, dim) (a global thumbnail view; k = 0 for most families).
         ``image_size`` is the (width, height) of the image given to the processor; ``inputs``
         the batch's model inputs and ``index`` the page's row in it."""
+
+
+def describe_grid(grid: tuple[int, int]) -> str:
+    """A grid as every command, message and document writes it: "32 x 23 (rows x cols)"."""
+    return f"{grid[0]} x {grid[1]} (rows x cols)"
 
 
 def grid_error(family: str, found: int, expected: str) -> RuntimeError:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.errors import PageTooLarge
+from retrieval.errors import ConfigurationError, PageTooLarge
 from retrieval.models.base import Family, grid_error
 
 
@@ -25,6 +25,8 @@ class SquareImage(Family):
     side_px: int = 448  # the square the processor resizes every image to
     side_tokens: int = 32  # visual tokens along each side
 
+    bound = ("side_px", "side_tokens")
+
     @property
     def geometry(self) -> str:
         n = self.side_tokens
@@ -32,16 +34,26 @@ class SquareImage(Family):
 
     def bind(self, processor: Any) -> SquareImage:
         size = processor.image_processor.size
+        get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+        height, width = int(get("height")), int(get("width"))
+        if height != width:
+            raise ConfigurationError(
+                f"{self.name}: the processor resizes images to {width} x {height} px; only "
+                "square sizes are supported"
+            )
         side_tokens = math.isqrt(int(processor.image_seq_length))
-        return replace(self, side_px=int(size["height"]), side_tokens=side_tokens)
+        return replace(self, side_px=height, side_tokens=side_tokens)
 
-    def grid_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
+    def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
         if not (width > 0 and height > 0) or not math.isfinite(width * height):
             raise PageTooLarge(f"page size {width} x {height} is not a usable size")
-        return self.side_tokens, self.side_tokens
-
-    def pixels_for(self, grid: tuple[int, int]) -> tuple[int, int]:
         return self.side_px, self.side_px
+
+    def processed_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.side_px, self.side_px
+
+    def grid_of(self, size: tuple[int, int], budget: int) -> tuple[int, int]:
+        return self.side_tokens, self.side_tokens
 
     def arrange(
         self, visual: np.ndarray, image_size: tuple[int, int], inputs: dict[str, Any], index: int

@@ -31,6 +31,10 @@ MAX_ASPECT = 200  # the processor refuses more elongated images
 class QwenVL(Family):
     patch_px: int = 14
     merge: int = 2  # patches per token side
+    min_tokens: int = MIN_TOKENS  # the processor's min_pixels, in tokens
+    max_tokens: int = 0  # the processor's max_pixels, in tokens (0: only the budget caps)
+
+    bound = ("patch_px", "merge", "min_tokens", "max_tokens")
 
     @property
     def token_px(self) -> int:
@@ -42,7 +46,15 @@ class QwenVL(Family):
 
     def bind(self, processor: Any) -> QwenVL:
         ip = processor.image_processor
-        return replace(self, patch_px=int(ip.patch_size), merge=int(ip.merge_size))
+        token_px = int(ip.patch_size) * int(ip.merge_size)
+        low, high = _pixel_bounds(ip)
+        return replace(
+            self,
+            patch_px=int(ip.patch_size),
+            merge=int(ip.merge_size),
+            min_tokens=max(MIN_TOKENS, math.ceil(low / token_px**2)),
+            max_tokens=high // token_px**2,
+        )
 
     def prepare(self, model: Any) -> None:
         """The vision tower's per-image attention as one call a block (``attention``), its
@@ -60,7 +72,10 @@ class QwenVL(Family):
     def processor_kwargs(self, budget: int) -> dict[str, Any]:
         return {"max_num_visual_tokens": budget}  # else the checkpoint's 12.8 MP cap governs
 
-    def grid_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
+    def size_for(self, width: float, height: float, budget: int) -> tuple[int, int]:
+        return self.pixels_for(self._best_grid(width, height, budget))
+
+    def _best_grid(self, width: float, height: float, budget: int) -> tuple[int, int]:
         """The largest rows * cols <= budget with rows = round(cols * height / width)."""
         if not (width > 0 and height > 0) or not math.isfinite(width * height):
             raise PageTooLarge(f"page size {width} x {height} is not a usable size")
@@ -70,6 +85,7 @@ class QwenVL(Family):
                 f"page is {width:g} x {height:g}: an aspect ratio beyond {MAX_ASPECT}:1 cannot "
                 "be rendered as one page image"
             )
+        budget = self.budget(budget)
         best: tuple[int, int] | None = None
         for cols in range(1, budget + 1):
             rows = max(1, round(cols * aspect))
@@ -79,12 +95,36 @@ class QwenVL(Family):
                 continue  # rounding rows up to 1 can make the grid more elongated than the page
             if best is None or rows * cols > best[0] * best[1]:
                 best = (rows, cols)
-        if best is None or best[0] * best[1] < MIN_TOKENS:
+        if best is None or best[0] * best[1] < self.min_tokens:
             raise PageTooLarge(
-                f"page is {width:g} x {height:g}: no grid of at least {MIN_TOKENS} tokens fits "
-                f"within {budget}"
+                f"page is {width:g} x {height:g}: no grid of at least {self.min_tokens} tokens "
+                f"fits within {budget}"
             )
         return best
+
+    def budget(self, budget: int) -> int:
+        """Visual tokens a page may have: ``budget``, or fewer where the processor caps them."""
+        return min(budget, self.max_tokens) if self.max_tokens else budget
+
+    def processed_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The image processor's ``smart_resize``: whole tokens, within its pixel bounds
+        (transformers' arithmetic, mirrored: rendering runs where torch is not imported)."""
+        width, height = size
+        token = self.token_px
+        low, high = self.min_tokens * token**2, (self.max_tokens or 1 << 40) * token**2
+        h, w = round(height / token) * token, round(width / token) * token
+        if h * w > high:
+            beta = math.sqrt(height * width / high)
+            h = max(token, math.floor(height / beta / token) * token)
+            w = max(token, math.floor(width / beta / token) * token)
+        elif h * w < low:
+            beta = math.sqrt(low / (height * width))
+            h, w = math.ceil(height * beta / token) * token, math.ceil(width * beta / token) * token
+        return w, h
+
+    def grid_of(self, size: tuple[int, int], budget: int) -> tuple[int, int]:
+        width, height = self.processed_size(size)
+        return height // self.token_px, width // self.token_px
 
     def pixels_for(self, grid: tuple[int, int]) -> tuple[int, int]:
         rows, cols = grid
@@ -222,9 +262,15 @@ def _target_size(ip: Any, size: tuple[int, int], factor: int) -> tuple[int, int]
     """(height, width) the image processor resizes an image of ``size`` to."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
-    return smart_resize(
-        *size, factor=factor, min_pixels=ip.size.shortest_edge, max_pixels=ip.size.longest_edge
-    )
+    low, high = _pixel_bounds(ip)
+    return smart_resize(*size, factor=factor, min_pixels=low, max_pixels=high)
+
+
+def _pixel_bounds(ip: Any) -> tuple[int, int]:
+    """(min_pixels, max_pixels) an image processor resizes images to be within."""
+    size = ip.size
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    return int(get("shortest_edge")), int(get("longest_edge"))
 
 
 def _prompt(processor: Any, size: tuple[int, int]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -60,11 +60,21 @@ from retrieval.types import (
     DocumentRecord,
     FirstStage,
     Hit,
+    ModelIdentity,
     PageEmbedding,
     PageRecord,
 )
 
 log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What a collection records of the model that fills it (an ``Encoder`` is one)."""
+
+    identity: ModelIdentity
+    dim: int
+    family: Any  # retrieval.models.Family: its name and geometry (``params``)
+
 
 SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
 SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
@@ -213,6 +223,8 @@ class PageStore:
         pooling: tuple[str, ...] = ("clusters",),
         filterable: dict[str, str] | None = None,
         family: str = "colqwen2",
+        model_fingerprint: str | None = None,
+        geometry: dict[str, int] | None = None,
     ) -> CollectionInfo:
         _check_name(name, new=True)
         if bad := [p for p in pooling if p not in POOLINGS]:
@@ -240,6 +252,8 @@ class PageStore:
             fde=self.fde.to_dict() if self.first_stage == "fde" else None,
             family=family,
             text=True,
+            model_fingerprint=model_fingerprint,
+            geometry=dict(geometry) if geometry else None,
         )
         catalog = name + CATALOG_SUFFIX
         if not self.backend.collection_exists(catalog):
@@ -302,19 +316,26 @@ class PageStore:
     def _muvera(self, info: CollectionInfo) -> Muvera:
         return _muvera(info.dim, FdeParams(**(info.fde or {})))
 
-    def ensure_collection_for(
-        self, name: str, settings: Settings, dim: int, family: str = "colqwen2"
-    ) -> CollectionInfo:
-        """``ensure_collection`` with the schema the settings give new collections, for a
-        model of ``family`` producing ``dim``-d token vectors."""
+    def ensure_collection_for(self, name: str, settings: Settings, model: Model) -> CollectionInfo:
+        """``ensure_collection`` with the schema the settings give new collections, for
+        ``model`` (a loaded encoder): its identity, family, geometry and vector size."""
         return self.ensure_collection(
             name,
-            model=settings.model,
+            model=model.identity.ref,
+            model_fingerprint=model.identity.fingerprint,
             max_visual_tokens=settings.max_visual_tokens,
-            dim=dim,
+            dim=model.dim,
             pooling=settings.pooling_vectors,
-            family=family,
+            family=model.family.name,
+            geometry=model.family.params(),
         )
+
+    def record_geometry(self, name: str, geometry: dict[str, int]) -> CollectionInfo:
+        """Record the geometry of the model that fills collection ``name`` (one made empty,
+        by ``colqwen collections create``, records it with its first pages)."""
+        info = replace(self.collection(name), geometry=dict(geometry))
+        self._write_schema(info)
+        return info
 
     def ensure_collection(self, name: str, **schema) -> CollectionInfo:
         """The collection ``name``, created with ``schema`` if it does not exist yet."""

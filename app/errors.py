@@ -42,8 +42,13 @@ class NotReady(ColqwenError):
     """The model is still loading."""
 
 
+class BodyTimeout(ColqwenError):
+    """The request's body came too slowly, or stopped coming."""
+
+
 _STATUS: list[tuple[type[ColqwenError], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
+    (BodyTimeout, 408, "request_timeout"),
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (UploadTooLarge, 413, "payload_too_large"),
@@ -64,6 +69,7 @@ _HTTP_NAMES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_input",

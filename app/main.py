@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from app import errors, ui
 from app.deps import require_api_key
 from app.middleware import RequestContext
-from app.routes import documents, health, jobs, search
+from app.routes import collections, documents, health, jobs, search
 from app.schemas import errors as errors_of
 from app.services import Services
 from retrieval.config import Settings, get_settings
@@ -45,13 +46,21 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served by app.ui from local assets, not a CDN
         redoc_url=None,
+        openapi_url=None,  # served below: behind the API key unless COLQWEN_PUBLIC_DOCS
     )
     errors.install(app)
     guarded = {"dependencies": [Depends(require_api_key)], "responses": errors_of(401)}
     app.include_router(health.router)
+    app.include_router(collections.router, **guarded)
     app.include_router(documents.router, **guarded)
     app.include_router(jobs.router, **guarded)
     app.include_router(search.router, **guarded)
+    schema_guard = [] if settings.public_docs else [Depends(require_api_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=schema_guard)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     ui.install(app)  # the web UI at /, Swagger UI at /docs
     if settings.cors_origin_list:
         app.add_middleware(

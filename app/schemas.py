@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from retrieval.encoder import MAX_QUERY_CHARS
+from retrieval.search import MAX_QUERY_CHARS
+from retrieval.store import COLLECTION_PATTERN
+from retrieval.store.filters import FILTER_SCHEMA
 
 
 class ErrorBody(BaseModel):
@@ -61,6 +63,20 @@ class DocumentsPublic(BaseModel):
     count: int = Field(description="Documents matching, over all pages of results.")
 
 
+class CollectionPublic(BaseModel):
+    name: str
+    documents: int
+    pages: int
+    model: str = Field(description="The model it was built with (a hub id or a path).")
+    family: str
+    created_at: str
+    default: bool = Field(description="Whether it is COLQWEN_COLLECTION, searched by default.")
+
+
+class CollectionsPublic(BaseModel):
+    data: list[CollectionPublic]
+
+
 class JobPublic(BaseModel):
     job_id: str
     doc_id: str
@@ -94,8 +110,15 @@ class SearchRequest(BaseModel):
         None,
         description='e.g. {"doc_id": "...", "source": "a.pdf", "page": {"lte": 3}, '
         '"metadata": {"year": {"gte": 2020}, "team": ["a", "b"]}}',
+        json_schema_extra={"anyOf": [FILTER_SCHEMA, {"type": "null"}]},
     )
-    collection: str | None = Field(None, min_length=1, max_length=64)
+    collection: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=COLLECTION_PATTERN,
+        description="Default: COLQWEN_COLLECTION.",
+    )
     explain: bool = Field(
         False,
         description="Add to each hit its similarity map: which patches of the page matched "
@@ -139,6 +162,11 @@ class HitPublic(BaseModel):
     score: float
     metadata: dict[str, Any]
     image_url: str = Field(description="The page as the model saw it (PNG).")
+    snippet: str = Field(
+        "",
+        description="Some of the page's text (its text layer) around the first of the query's "
+        "words it holds; empty for a page without text.",
+    )
     explanation: Explanation | None = None
 
 

@@ -8,20 +8,27 @@ hashed and written into ``uploads/tmp`` (``indexer.uploads``) as it streams in.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.errors import BodyTimeout
 from indexer.uploads import IncomingFile, StoredUpload, UploadFolder
 from retrieval.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
+from retrieval.store import COLLECTION_PATTERN
 
 FILE_FIELD = "file"
 TEXT_FIELDS = ("metadata", "password", "collection")
 MAX_TEXT_FIELD = 64 * 1024  # bytes of one text field
 FORM_OVERHEAD = 1 << 20  # what a body may hold beside the file: boundaries, headers, fields
 _FLUSH = 1 << 20  # write the file part to disk (off the event loop) by this much
+MAX_BOUNDARY = 70  # bytes of a multipart boundary (RFC 2046)
 
 OPENAPI_BODY = {
     "required": True,
@@ -34,15 +41,22 @@ OPENAPI_BODY = {
                     FILE_FIELD: {
                         "type": "string",
                         "format": "binary",
-                        "description": "A PDF, or a PNG/JPEG/TIFF/WebP image.",
+                        "minLength": 1,
+                        "description": "A PDF, or a PNG/JPEG/TIFF/WebP image (others: 415).",
                     },
                     "metadata": {
                         "type": "string",
                         "description": "A JSON object kept with the document.",
                     },
                     "password": {"type": "string", "description": "Password of an encrypted PDF."},
-                    "collection": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "collection": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 64,
+                        "pattern": COLLECTION_PATTERN,
+                    },
                 },
+                "additionalProperties": False,  # any other field is refused (422)
             }
         }
     },
@@ -56,8 +70,17 @@ class ReceivedUpload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def receive_upload(request: Request, folder: UploadFolder, limit: int) -> ReceivedUpload:
-    """Parse the multipart body of ``request``, storing its file part in ``folder``."""
+async def receive_upload(
+    request: Request,
+    folder: UploadFolder,
+    limit: int,
+    *,
+    idle_s: float = 30.0,
+    min_bytes_s: float = 0.0,
+) -> ReceivedUpload:
+    """Parse the multipart body of ``request``, storing its file part in ``folder``. A body
+    that sends nothing for ``idle_s``, or averages under ``min_bytes_s`` once it has run that
+    long, is refused (``BodyTimeout``): a stalling client holds no socket and no partial file."""
     mb = limit / 2**20
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -74,22 +97,27 @@ async def receive_upload(request: Request, folder: UploadFolder, limit: int) -> 
             "send the document as multipart/form-data with a 'file' part "
             "(curl -F file=@report.pdf ...)"
         )
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidInput(f"the multipart boundary is {len(boundary)} bytes; the limit is 70")
     reader = _FormReader(folder, limit)
     try:
         parser = MultipartParser(boundary, reader.callbacks())
         received = 0
-        async for chunk in request.stream():
+        async for chunk in _timed(request.stream(), idle_s, min_bytes_s):
             received += len(chunk)
             if received > limit + FORM_OVERHEAD:
                 raise UploadTooLarge(f"the upload is larger than the {mb:g} MB limit")
             try:
                 parser.write(chunk)
-            except MultipartParseError as exc:
+            except FormParserError as exc:
                 raise InvalidInput(f"the multipart body is malformed: {exc}") from None
             reader.raise_error()
             if reader.buffered >= _FLUSH:
                 await run_in_threadpool(reader.flush)
-        parser.finalize()
+        try:
+            parser.finalize()
+        except FormParserError as exc:
+            raise InvalidInput(f"the multipart body is malformed: {exc}") from None
         reader.raise_error()
         if reader.file is None:
             raise InvalidInput(
@@ -103,6 +131,31 @@ async def receive_upload(request: Request, folder: UploadFolder, limit: int) -> 
     finally:
         if reader.file is not None:
             reader.file.discard()
+
+
+async def _timed(
+    chunks: AsyncIterator[bytes], idle_s: float, min_bytes_s: float
+) -> AsyncIterator[bytes]:
+    """``chunks``, each within ``idle_s`` of the last, at ``min_bytes_s`` on average from
+    ``idle_s`` on."""
+    start, received = time.monotonic(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the upload sent nothing for {idle_s:g} s; send the file in one go"
+            ) from None
+        received += len(chunk)
+        elapsed = time.monotonic() - start
+        if min_bytes_s and elapsed > idle_s and received < min_bytes_s * elapsed:
+            raise BodyTimeout(
+                f"the upload is arriving at {received / elapsed / 1024:.1f} KB/s; the "
+                f"minimum is {min_bytes_s / 1024:g} KB/s"
+            )
+        yield chunk
 
 
 class _FormReader:

@@ -5,6 +5,7 @@ from the kept original, and remove originals nothing refers to any more."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from retrieval.models import recorded
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
 from retrieval.types import DocumentRecord
+from retrieval.words import count
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +60,29 @@ class DocumentService:
         metadata: dict[str, Any],
         password: str | None,
     ) -> Accepted:
-        """Queue a stored upload for ingestion, unless it is indexed or queued already."""
+        """Queue a stored upload for ingestion, unless it is indexed or queued already. The same
+        file again with other metadata is refused (``Conflict``), not silently kept with the
+        first metadata: its pages carry that metadata."""
         existing = self._document(collection, upload.doc_id)
         if existing is not None and existing.status == "indexed":
+            _check_same_metadata(name, metadata, existing.metadata, "is already indexed")
             return Accepted(document=existing)
         with self._uploads_lock:  # not while a concurrent delete decides to remove the file
             if not upload.path.is_file():
                 raise Conflict(f"{name}: the same file was deleted meanwhile; upload it again")
-            job = self.jobs.active_for(upload.doc_id, collection) or self.jobs.create(
-                doc_id=upload.doc_id,
-                collection=collection,
-                name=name,
-                path=upload.path,
-                metadata=metadata,
-                password=self.sealer.seal(password),
-            )
+            job = self.jobs.active_for(upload.doc_id, collection)
+            if job is not None:
+                queued = f"is already being ingested (job {job.id})"
+                _check_same_metadata(name, metadata, job.metadata, queued)
+            else:
+                job = self.jobs.create(
+                    doc_id=upload.doc_id,
+                    collection=collection,
+                    name=name,
+                    path=upload.path,
+                    metadata=metadata,
+                    password=self.sealer.seal(password),
+                )
         return Accepted(job=job)
 
     def check_model(self, collection: str, model: str) -> None:
@@ -159,7 +169,9 @@ class DocumentService:
         """The page as the model saw it, rendered from the kept original."""
         doc = self.store.document(collection, doc_id)
         if not 1 <= page <= doc.page_count:
-            raise NotFound(f"document '{doc_id}' has no page {page} ({doc.page_count} pages)")
+            raise NotFound(
+                f"document '{doc_id}' has no page {page} ({count(doc.page_count, 'page')})"
+            )
         path = Path(doc.source_path) if doc.source_path else None
         if path is None or not path.is_file():
             raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
@@ -204,3 +216,12 @@ class DocumentService:
             return self.store.document(collection, doc_id)
         except NotFound:
             return None
+
+
+def _check_same_metadata(name: str, given: dict, kept: dict, where: str) -> None:
+    """``Conflict`` when an upload of a file already accepted brings other metadata."""
+    if given and given != kept:
+        raise Conflict(
+            f"{name}: this file {where} with other metadata ({json.dumps(kept)[:200]}); "
+            "delete the document first to upload it with new metadata"
+        )

@@ -56,6 +56,7 @@ from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
 from retrieval.store.pages import derived_vectors
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
+from retrieval.words import count
 
 log = logging.getLogger(__name__)
 
@@ -366,9 +367,7 @@ class IngestPipeline:
                 self._put(out, _Msg("fail", doc, error=str(exc)))
                 continue
             except OSError as exc:
-                self._put(
-                    out, _Msg("fail", doc, error=f"{source.name}: cannot be read ({exc.strerror})")
-                )
+                self._put(out, _Msg("fail", doc, error=_unreadable(source, exc)))
                 continue
             try:
                 doc.existing = self.store.document(self.collection, doc.doc_id)
@@ -679,7 +678,8 @@ class IngestPipeline:
             stored = self.store.count_pages(self.collection, Filter((Match("doc_id", doc.doc_id),)))
             if stored != doc.page_count:
                 raise StoreError(
-                    f"{doc.source.name}: {stored} of {doc.page_count} pages stored at its end"
+                    f"{doc.source.name}: {stored} of {count(doc.page_count, 'page')} stored at "
+                    "its end"
                 )
             self._unmarked.append(doc)  # marked indexed once its pages are durable
             self._finish(
@@ -714,3 +714,11 @@ class IngestPipeline:
     def _finish(self, result: DocumentResult) -> None:
         self._results.append(result)
         self._progress.files_done += 1
+
+
+def _unreadable(source: SourceFile, exc: OSError) -> str:
+    """Why a source file cannot be read, as a user can act on it."""
+    path = source.path
+    if path.is_symlink() and not path.exists():
+        return f"{source.name}: a link to {os.readlink(path)}, which does not exist"
+    return f"{source.name}: cannot be read ({exc.strerror})"

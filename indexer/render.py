@@ -26,6 +26,7 @@ from retrieval.errors import (
 )
 from retrieval.models import COLQWEN2, Family
 from retrieval.text import clean
+from retrieval.words import count
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -145,6 +146,8 @@ def open_document(
     options = options or RenderOptions()
     name = name or (str(source) if isinstance(source, Path) else "<bytes>")
     head = _head(source, name)
+    if not head:
+        raise InvalidDocument(f"{name}: the file is empty")  # as an upload of it is told
     kind = sniff(head)
     if kind == "pdf":
         return PdfDocument(source, name, password, options)
@@ -188,7 +191,8 @@ class Document:
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.info.page_count:
             raise InvalidDocument(
-                f"{self.name}: page {index + 1} does not exist ({self.info.page_count} pages)"
+                f"{self.name}: page {index + 1} does not exist "
+                f"({count(self.info.page_count, 'page')})"
             )
 
 

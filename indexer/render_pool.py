@@ -27,6 +27,7 @@ from indexer.children import child_pool, sigint_blocked
 from indexer.render import DocumentInfo, RenderedPage, RenderOptions, Source, open_document
 from retrieval.errors import ColqwenError, InvalidDocument, PageTooLarge, RendererUnavailable
 from retrieval.shared_image import share
+from retrieval.words import count
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,14 @@ def _document(source: Source, name: str, password: str | None, options: RenderOp
     document = open_document(source, name=name, password=password, options=options)
     _open = (key, document)
     return document
+
+
+def _forget() -> None:
+    """Close the document this process keeps open between its pages, if any."""
+    global _open
+    if _open is not None:
+        _open[1].close()
+        _open = None
 
 
 def _probe(source: Source, name: str, password: str | None, options: RenderOptions) -> DocumentInfo:
@@ -197,6 +206,8 @@ class Renderer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.workers <= 0:
+            _forget()  # rendering ran here: the last document it opened is closed with it
 
     def __enter__(self) -> Renderer:
         return self
@@ -314,12 +325,13 @@ class Renderer:
         """Why a probed document cannot be rendered as requested, if it cannot."""
         if self.max_pages is not None and info.page_count > self.max_pages:
             return PageTooLarge(
-                f"{request.name}: {info.page_count} pages; the limit is {self.max_pages}"
+                f"{request.name}: {count(info.page_count, 'page')}; the limit is {self.max_pages}"
             )
         missing = [n for n in (request.pages or ()) if not 1 <= n <= info.page_count]
         if missing:
             return InvalidDocument(
-                f"{request.name}: no page {missing[0]} (the document has {info.page_count} pages)"
+                f"{request.name}: no page {missing[0]} (the document has "
+                f"{count(info.page_count, 'page')})"
             )
         return None
 

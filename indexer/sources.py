@@ -32,7 +32,8 @@ def discover(
     paths: Iterable[Path], *, globs: Iterable[str] = DEFAULT_GLOBS, recursive: bool = False
 ) -> list[SourceFile]:
     """Files named directly, plus those matching ``globs`` in directories (case-insensitive:
-    ``*.pdf`` finds ``REPORT.PDF``); sorted, unique. Hidden files are skipped."""
+    ``*.pdf`` finds ``REPORT.PDF``); sorted, unique. Hidden files are skipped; a link to
+    nothing is kept (its ingestion fails and says why)."""
     patterns = [g.lower() for g in globs]
     found: dict[Path, SourceFile] = {}
     for root in paths:
@@ -50,7 +51,11 @@ def discover(
 
 
 def _wanted(path: Path, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(path.name.lower(), p) for p in patterns) and path.is_file()
+    """A file matching ``patterns``; a link to nothing too, so that it is reported as a
+    failed file (with its reason) rather than skipped without a word."""
+    dangling = path.is_symlink() and not path.exists()
+    named = any(fnmatch.fnmatchcase(path.name.lower(), p) for p in patterns)
+    return named and (path.is_file() or dangling)
 
 
 def nothing_found_hint(

@@ -171,7 +171,23 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins allowed by CORS ('*' = any)."
     )
+    public_docs: bool = Field(
+        False,
+        description="With API keys set, serve the OpenAPI schema (/openapi.json, which /docs "
+        "shows) without a key.",
+    )
     max_upload_mb: int = Field(200, ge=1, description="Largest accepted upload, in MB.")
+    upload_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an upload's body may send nothing before it is refused (408).",
+    )
+    upload_min_kb_s: float = Field(
+        4.0,
+        ge=0,
+        description="KB/s an upload's body must average once it has run for upload_idle_s "
+        "(408 below; 0 = no minimum).",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Key that seals the passwords of encrypted PDFs at rest (a Fernet key: "

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 2048
-
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> cuda, then mps, then cpu; anything else is checked and returned."""
@@ -503,13 +501,10 @@ class Encoder:
         no batch is padded, and a query's vectors are those it has alone, whatever else is
         embedded with it (a left-padded model, such as ColPali, otherwise gives a padded query
         other vectors: min token cosine 0.87 on a tiny ColPali)."""
+        from retrieval.search import check_query
+
         for text in texts:
-            if not text or not text.strip():
-                raise InvalidInput("query is empty")
-            if len(text) > MAX_QUERY_CHARS:
-                raise InvalidInput(
-                    f"query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
-                )
+            check_query(text)
         size = batch_size or self.query_batch_size
         texts = list(texts)
         lengths = self.processor.process_queries(texts)["attention_mask"].sum(dim=1).tolist()

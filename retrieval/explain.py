@@ -19,6 +19,7 @@ import numpy as np
 from retrieval.errors import Conflict, InvalidInput, NotFound
 from retrieval.models import recorded
 from retrieval.store import PageStore
+from retrieval.words import count
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Explanation:
             return self.combined
         if not 0 <= token < len(self.token_maps):
             raise InvalidInput(
-                f"token: the query has {len(self.token_maps)} tokens (0 to "
+                f"token: the query has {count(len(self.token_maps), 'token')} (0 to "
                 f"{len(self.token_maps) - 1})"
             )
         best = max(float(self.token_scores[token]), 1e-6)
@@ -79,7 +80,8 @@ def explain_page(
     info = store.collection(collection)
     doc = store.document(collection, doc_id)
     if not 1 <= page <= doc.page_count:
-        raise NotFound(f"document '{doc_id}' has no page {page} ({doc.page_count} pages)")
+        pages = count(doc.page_count, "page")
+        raise NotFound(f"document '{doc_id}' has no page {page} ({pages})")
     payload, tokens = store.page_tokens(collection, doc_id, page)
     if query.shape[1] != tokens.shape[1]:
         raise Conflict(

@@ -60,3 +60,26 @@ def query_vector(text: str) -> Sparse | None:
     if not vector.indices:
         return None
     return Sparse(tuple(vector.indices), tuple(vector.values))
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def snippet(text: str, query: str, width: int = 240) -> str:
+    """About ``width`` characters of a page's ``text`` around the first of the query's words
+    (of 2 or more letters, case-insensitive) it holds, cut at word boundaries, with "…" where
+    it is cut; its start where it holds none; "" for a page without text."""
+    if not text:
+        return ""
+    words = {w.lower() for w in _WORD.findall(query) if len(w) > 1}
+    first = min(
+        (m.start() for m in _WORD.finditer(text) if m.group().lower() in words), default=0
+    )
+    start = max(0, first - width // 3)
+    end = min(len(text), start + width)
+    start = max(0, min(start, end - width))
+    if start > 0:
+        start = text.find(" ", start) + 1 or start
+    if end < len(text):
+        end = text.rfind(" ", start, end) if text.rfind(" ", start, end) > start else end
+    return ("…" if start > 0 else "") + text[start:end].strip() + ("…" if end < len(text) else "")

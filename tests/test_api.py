@@ -243,6 +243,7 @@ def test_concurrent_queries_share_forward_passes(api):
         assert line in metrics, stage
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_killed_server_resumes_its_job_on_restart(tiny_model_dir, tmp_path):
     path = shared_pdfs("good") / "reportlab-userguide.pdf"  # 134 pages
     env = {

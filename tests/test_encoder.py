@@ -312,6 +312,7 @@ def test_a_launch_out_of_memory_falls_back_to_smaller_batches(encoder, monkeypat
         np.testing.assert_allclose(a.multivector, b.multivector, atol=1e-5)
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir):
     """Dynamo guards its graphs on torch's CPU thread count. Ingestion (or any caller) that
     changes the count after the warm-up still runs the warm-up's graphs: not a retrace, and

@@ -122,6 +122,7 @@ def test_good_and_bad_pdfs_together(env, tmp_path):
     assert again["pages_embedded"] == 0 and again["skipped"] == 19 and again["failed"] == BAD_FILES
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_ingest_with_an_encoder_process_stores_what_in_process_ingest_stores(
     env, small_corpus, tmp_path, monkeypatch
 ):
@@ -310,6 +311,7 @@ def test_user_errors_are_one_line_not_tracebacks(env, tmp_path):
         assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(env, tmp_path, monkeypatch):
     good = shared_pdfs("good")
     command = [sys.executable, "-m", "app.cli", "ingest", str(good), "--quiet"]

@@ -238,7 +238,7 @@ def test_a_gpu_run_limits_blas_to_one_thread_and_leaves_torch_alone():
 
 def test_a_collection_refuses_another_model(tiny_model_dir, tiny_adapter_dir, tmp_path):
     from retrieval.errors import Conflict
-    from retrieval.search import Searcher
+    from retrieval.search import QueryModel, Searcher
 
     encoder = Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=BUDGET)
     store = PageStore(EdgeBackend(tmp_path / "q"))
@@ -256,7 +256,7 @@ def test_a_collection_refuses_another_model(tiny_model_dir, tiny_adapter_dir, tm
     with pytest.raises(Conflict, match="cannot ingest into it"):
         IngestPipeline(encoder, store, "a", render_options=options)
     with pytest.raises(Conflict, match="cannot search it"):
-        Searcher(encoder, store, collection="a").search("anything")
+        Searcher(store, lambda info: QueryModel(encoder), collection="a").search("anything")
     # A local copy of a hub checkpoint is that checkpoint: its name decides.
     store.create_collection(
         "h", model=f"someone/{tiny_model_dir.name}", max_visual_tokens=BUDGET, dim=encoder.dim
@@ -467,6 +467,7 @@ def _in_process_factory(model_dir: Path):
     )
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_encoder_processes_store_what_the_in_process_encoder_stores(tiny_model_dir, tmp_path):
     """The model in a child process per device (as ingestion runs it on GPUs): the same pages,
     the same vectors, every page once, documents in order."""
@@ -541,6 +542,7 @@ def test_the_store_keeps_vectors_derived_beforehand_and_recomputes_others(tmp_pa
     store.close()
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_an_encoder_process_that_cannot_load_its_model_says_why(tmp_path):
     import functools
 
@@ -552,6 +554,7 @@ def test_an_encoder_process_that_cannot_load_its_model_says_why(tmp_path):
         EncoderProcess(factory, "cpu")
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_a_dead_encoder_process_fails_the_batch_instead_of_hanging(tiny_model_dir):
     from PIL import Image
 
@@ -596,6 +599,7 @@ def test_encoder_processes_are_used_where_settings_ask_for_them(monkeypatch):
     assert process_devices(Settings(device="cpu", encoder_processes="on")) == ["cpu"]
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_a_dead_encoder_process_does_not_hold_up_the_parent_s_exit(tiny_model_dir):
     """A batch sent to a process that died can never be delivered; the parent must still
     exit (multiprocessing joins a queue's feeder thread at exit unless told not to)."""

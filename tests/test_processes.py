@@ -93,6 +93,7 @@ def wait_ingesting(data: Path, process: subprocess.Popen, timeout: float = 120) 
     time.sleep(1.0)
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 @pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
 def test_interrupted_ingest_leaves_no_process_and_resumes_exactly(cli_env, corpus, how):
     data = Path(cli_env["COLQWEN_DATA_DIR"])
@@ -160,6 +161,7 @@ def test_mistakes_are_answered_before_the_model_loads(cli_env, tmp_path):
     assert json.loads(result.stdout)["error"] == "not_found"
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_server_answers_health_at_once_and_logs_without_noise(cli_env):
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -607,6 +607,7 @@ def crash_pages(rng: np.random.Generator) -> dict[str, list]:
     }
 
 
+@pytest.mark.slow  # a process killed or started cold: seconds each
 def test_a_kill_9_keeps_every_write_that_returned_durable_and_no_part_of_a_page(tmp_path):
     """The embedded store writes pages without a journal (``retrieval.store.edge``). After a
     kill -9: upserts, deletes, catalog records and flushed bulk writes are all there; bulk

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -14,21 +15,45 @@ from app.deps import ServicesDep
 from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
 from app.uploads import OPENAPI_BODY, receive_upload
 from indexer.heatmap import overlay, png
-from retrieval.encoder import MAX_QUERY_CHARS
 from retrieval.errors import InvalidInput
 from retrieval.explain import explain_page
-from retrieval.store import check_metadata, parse_filter_json
+from retrieval.search import MAX_QUERY_CHARS
+from retrieval.store import COLLECTION_PATTERN, check_metadata, parse_filter_json
 from retrieval.store.filters import parse_json
 from retrieval.types import DocumentRecord
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"], responses=errors(400, 422))
 CollectionQuery = Annotated[
-    str | None, Query(min_length=1, max_length=64, description="Default: COLQWEN_COLLECTION.")
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        pattern=COLLECTION_PATTERN,
+        description="Default: COLQWEN_COLLECTION.",
+    ),
 ]
 WidthQuery = Annotated[
     int | None, Query(ge=16, le=4096, description="Image width in pixels (a thumbnail).")
 ]
 PRIVATE_FIELDS = ("source_path", "password_sealed")
+
+
+async def resolved_doc_id(
+    doc_id: Annotated[
+        str, Path(description="The document's id, or its first characters (at least 4).")
+    ],
+    services: ServicesDep,
+    collection: CollectionQuery = None,
+) -> str:
+    """The full id of the document the path names: commands show the first 12 characters of
+    ids, and any prefix that names one document is accepted, as the CLI accepts it."""
+    if len(doc_id) == 64:
+        return doc_id  # read as it is: a queued upload has no record to match a prefix yet
+    collection = collection or services.settings.collection
+    return (await run_in_threadpool(services.store.find_document, collection, doc_id)).doc_id
+
+
+DocId = Annotated[str, Depends(resolved_doc_id)]
 
 
 def document_public(doc: DocumentRecord, collection: str) -> DocumentPublic:
@@ -57,13 +82,19 @@ async def upload_document(request: Request, services: ServicesDep):
     streamed bytes pass the limit."""
     settings = services.settings
     received = await receive_upload(
-        request, services.documents.uploads, settings.max_upload_mb * 2**20
+        request,
+        services.documents.uploads,
+        settings.max_upload_mb * 2**20,
+        idle_s=settings.upload_idle_s,
+        min_bytes_s=settings.upload_min_kb_s * 1024,
     )
     try:
         fields = received.fields
-        collection = fields.get("collection") or settings.collection
-        if len(collection) > 64:
-            raise InvalidInput("collection: at most 64 characters")
+        collection = fields.get("collection", settings.collection)
+        if not re.fullmatch(COLLECTION_PATTERN.strip("^$"), collection):
+            raise InvalidInput(
+                "collection: 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+            )
         await run_in_threadpool(services.documents.check_model, collection, settings.model)
         accepted = await run_in_threadpool(
             lambda: services.documents.accept(
@@ -97,7 +128,11 @@ async def list_documents(
     services: ServicesDep,
     collection: CollectionQuery = None,
     filter: Annotated[
-        str | None, Query(description='JSON, e.g. {"metadata": {"team": "finance"}}')
+        str | None,
+        Query(
+            description='A filter as JSON text, e.g. {"metadata": {"team": "finance"}}',
+            json_schema_extra={"contentMediaType": "application/json"},
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -114,7 +149,7 @@ async def list_documents(
 
 @router.get("/{doc_id}", response_model=DocumentPublic, responses=errors(404))
 async def get_document(
-    doc_id: str, services: ServicesDep, collection: CollectionQuery = None
+    doc_id: DocId, services: ServicesDep, collection: CollectionQuery = None
 ) -> DocumentPublic:
     collection = collection or services.settings.collection
     return document_public(
@@ -124,7 +159,7 @@ async def get_document(
 
 @router.delete("/{doc_id}", status_code=204, responses=errors(404))
 async def delete_document(
-    doc_id: str, services: ServicesDep, collection: CollectionQuery = None
+    doc_id: DocId, services: ServicesDep, collection: CollectionQuery = None
 ) -> Response:
     """Delete the document for good: its pages, its record and its kept original. An ingestion
     still running for it is cancelled, and what it stored is removed."""
@@ -143,7 +178,7 @@ async def delete_document(
     },
 )
 async def page_image(
-    doc_id: str,
+    doc_id: DocId,
     page: int,
     request: Request,
     services: ServicesDep,
@@ -177,7 +212,7 @@ async def page_image(
     responses={200: {"content": {"image/png": {}}}, **errors(404, 409, 429, 503)},
 )
 async def page_heatmap(
-    doc_id: str,
+    doc_id: DocId,
     page: int,
     services: ServicesDep,
     query: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],

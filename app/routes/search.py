@@ -20,6 +20,7 @@ from app.schemas import (
 )
 from retrieval.explain import explain_page
 from retrieval.store import parse_filter
+from retrieval.text import snippet
 
 router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 422))
 
@@ -75,6 +76,7 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
                 metadata=h.metadata,
                 image_url=f"/v1/documents/{h.doc_id}/pages/{h.page}/image"
                 f"?collection={quote(collection)}",
+                snippet=snippet(h.payload.get("text") or "", body.query),
                 explanation=explanations.get((h.doc_id, h.page)),
             )
             for h in hits

@@ -166,5 +166,26 @@ def load_encoder_for(settings: Settings, info: CollectionInfo, *, quiet: bool = 
         return Encoder.from_settings(settings)
 
 
+def searcher_for(settings: Settings, store, *, quiet: bool = False, cache_queries: bool = False):
+    """The search use case over ``store`` (``retrieval.search.Searcher``), loading a
+    collection's model (``load_encoder_for``) the first time a query needs it: never for
+    text search, never before every check that needs no model. ``cache_queries``: each
+    distinct query embedded once (an evaluation runs each query in several modes)."""
+    from functools import cache
+
+    from retrieval.search import QueryModel, Searcher
+
+    loaded: dict[str, QueryModel] = {}
+
+    def models(info: CollectionInfo) -> QueryModel:
+        if info.name not in loaded:
+            encoder = load_encoder_for(settings, info, quiet=quiet)
+            embed = cache(lambda text: encoder.embed_queries([text])[0]) if cache_queries else None
+            loaded[info.name] = QueryModel(encoder, embed)
+        return loaded[info.name]
+
+    return Searcher(store, models, collection=settings.collection)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

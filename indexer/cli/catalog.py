@@ -18,6 +18,7 @@ from indexer.cli.base import (
     settings_of,
     user_errors,
 )
+from retrieval.words import count
 
 docs_app = typer.Typer(help="List, show and delete documents.", no_args_is_help=True)
 collections_app = typer.Typer(
@@ -43,7 +44,7 @@ def docs_list(
         status = d.status if d.status != "failed" else f"[red]failed[/]: {d.error}"
         table.add_row(d.doc_id[:12], d.name, str(d.page_count), status, d.created_at)
     console.print(table)
-    console.print(f"{len(docs)} documents")
+    console.print(count(len(docs), "document"))
 
 
 @docs_app.command("show")
@@ -82,7 +83,8 @@ def docs_delete(
         doc = _resolve(store, settings.collection, doc_id)
         if not yes:
             typer.confirm(
-                f"Delete {doc.name} ({doc.page_count} pages) from '{settings.collection}'?",
+                f"Delete {doc.name} ({count(doc.page_count, 'page')}) "
+                f"from '{settings.collection}'?",
                 abort=True,
             )
         jobs = job_queue(settings)
@@ -104,16 +106,7 @@ def _public(doc) -> dict:
 
 
 def _resolve(store, collection: str, prefix: str):
-    from retrieval.errors import InvalidInput, NotFound
-
-    if len(prefix) == 64:
-        return store.document(collection, prefix)
-    matches = [d for d in store.documents(collection) if d.doc_id.startswith(prefix)]
-    if not matches:
-        raise NotFound(f"no document id starts with '{prefix}' in collection '{collection}'")
-    if len(matches) > 1:
-        raise InvalidInput(f"'{prefix}' matches {len(matches)} documents; give more characters")
-    return matches[0]
+    return store.find_document(collection, prefix)
 
 
 @collections_app.command("list")
@@ -211,9 +204,9 @@ def collections_drop(
 ) -> None:
     """Drop a collection and everything in it."""
     settings = settings_of(ctx)
-    if not yes:
-        typer.confirm(f"Drop collection '{name}' and all its pages?", abort=True)
     with user_errors(), open_store(settings) as store:
+        if not yes and store.has_collection(name):  # else no question: the drop says why
+            typer.confirm(f"Drop collection '{name}' and all its pages?", abort=True)
         store.drop_collection(name)
     console.print(f"dropped collection {name}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +15,9 @@ from indexer.cli.base import (
     app,
     console,
     err_console,
-    load_encoder_for,
     open_store,
     print_json,
+    searcher_for,
     settings_of,
     user_errors,
 )
@@ -67,15 +66,11 @@ def evaluate_command(
             raise InvalidInput("--prefetch: comma-separated integers, e.g. 50,150") from None
         data = Dataset.load(dataset)
         with open_store(settings) as store:
-            info = store.collection(settings.collection)
-            from retrieval.search import Searcher
-
-            encoder = load_encoder_for(settings, info)
-            embed = cache(lambda text: encoder.embed_queries([text])[0])  # once per query
-            searcher = Searcher(encoder, store, collection=settings.collection, embed_query=embed)
+            store.collection(settings.collection)  # a missing collection: before any model
+            searcher = searcher_for(settings, store, cache_queries=True)
 
             def search(text: str, mode: str, depth: int | None) -> list[tuple[str, int]]:
-                hits = searcher.search(text, top_k=100, mode=mode, prefetch=depth)
+                hits = searcher.search(text, top_k=100, mode=mode, prefetch=depth).hits
                 return [(h.doc_id, h.page) for h in hits]
 
             runs = sum(len(depths) if m in ("two_stage", "hybrid") else 1 for m in wanted)

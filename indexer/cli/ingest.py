@@ -32,6 +32,7 @@ from indexer.cli.base import (
     user_errors,
 )
 from retrieval.errors import InvalidInput
+from retrieval.words import count
 
 
 @app.command()
@@ -120,8 +121,9 @@ def _run(settings, sources, *, quiet: bool):
         f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape "
         "(minutes the first time on a machine)"
     )
-    options = RenderOptions.from_settings(settings)
     with open_store(settings) as store, ExitStack() as stack:
+        _check_collection_model(store, settings)  # refused in a second, not after the load
+        options = RenderOptions.from_settings(settings)
         # The render processes start while the model loads.
         renderer = stack.enter_context(Renderer(options, workers=settings.render_workers))
         renderer.start()
@@ -143,6 +145,18 @@ def _run(settings, sources, *, quiet: bool):
         )
         with progress:
             return pipeline.run(sources)
+
+
+def _check_collection_model(store, settings) -> None:
+    """``Conflict`` if the collection exists and was built with another model."""
+    from retrieval.checkpoint import identify
+    from retrieval.errors import NotFound
+
+    try:
+        info = store.collection(settings.collection)
+    except NotFound:
+        return
+    info.check_model(identify(settings.model), action="ingest into")
 
 
 def _run_remote(server, settings, sources, *, api_key, quiet: bool):
@@ -206,7 +220,7 @@ def _print_summary(result) -> None:
     index = result.stage_s.get("index")
     console.print(
         f"{result.count('indexed')} indexed, {result.count('skipped')} skipped (already stored), "
-        f"{result.count('failed')} failed; {result.pages_embedded} pages embedded in "
+        f"{result.count('failed')} failed; {count(result.pages_embedded, 'page')} embedded in "
         f"{stored_at:.1f} s ({rate:.1f} pages/s)"
         + (f", search index built in {index:.1f} s" if index is not None else "")
     )

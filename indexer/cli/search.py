@@ -23,10 +23,11 @@ from indexer.cli.base import (
     load_encoder_for,
     open_store,
     print_json,
+    searcher_for,
     settings_of,
     user_errors,
 )
-from retrieval.errors import InvalidInput
+from retrieval.words import count
 
 
 class Mode(StrEnum):
@@ -78,19 +79,19 @@ def search(
 
     settings = settings_of(ctx, collection=collection)
     with user_errors(as_json):
-        if not query.strip():
-            raise InvalidInput("the query is empty: say what you are looking for")
         where = parse_filter_json(filter_json, what="--filter")
         with open_store(settings, warm=True) as store:
-            info = store.collection(settings.collection)  # before the model loads
-            from retrieval.search import Searcher
-
-            encoder = load_encoder_for(settings, info, quiet=as_json)
-            searcher = Searcher(encoder, store, collection=settings.collection)
-            hits = searcher.search(
-                query, top_k=top_k, filter=where, mode=mode.value, prefetch=prefetch
+            searcher = searcher_for(settings, store, quiet=as_json)
+            found = searcher.search(
+                query,
+                top_k=top_k,
+                filter=where,
+                mode=mode.value,
+                prefetch=prefetch,
+                explain=explain,
             )
-            why = _explain(encoder, store, settings.collection, query, hits) if explain else {}
+            hits = found.hits
+            why = _explained(found) if explain else {}
     if as_json:
         rows = [{**asdict(h), **why.get((h.doc_id, h.page), {})} for h in hits]
         print_json({"query": query, "mode": mode.value, "hits": rows})
@@ -117,21 +118,20 @@ def search(
         console.print("no page matched" + (" the filter" if where else ""))
 
 
-def _explain(encoder, store, collection: str, query: str, hits) -> dict:
-    """Each hit's grid, brightest regions and best query tokens (retrieval.explain)."""
-    from retrieval.explain import explain_page
-
-    [vectors] = encoder.embed_queries([query])
-    words = encoder.query_words(query)
+def _explained(found) -> dict:
+    """Each hit's grid, brightest regions and best query words (retrieval.explain)."""
     out = {}
-    for hit in hits:
-        found = explain_page(store, collection, hit.doc_id, hit.page, vectors)
+    for hit in found.hits:
+        explanation = found.explanations[(hit.doc_id, hit.page)]
         out[(hit.doc_id, hit.page)] = {
             "explanation": {
-                "grid": list(found.grid),
-                "regions": [{"row": r, "col": c, "value": v} for r, c, v in found.top_regions(3)],
+                "grid": list(explanation.grid),
+                "regions": [
+                    {"row": r, "col": c, "value": v} for r, c, v in explanation.top_regions(3)
+                ],
                 "tokens": [
-                    {"index": i, "text": words[i]} for i in found.top_tokens(5, among=words)
+                    {"index": i, "text": found.words[i]}
+                    for i in explanation.top_tokens(5, among=found.words)
                 ],
             }
         }
@@ -155,15 +155,21 @@ def heatmap(
     from indexer.cli.catalog import _resolve
     from indexer.heatmap import overlay
     from indexer.worker import document_service, job_queue
+    from retrieval.errors import NotFound
     from retrieval.explain import explain_page
     from retrieval.models import describe_grid
+    from retrieval.search import check_query
 
     settings = settings_of(ctx, collection=collection)
     with user_errors():
-        if not query.strip():
-            raise InvalidInput("the query is empty: say what to look for on the page")
+        check_query(query)
         with open_store(settings) as store:
             doc = _resolve(store, settings.collection, doc_id)
+            if not 1 <= page <= doc.page_count:  # before the model loads
+                raise NotFound(
+                    f"document '{doc.doc_id[:12]}' has no page {page} "
+                    f"({count(doc.page_count, 'page')})"
+                )
             info = store.collection(settings.collection)
             encoder = load_encoder_for(settings, info)
             info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")

@@ -2,6 +2,7 @@
 
 from retrieval.store.filters import check_metadata, parse_filter, parse_filter_json
 from retrieval.store.pages import (
+    COLLECTION_PATTERN,
     SEARCH_MODES,
     PageStore,
     SearchMode,
@@ -10,6 +11,7 @@ from retrieval.store.pages import (
 )
 
 __all__ = [
+    "COLLECTION_PATTERN",
     "SEARCH_MODES",
     "PageStore",
     "SearchMode",

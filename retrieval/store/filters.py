@@ -29,9 +29,49 @@ TOP_LEVEL: dict[str, tuple[str, Kind]] = {
     "page": ("page", "integer"),
 }
 RANGE_OPS = {"gt", "gte", "lt", "lte"}
-INT64 = (-(2**63), 2**63 - 1)
+# Integers the store keeps (signed 64 bits), less a margin a JSON Schema validator reads
+# exactly as a double: the API's schema declares these very bounds.
+INT64 = (-(2**63) + 1024, 2**63 - 1024)
 MAX_CONDITIONS = 64
 MAX_VALUES = 1024
+
+
+_INT64 = {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]}
+_RANGE = {
+    "type": "object",
+    "description": "A range: any of gt, gte, lt, lte, each a finite number.",
+    "properties": {op: {"type": "number"} for op in sorted(RANGE_OPS)},
+    "additionalProperties": False,
+    "minProperties": 1,
+}
+_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_VALUES}
+_INTEGERS = {"type": "array", "items": _INT64, "minItems": 1, "maxItems": MAX_VALUES}
+_ANY_VALUE = {
+    "description": "A string, integer or boolean (equality), a list of only strings or only "
+    "integers (any of them), or a range.",
+    "anyOf": [{"type": "string"}, _INT64, {"type": "boolean"}, _STRINGS, _INTEGERS, _RANGE],
+}
+_KEY = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$"
+# The rules above, as the API's OpenAPI schema declares them.
+FILTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Conditions every result meets (all of them). A scalar means equality, a "
+    "list any of, an object with gt/gte/lt/lte a range; at most "
+    f"{MAX_CONDITIONS} conditions, {MAX_VALUES} values a list, integers within 64 bits.",
+    "properties": {
+        "doc_id": {"anyOf": [{"type": "string"}, _STRINGS]},
+        "source": {"anyOf": [{"type": "string"}, _STRINGS]},
+        "page": {"anyOf": [_INT64, _INTEGERS, _RANGE]},
+        "metadata": {
+            "type": "object",
+            "propertyNames": {"pattern": _KEY, "maxLength": 247},
+            "additionalProperties": _ANY_VALUE,
+            "maxProperties": MAX_CONDITIONS,
+        },
+    },
+    "patternProperties": {"^metadata\\.[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$": _ANY_VALUE},
+    "additionalProperties": False,
+}
 
 
 def parse_filter_json(text: str | None, *, what: str = "filter") -> Filter | None:
@@ -91,6 +131,8 @@ def _scalar(key: str, value: Any, kind: Kind) -> str | int | bool:
         raise InvalidInput(f"filter '{key}': expected a string, got {_shown(value)}")
     if kind == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
         raise InvalidInput(f"filter '{key}': expected an integer, got {_shown(value)}")
+    if isinstance(value, float) and value.is_integer() and kind != "string":
+        value = int(value)  # 524.0 is the integer JSON Schema says it is
     if isinstance(value, float):
         raise InvalidInput(
             f"filter '{key}': match a number with a fraction by a range, e.g. "

@@ -86,7 +86,10 @@ TEXT_SUFFIX = "__v3"  # the pages of a collection upgraded (again) to keep its t
 _NAMESPACE = uuid.UUID("6f1c2f4e-8a7b-4c1e-9e55-2b0c7d3a9f10")
 _COLLECTION_POINT = str(uuid.uuid5(_NAMESPACE, "collection"))
 _DUMMY = {"_": np.ones((1,), dtype=np.float32)}  # catalog points need a vector; it means nothing
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# A collection's name: what the API declares (pydantic's patterns, like fullmatch, end at the
+# end: "$" in Python would also match before a trailing newline).
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SCROLL_PAGE = 256
 
 
@@ -391,12 +394,20 @@ class PageStore:
                 continue  # not one of ours
         return out
 
+    def has_collection(self, name: str) -> bool:
+        """Whether collection ``name`` exists, or what a creation cut short left of one."""
+        return self.backend.collection_exists(name + CATALOG_SUFFIX)
+
     def drop_collection(self, name: str) -> None:
         """Delete a collection, or what a creation cut short left of one."""
+        if not self.has_collection(name):
+            names = [c.name for c in self.collections()]
+            others = f"; the collections are: {', '.join(names)}" if names else ""
+            raise NotFound(f"collection '{name}' does not exist: nothing to drop{others}")
         if self._incomplete(name):
             self._drop_shards(name)
             return
-        info = self.collection(name)  # NotFound if absent
+        info = self.collection(name)
         self._drop_shards(name, info.points_collection)
 
     def _drop_shards(self, name: str, points: str | None = None) -> None:
@@ -520,6 +531,27 @@ class PageStore:
         if not records:
             raise NotFound(f"document '{doc_id}' is not in collection '{collection}'")
         return _document(records[0])
+
+    def find_document(self, collection: str, ref: str) -> DocumentRecord:
+        """A document by its id or, as commands show ids (their first 12 characters), by a
+        prefix that names one document only. A full id is read directly; a prefix scans the
+        collection's catalog."""
+        ref = ref.strip().lower()
+        if len(ref) >= 64:
+            return self.document(collection, ref)
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise NotFound(
+                f"no document '{ref[:64]}' in collection '{collection}': give its id, or at "
+                "least its first 4 characters"
+            )
+        matches = [d for d in self.documents(collection) if d.doc_id.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no document id starts with '{ref}' in collection '{collection}'")
+        if len(matches) > 1:
+            raise InvalidInput(
+                f"'{ref}' is the start of {len(matches)} document ids; give more characters"
+            )
+        return matches[0]
 
     def documents(self, collection: str, where: Filter | None = None) -> list[DocumentRecord]:
         """All documents (optionally filtered on metadata), oldest first."""
@@ -690,7 +722,7 @@ class PageStore:
     def search(
         self,
         collection: str,
-        query: np.ndarray,
+        query: np.ndarray | None,
         *,
         top_k: int = 10,
         where: Filter | None = None,
@@ -700,7 +732,7 @@ class PageStore:
         timings: dict[str, float] | None = None,
     ) -> list[Hit]:
         """MaxSim search with a query multivector (n_tokens, dim) float32, and with ``text``
-        (the query's words) BM25 over the pages' own text.
+        (the query's words) BM25 over the pages' own text (``query`` None: ``text`` mode only).
 
         ``two_stage``: candidates from the first stage (FDE graph, then the pooled vectors if
         stored; or the pooled vectors' graph in collections made before FDEs), reranked with
@@ -717,15 +749,17 @@ class PageStore:
         info = self.collection(collection)
         if top_k < 1:
             raise InvalidInput("top_k must be at least 1")
-        if query.ndim != 2:
+        if mode not in SEARCH_MODES:
+            raise InvalidInput(f"unknown search mode '{mode}': use {', '.join(SEARCH_MODES)}")
+        if query is None and mode != "text":
+            raise InvalidInput(f"search mode '{mode}' needs the query's vectors")
+        if query is not None and query.ndim != 2:
             raise InvalidInput(f"query must be (n_tokens, {info.dim}); got {query.shape}")
-        if query.shape[1] != info.dim:
+        if query is not None and query.shape[1] != info.dim:
             raise Conflict(
                 f"collection '{collection}' holds {info.dim}-d token vectors from {info.model}; "
                 f"this query has {query.shape[1]}-d ones: search it with that model"
             )
-        if mode not in SEARCH_MODES:
-            raise InvalidInput(f"unknown search mode '{mode}': use {', '.join(SEARCH_MODES)}")
         depths = self.depths(info)
         candidates = max(top_k, prefetch or depths.prefetch)
         points = info.points_collection
@@ -896,7 +930,7 @@ def _document(record: Record) -> DocumentRecord:
 def _check_name(name: str, *, new: bool = False) -> None:
     """``new``: names of new collections may not contain '__', which marks our own collections
     (catalogs, upgraded pages); older collections may."""
-    if not _NAME.match(name) or CATALOG_SUFFIX in name or (new and "__" in name):
+    if not _NAME.fullmatch(name) or CATALOG_SUFFIX in name or (new and "__" in name):
         raise InvalidInput(
             f"invalid collection name '{name}': 1-64 letters, digits, '-' or '_', without '__'"
         )

@@ -1,7 +1,10 @@
 """How long the CLI makes people wait for what needs no model: `--help`, `docs list`, text
 search and every refusal, each in a fresh process (as a user runs them), min/median/max.
 
-    uv run python -m bench.cli_bench [--runs 5] [--workdir DIR]
+    uv run python -m bench.cli_bench [--runs 5] [--workdir DIR] [--baseline REPO]
+
+``--baseline REPO``: also run the same commands with the code of another checkout (e.g. a
+worktree of an earlier commit: ``git worktree add /tmp/old <rev>``), on data it ingested itself.
 
 The data: a tiny ColQwen2 checkpoint (the model-free paths must not depend on its size), one
 3-page PDF ingested into the default collection, and a second checkpoint of the same name with
@@ -23,8 +26,9 @@ from pathlib import Path
 HELP_S, MODEL_FREE_S = 2.0, 3.0
 
 
-def prepare(workdir: Path) -> dict[str, str]:
-    """The checkpoints, a PDF and a collection holding it; the environment to run in."""
+def prepare(workdir: Path, repo: Path | None = None) -> dict[str, str]:
+    """The checkpoints, a PDF and a collection holding it; the environment to run in (with
+    ``repo``: that checkout's code, which ingests the PDF itself)."""
     from tests.documents import make_pdf
     from tests.tiny_model import write_tiny_model
 
@@ -45,9 +49,34 @@ def prepare(workdir: Path) -> dict[str, str]:
     }
     for key in ("COLQWEN_QDRANT_URL", "COLQWEN_COLLECTION"):
         env.pop(key, None)
-    if not (workdir / "data").exists():
-        subprocess.run([*_colqwen(), "ingest", str(pdf), "--quiet"], env=env, check=True)
+    if repo is not None:
+        env["PYTHONPATH"] = str(repo)
+        if not (workdir / "data").exists():
+            subprocess.run(
+                [*_colqwen(), "ingest", str(pdf), "--quiet"], env=env, cwd=workdir, check=True
+            )
+    elif not (workdir / "data").exists():
+        _ingest(pdf, model, workdir / "data")
     return env
+
+
+def _ingest(pdf: Path, model: Path, data: Path) -> None:
+    """The PDF into the default collection, in this process (a command would load the model
+    for as long as everything measured here takes together)."""
+    from indexer.pipeline import IngestPipeline
+    from indexer.sources import discover
+    from retrieval.config import Settings
+    from retrieval.encoder import Encoder
+    from retrieval.store import PageStore
+
+    settings = Settings(_env_file=None, data_dir=data, model=str(model), max_visual_tokens=64)
+    encoder = Encoder.load(str(model), device="cpu", max_visual_tokens=64)
+    store = PageStore.from_settings(settings)
+    try:
+        store.ensure_collection_for(settings.collection, settings, encoder)
+        IngestPipeline(encoder, store, settings.collection, render_workers=0).run(discover([pdf]))
+    finally:
+        store.close()
 
 
 def commands(workdir: Path) -> list[tuple[str, list[str], int]]:
@@ -68,9 +97,9 @@ def commands(workdir: Path) -> list[tuple[str, list[str], int]]:
     ]  # fmt: skip
 
 
-def measure(workdir: Path, runs: int = 3) -> list[dict]:
+def measure(workdir: Path, runs: int = 3, repo: Path | None = None) -> list[dict]:
     """Each command ``runs`` times in a fresh process: seconds, and what it printed last."""
-    env = prepare(workdir)
+    env = prepare(workdir, repo)
     rows = []
     for what, args, code in commands(workdir):
         times, tail = [], ""
@@ -80,7 +109,7 @@ def measure(workdir: Path, runs: int = 3) -> list[dict]:
                 [*_colqwen(), *args], env=env, cwd=workdir, capture_output=True, text=True
             )
             times.append(time.perf_counter() - start)
-            if done.returncode != code:
+            if done.returncode != code and repo is None:
                 raise RuntimeError(f"{what}: exit {done.returncode}, expected {code}: {done}")
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
         target = HELP_S if what in ("--help", "docs list") else MODEL_FREE_S
@@ -116,15 +145,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout to time")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cli-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = measure(workdir, args.runs)
-    print("| command | min s | median s | max s | target s | says |\n|---|---|---|---|---|---|")
+    before = {}
+    if args.baseline:
+        base = workdir / "baseline"
+        base.mkdir(exist_ok=True)
+        before = {r["command"]: r for r in measure(base, args.runs, args.baseline)}
+    print("| command | median s (min-max) | target s | baseline median s | says |")
+    print("|---|---|---|---|---|")
     for r in rows:
+        old = before.get(r["command"])
+        baseline = f"{old['median_s']:.2f}" if old else "-"
         print(
-            f"| {r['command']} | {r['min_s']:.2f} | {r['median_s']:.2f} | {r['max_s']:.2f} | "
-            f"{r['target_s']:g} | {r['says']} |"
+            f"| {r['command']} | {r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | "
+            f"{r['target_s']:g} | {baseline} | {r['says']} |"
         )
 
 

@@ -135,6 +135,10 @@ class Encoder:
         self.image_token_id: int = family.image_token_id(model)
         self.dim: int = int(model.dim)
         self._lock = threading.Lock()
+        # The tokenizer's padding setting is changed by each call (a mutable borrow in Rust):
+        # two threads tokenizing at once fail with "Already borrowed" (an API request's
+        # query_words beside the batcher's embed_queries).
+        self._tokenizing = threading.Lock()
         # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
         self.replicas: list[Encoder] = [self]
         self.compiled = False
@@ -484,13 +488,19 @@ class Encoder:
         special = set(self.processor.tokenizer.all_special_ids)
         words = {}
         for row in range(start, len(full) - end):
-            piece = self.processor.tokenizer.decode([full[row]])
+            with self._tokenizing:
+                piece = self.processor.tokenizer.decode([full[row]])
             if full[row] not in special and piece.strip():
                 words[row] = piece
         return words
 
+    def _queries(self, texts: list[str]) -> Any:
+        """colpali-engine's ``process_queries``, one thread at a time."""
+        with self._tokenizing:
+            return self.processor.process_queries(texts)
+
     def _query_ids(self, text: str) -> list[int]:
-        batch = self.processor.process_queries([text])
+        batch = self._queries([text])
         return batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
 
     def embed_queries(
@@ -507,14 +517,14 @@ class Encoder:
             check_query(text)
         size = batch_size or self.query_batch_size
         texts = list(texts)
-        lengths = self.processor.process_queries(texts)["attention_mask"].sum(dim=1).tolist()
+        lengths = self._queries(texts)["attention_mask"].sum(dim=1).tolist()
         by_length: dict[int, list[int]] = {}
         for i, n in enumerate(lengths):
             by_length.setdefault(int(n), []).append(i)
         found: dict[int, np.ndarray] = {}
         for indices in by_length.values():
             for chunk in _chunks(indices, size):
-                batch = self.processor.process_queries([texts[i] for i in chunk])
+                batch = self._queries([texts[i] for i in chunk])
                 out = self.forward(batch).float().cpu().numpy()  # (batch, seq_len, dim)
                 mask = batch["attention_mask"].bool().cpu().numpy()  # (batch, seq_len)
                 for i, row, keep in zip(chunk, out, mask, strict=True):

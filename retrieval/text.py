@@ -72,9 +72,7 @@ def snippet(text: str, query: str, width: int = 240) -> str:
     if not text:
         return ""
     words = {w.lower() for w in _WORD.findall(query) if len(w) > 1}
-    first = min(
-        (m.start() for m in _WORD.finditer(text) if m.group().lower() in words), default=0
-    )
+    first = min((m.start() for m in _WORD.finditer(text) if m.group().lower() in words), default=0)
     start = max(0, first - width // 3)
     end = min(len(text), start + width)
     start = max(0, min(start, end - width))

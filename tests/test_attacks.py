@@ -182,3 +182,19 @@ def test_the_openapi_schema_says_what_the_server_enforces(idle_api):
     search = spec["components"]["schemas"]["SearchRequest"]["properties"]
     assert search["collection"]["anyOf"][0]["pattern"] == pattern
     assert "filter" in search and search["filter"].get("description")
+
+
+def test_documents_are_found_by_the_id_prefix_commands_show(tiny_model_dir, tmp_path, encoder):
+    from tests.server import wait_job
+
+    settings = settings_for(tiny_model_dir, tmp_path / "data")
+    with serving(create_app(settings, encoder=encoder)) as base, httpx.Client(base_url=base) as api:
+        pdf = make_pdf([(595, 842)])
+        job = api.post("/v1/documents", files={"file": ("a.pdf", pdf, "application/pdf")}).json()
+        doc_id = wait_job(api, job["job_id"])["doc_id"]
+        assert api.get(f"/v1/documents/{doc_id[:12]}").json()["doc_id"] == doc_id
+        assert api.head(f"/v1/documents/{doc_id[:12]}/pages/1/image").status_code == 200
+        assert_error_shape(api.get(f"/v1/documents/{doc_id[:3]}"), 404)  # too short to say
+        assert_error_shape(api.get("/v1/documents/zzzzzzzz"), 404)
+        assert api.delete(f"/v1/documents/{doc_id[:12]}").status_code == 204
+        assert_error_shape(api.get(f"/v1/documents/{doc_id}"), 404)

@@ -168,3 +168,28 @@ def test_progress_names_the_index_build_and_agrees_with_the_summary(env, tiny_mo
     summary_rate = float(re.search(r"\(([\d.]+) pages/s\)", result.stdout).group(1))
     assert bar_rate == pytest.approx(summary_rate, rel=0.35), (bars["pages"], result.stdout)
     assert "search index built in" in result.stdout
+
+
+def test_what_a_new_user_hits_is_said_plainly(env, tiny_model_dir):
+    """A link to nothing is a failed file with its reason (not skipped without a word); an
+    empty file gets the API's message; a missing collection 'does not exist'; counts are
+    singular when they are one."""
+    folder = env / "pdfs"
+    folder.mkdir()
+    (folder / "one.pdf").write_bytes(make_pdf([(595, 842)]))
+    (folder / "empty.pdf").write_bytes(b"")
+    (folder / "gone.pdf").symlink_to(env / "nowhere.pdf")
+    result = invoke("--model", str(tiny_model_dir), "ingest", str(folder), "--json")
+    report = json.loads(result.stdout)
+    errors = {d["name"]: d["error"] for d in report["documents"] if d["status"] == "failed"}
+    assert errors["gone.pdf"] == f"gone.pdf: a link to {env / 'nowhere.pdf'}, which does not exist"
+    assert errors["empty.pdf"] == "empty.pdf: the file is empty"  # what an upload of it is told
+    solo = ("--collection", "solo")
+    summary = invoke("--model", str(tiny_model_dir), "ingest", str(folder / "one.pdf"), *solo)
+    assert "1 page embedded" in summary.stdout
+    assert not re.search(r"(?<![\d.])1 pages", summary.stdout)
+    assert invoke("docs", "list", *solo).stdout.strip().endswith("1 document")
+    dropped = invoke("collections", "drop", "nosuch", "--yes")
+    assert dropped.exit_code == 1
+    assert "collection 'nosuch' does not exist: nothing to drop" in dropped.stderr
+    assert "ingest documents into it" not in dropped.stderr

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.main import create_app
 from tests.documents import make_pdf
@@ -25,6 +26,7 @@ CHECKS = "all"
 EXCLUDED = "positive_data_acceptance,use_after_free"
 
 
+@pytest.mark.slow  # ~30 s: a thousand generated requests
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tiny_model_dir, tmp_path, encoder):
     with serving(create_app(settings_for(tiny_model_dir, tmp_path / "data"))) as base:
         with httpx.Client(base_url=base) as client:  # something to find, list and render

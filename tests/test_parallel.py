@@ -286,8 +286,9 @@ def test_pages_of_one_grid_are_batched_together_across_documents(tiny_model_dir,
     encoder.forward = recording_forward
     store, seen = ingest(encoder, folder, tmp_path / "data")  # batches of 2 pages
     # Each document's third page waits for the next document of its shape: every batch is of
-    # one grid but perhaps the last, which takes what is left when the input ends.
-    assert len(grids) == 9 and sum(len(g) > 1 for g in grids) <= 1
+    # one grid but perhaps the last, which takes what is left when the input ends. Under load
+    # a render can come late enough that the idle device is given one partial batch early.
+    assert len(grids) in (9, 10) and sum(len(g) > 1 for g in grids) <= 1
     opened = [name for kind, name in seen["events"] if kind == "open"]
     ended = [name for kind, name in seen["events"] if kind == "end"]
     assert opened == ended == [f"d{i}.pdf" for i in range(6)]

@@ -688,6 +688,23 @@ def test_depths_are_tuned_for_the_middle_stage_unless_set(tmp_path):
     store.close()
 
 
+def test_closing_a_store_it_is_warming_up_waits_for_the_warm_up_and_never_fails(tmp_path):
+    """A text search answers in milliseconds and closes the store while its warm-up (started
+    at open) is still reading the collections: closing stops the warm-up first (the engine
+    refuses to close a collection another thread reads: "Already borrowed")."""
+    store = make_store("embedded", tmp_path)
+    for name in "abcd":
+        store.create_collection(name, model="t", max_visual_tokens=768)
+        store.upsert_pages(name, [page_record("d", 1, page_embedding(np.random.default_rng(1)))])
+    store.close()
+    for _ in range(20):
+        reopened = make_store("embedded", tmp_path)
+        warming = reopened.warm_up_in_background()
+        reopened.collection("a")
+        reopened.close()  # raised RuntimeError('Already borrowed') now and then
+        assert not warming.is_alive()
+
+
 def test_warming_up_loads_the_store_and_a_closed_store_stays_closed(tmp_path, caplog):
     store = make_store("embedded", tmp_path)
     store.create_collection("c", model="t", max_visual_tokens=768)

@@ -6,6 +6,7 @@ Everything else (schema, ids, the document catalog, search modes) is written onc
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -95,9 +96,11 @@ class Backend(Protocol):
     def optimize(self, name: str) -> None:
         """Build indexes now (the embedded engine has no background optimizer)."""
 
-    def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
+    def warm_up(
+        self, name: str, *, cold: tuple[str, ...] = (), stop: threading.Event | None = None
+    ) -> None:
         """Bring what a query of ``name`` reads into memory (the embedded engine: its files
-        into the page cache, the vectors named in ``cold`` last); nothing on a server, which
-        keeps its own caches."""
+        into the page cache, the vectors named in ``cold`` last), until ``stop`` is set;
+        nothing on a server, which keeps its own caches."""
 
     def close(self) -> None: ...

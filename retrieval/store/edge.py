@@ -301,14 +301,16 @@ class EdgeBackend:
             _call(shard.optimize)
             _call(shard.flush)
 
-    def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
+    def warm_up(
+        self, name: str, *, cold: tuple[str, ...] = (), stop: threading.Event | None = None
+    ) -> None:
         """Load the shard and read its files into the page cache, so that the first queries after a
         start do not wait for the disk: first everything but the vectors named in ``cold``
         (graph, binary codes, FDEs, pooled vectors, payload: a query reads them at random),
         then those (``original``: a query reads a few dozen pages' worth) if they fit in a
         quarter of the memory available (their quantized codes, if any, come first). Reads
         go through the kernel (no copy is kept here), a few MB at a time, so queries
-        meanwhile still get the disk."""
+        meanwhile still get the disk; ``stop`` ends it between two of them."""
         self._shard(name)
         files = [f for f in self._path(name).rglob("*") if f.is_file()]
 
@@ -317,10 +319,11 @@ class EdgeBackend:
         def is_cold(f: Path) -> bool:  # a cold vector's stored values; its codes stay first
             return not stored.isdisjoint(f.parts) and not f.name.startswith("quantized")
 
-        _read_into_cache([f for f in files if not is_cold(f)])
+        stop = stop or threading.Event()
+        _read_into_cache([f for f in files if not is_cold(f)], stop)
         later = [f for f in files if is_cold(f)]
         if sum(f.stat().st_size for f in later) < _available_memory() // 4:
-            _read_into_cache(later)
+            _read_into_cache(later, stop)
 
     def close(self) -> None:
         with self._write, self._open:
@@ -337,13 +340,13 @@ class EdgeBackend:
 _CHUNK = 4 << 20
 
 
-def _read_into_cache(files: list[Path]) -> None:
+def _read_into_cache(files: list[Path], stop: threading.Event) -> None:
     buffer = bytearray(_CHUNK)
     for path in files:
         try:
             with open(path, "rb", buffering=0) as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                while f.readinto(buffer):
+                while not stop.is_set() and f.readinto(buffer):
                     pass
         except FileNotFoundError:  # a segment merged away meanwhile
             continue

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from retrieval.config import Settings
-from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from retrieval.errors import ConfigurationError, Conflict, InvalidInput, NotFound, StoreError
 from retrieval.muvera import FdeParams, Muvera
 from retrieval.pooling import pool_buckets, pool_clusters, pool_cols, pool_rows
 from retrieval.store.backend import Backend
@@ -181,6 +181,8 @@ class PageStore:
         self.fde_binary = fde_binary
         self.write_batch = write_batch
         self._collections: dict[str, CollectionInfo] = {}
+        self._warming: threading.Thread | None = None  # warm_up_in_background's thread
+        self._stop_warming = threading.Event()
         self._lock = threading.Lock()
 
     def depths(self, info: CollectionInfo) -> Depths:
@@ -212,6 +214,12 @@ class PageStore:
         return self.backend.kind
 
     def close(self) -> None:
+        """Close the store; a warm-up still running is stopped first (the engine cannot close
+        a collection another thread is reading: "Already borrowed")."""
+        self._stop_warming.set()
+        warming = self._warming
+        if warming is not None and warming is not threading.current_thread():
+            warming.join()
         self.backend.close()
 
     # --- collections ---------------------------------------------------------------------------
@@ -686,11 +694,16 @@ class PageStore:
         """Bring what queries read into memory, every collection's: after a start the first
         queries then answer as fast as later ones (the embedded store reads its files into the
         page cache, the full multivectors last; a server keeps its own caches)."""
+        stop = self._stop_warming
+        if stop.is_set():
+            raise StoreError("the store is closed")
         for info in self.collections():
-            self.backend.warm_up(info.name + CATALOG_SUFFIX)
+            if stop.is_set():
+                return
+            self.backend.warm_up(info.name + CATALOG_SUFFIX, stop=stop)
             # Without rescoring two_stage reads no stored FDE: those go last, with `original`.
             unread = ("fde",) if self.depths(info).oversampling == 0 else ()
-            self.backend.warm_up(info.points_collection, cold=("original", *unread))
+            self.backend.warm_up(info.points_collection, cold=("original", *unread), stop=stop)
 
     def warm_up_in_background(self) -> threading.Thread:
         """``warm_up`` on a daemon thread, so that opening the store does not wait for it."""
@@ -705,6 +718,7 @@ class PageStore:
             log.info("store warmed up in %.1f s", time.perf_counter() - start)
 
         thread = threading.Thread(target=run, name="store-warm-up", daemon=True)
+        self._warming = thread
         thread.start()
         return thread
 

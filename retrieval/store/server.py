@@ -6,6 +6,7 @@ server; the tests use it to exercise this code path without a server.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Literal
 
@@ -207,7 +208,9 @@ class ServerBackend:
     def optimize(self, name: str) -> None:
         """The server optimizes in the background."""
 
-    def warm_up(self, name: str, *, cold: tuple[str, ...] = ()) -> None:
+    def warm_up(
+        self, name: str, *, cold: tuple[str, ...] = (), stop: threading.Event | None = None
+    ) -> None:
         """Nothing: the server keeps its own caches warm."""
 
     def close(self) -> None:

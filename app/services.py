@@ -29,6 +29,7 @@ from indexer.jobs import JobQueue
 from indexer.worker import Worker, document_service, job_queue
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError, ModelLoadError
+from retrieval.search import QueryModel, Searcher
 from retrieval.store import PageStore
 from retrieval.types import CollectionInfo
 
@@ -76,6 +77,19 @@ class Services:
         return cls(
             settings, store, jobs, documents, metrics, run_worker=run_worker, fidelity=monitor
         )
+
+    def searcher(self) -> Searcher:
+        """The search use case over this service's store and models. Call it from a worker
+        thread (``run_in_threadpool``): it reaches the event loop for a collection's model
+        (``model_for``) and for the batched query embedding, and only when the query needs
+        them."""
+        import anyio.from_thread
+
+        def models(info: CollectionInfo) -> QueryModel:
+            encoder, embedder = anyio.from_thread.run(self.model_for, info)
+            return QueryModel(encoder, lambda text: anyio.from_thread.run(embedder.embed, text))
+
+        return Searcher(self.store, models, collection=self.settings.collection)
 
     def start_loading(self, encoder: Encoder | None = None) -> None:
         """Load the model in the background, then start the embedder and the worker."""

@@ -12,6 +12,7 @@ with a spinner; the API batches concurrent queries into one forward pass.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,9 @@ class Searcher:
             model = self.models(info)
             encoder = model.encoder
             info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
+            start = time.perf_counter()
             result.vectors = model.embed(query)
+            result.timings["embed"] = (time.perf_counter() - start) * 1000
         result.hits = self.store.search(
             name,
             result.vectors,

@@ -48,6 +48,21 @@ def test_only_the_settings_module_reads_the_environment():
     assert offenders == []
 
 
+def test_searches_go_through_the_one_search_use_case():
+    """The API, the CLI and the evaluation search through ``retrieval.search.Searcher``: no
+    route or command calls the store's search itself. (The fidelity monitor's exact re-run of
+    a served search is the one other caller: it is the oracle, not a search.)"""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for pkg in ("app", "indexer")
+        for path in (ROOT / pkg).rglob("*.py")
+        if path.name != "fidelity.py"
+        for line in path.read_text().splitlines()
+        if re.search(r"\bstore\.search\b", line)
+    ]
+    assert offenders == []
+
+
 def test_imports_go_one_way():
     """app -> indexer -> retrieval: no package imports one above it."""
     above = {"retrieval": ("indexer", "app"), "indexer": ("app",)}

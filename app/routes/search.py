@@ -18,9 +18,10 @@ from app.schemas import (
     SearchResponse,
     errors,
 )
-from retrieval.explain import explain_page
+from retrieval.search import SearchResult
 from retrieval.store import parse_filter
 from retrieval.text import snippet
+from retrieval.types import Hit
 
 router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 422))
 
@@ -35,33 +36,19 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     start = time.perf_counter()
     collection = body.collection or services.settings.collection
     where = parse_filter(body.filter)
-    store = services.store
-    info = await run_in_threadpool(store.collection, collection)  # 404 before the model runs
-    encoder, embedder = await services.model_for(info)  # the collection's (409 if it cannot be)
-    embedding = time.perf_counter()
-    vectors = await embedder.embed(body.query)
-    timings = {"embed": (time.perf_counter() - embedding) * 1000}
-    hits = await run_in_threadpool(
-        store.search,
-        collection,
-        vectors,
+    found = await run_in_threadpool(
+        services.searcher().search,  # 404 and 409 before any model runs; text needs none
+        body.query,
         top_k=body.top_k,
-        where=where,
+        filter=where,
         mode=body.mode,
         prefetch=body.prefetch,
-        text=body.query,
-        timings=timings,
+        collection=collection,
+        explain=body.explain,
     )
-    services.metrics.observe_search(timings)
-    if services.fidelity is not None:  # a sampled exact re-run, after the answer is sent
-        services.fidelity.maybe_check(collection, body.mode, vectors, where, hits)
-    explanations = {}
-    if body.explain:
-        words = await run_in_threadpool(encoder.query_words, body.query)
-        for h in hits:
-            explanations[(h.doc_id, h.page)] = await run_in_threadpool(
-                explain_public, services, collection, h.doc_id, h.page, vectors, words, body.query
-            )
+    services.metrics.observe_search(found.timings)
+    if services.fidelity is not None and found.vectors is not None:  # after the answer is sent
+        services.fidelity.maybe_check(collection, body.mode, found.vectors, where, found.hits)
     return SearchResponse(
         query=body.query,
         mode=body.mode,
@@ -77,27 +64,28 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
                 image_url=f"/v1/documents/{h.doc_id}/pages/{h.page}/image"
                 f"?collection={quote(collection)}",
                 snippet=snippet(h.payload.get("text") or "", body.query),
-                explanation=explanations.get((h.doc_id, h.page)),
+                explanation=_explanation(found, h, collection, body.query),
             )
-            for h in hits
+            for h in found.hits
         ],
     )
 
 
-def explain_public(
-    services, collection: str, doc_id: str, page: int, vectors, words: dict[int, str], query: str
-) -> Explanation:
+def _explanation(found: SearchResult, hit: Hit, collection: str, query: str) -> Explanation | None:
     """A hit's similarity map, its best query words (``Encoder.query_words``: not the prompt
     or augmentation tokens) and regions, as the API returns them."""
-    found = explain_page(services.store, collection, doc_id, page, vectors)
+    explained = found.explanations.get((hit.doc_id, hit.page))
+    if explained is None:
+        return None
+    words = found.words
     return Explanation(
-        grid=found.grid,
-        map=[[round(float(v), 3) for v in row] for row in found.combined],
+        grid=explained.grid,
+        map=[[round(float(v), 3) for v in row] for row in explained.combined],
         tokens=[
-            QueryToken(index=i, text=words[i], score=round(float(found.token_maps[i].max()), 4))
-            for i in found.top_tokens(5, among=words)
+            QueryToken(index=i, text=words[i], score=round(float(explained.token_maps[i].max()), 4))
+            for i in explained.top_tokens(5, among=words)
         ],
-        regions=[Region(row=r, col=c, value=round(v, 3)) for r, c, v in found.top_regions(3)],
-        heatmap_url=f"/v1/documents/{doc_id}/pages/{page}/heatmap?query={quote(query)}"
+        regions=[Region(row=r, col=c, value=round(v, 3)) for r, c, v in explained.top_regions(3)],
+        heatmap_url=f"/v1/documents/{hit.doc_id}/pages/{hit.page}/heatmap?query={quote(query)}"
         f"&collection={quote(collection)}",
     )

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from retrieval.search import MAX_QUERY_CHARS
-from retrieval.store import COLLECTION_PATTERN
+from retrieval.store import COLLECTION_PATTERN, SearchMode
 from retrieval.store.filters import FILTER_SCHEMA
 
 
@@ -96,7 +96,7 @@ class SearchRequest(BaseModel):
         min_length=1, max_length=MAX_QUERY_CHARS, description="Plain-language query."
     )
     top_k: int = Field(10, ge=1, le=100)
-    mode: Literal["two_stage", "exact", "pooled", "hybrid", "text"] = Field(
+    mode: SearchMode = Field(
         "two_stage",
         description="two_stage: fast candidates reranked by every token vector; exact: every "
         "page scored by every token vector (slow on large collections); pooled: the fast "

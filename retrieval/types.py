@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -15,6 +15,10 @@ from retrieval.pooling import pool_cols, pool_rows
 Datatype = Literal["float32", "float16", "turbo16", "turbo8"]
 DATATYPES: tuple[Datatype, ...] = ("float32", "float16", "turbo16", "turbo8")
 FirstStage = Literal["fde", "rows"]
+# The one definition of the search modes: the API's schema, the CLI's choices and the store's
+# checks are all derived from it.
+SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,10 @@ from indexer.cli.base import (
     settings_of,
     user_errors,
 )
+from retrieval.types import SEARCH_MODES
 from retrieval.words import count
 
-
-class Mode(StrEnum):
-    two_stage = "two_stage"
-    exact = "exact"
-    pooled = "pooled"
-    hybrid = "hybrid"
-    text = "text"
+Mode = StrEnum("Mode", {mode: mode for mode in SEARCH_MODES})  # the store's, one definition
 
 
 @app.command()

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,6 +55,7 @@ from retrieval.text import document_vector as text_vector
 from retrieval.text import query_vector as text_query_vector
 from retrieval.types import (
     DATATYPES,
+    SEARCH_MODES,
     CollectionInfo,
     Datatype,
     DocumentRecord,
@@ -63,6 +64,7 @@ from retrieval.types import (
     ModelIdentity,
     PageEmbedding,
     PageRecord,
+    SearchMode,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,6 @@ class Model(Protocol):
     family: Any  # retrieval.models.Family: its name and geometry (``params``)
 
 
-SearchMode = Literal["two_stage", "exact", "pooled", "hybrid", "text"]
-SEARCH_MODES: tuple[str, ...] = ("two_stage", "exact", "pooled", "hybrid", "text")
 POOLINGS = ("rows", "cols", "buckets", "clusters")
 FIELD_KINDS = ("keyword", "integer", "float", "bool", "datetime")
 CATALOG_SUFFIX = "__catalog"

@@ -127,7 +127,7 @@ class Services:
         encoder = self.encoder
         assert encoder is not None
         if info.identity.serves(encoder.identity):
-            info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
+            info.check_model(encoder, action="search")
             return encoder, default
         name = info.model
         task = self._others.get(name)
@@ -141,7 +141,7 @@ class Services:
                 break
             await _stop_loaded(self._others.pop(other_name))  # its waiting queries finish first
         other, embedder = await asyncio.shield(task)
-        info.check_model(other.identity, other.family.name, other.dim, action="search")
+        info.check_model(other, action="search")
         return other, embedder
 
     async def _load_other(self, info: CollectionInfo) -> tuple[Encoder, QueryBatcher]:

@@ -49,7 +49,7 @@ from bench.common import header, table
 from retrieval.muvera import FdeParams
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
-from retrieval.store.pages import tuned_depths
+from retrieval.store.planning import tuned_depths
 from retrieval.types import DATATYPES, CollectionInfo, PageEmbedding, PageRecord
 
 ROWS, COLS, PREFIX, SUFFIX, DIM = 32, 23, 4, 7, 128

@@ -21,7 +21,7 @@ import numpy as np
 
 from retrieval.store import PageStore
 from retrieval.store.edge import EdgeBackend
-from retrieval.store.pages import derived_vectors
+from retrieval.store.schema import derived_vectors
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
 
 ROWS, COLS, DIM, PREFIX, SUFFIX = 33, 23, 128, 4, 7

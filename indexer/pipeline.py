@@ -54,7 +54,7 @@ from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreE
 from retrieval.shared_image import release
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
-from retrieval.store.pages import derived_vectors
+from retrieval.store.schema import derived_vectors
 from retrieval.types import DocumentRecord, PageEmbedding, PageRecord
 from retrieval.words import count
 
@@ -216,7 +216,7 @@ class IngestPipeline:
         # needs more than one core. Its torch ops release the GIL, so threads suffice.
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
         info = store.collection(collection)
-        info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="ingest into")
+        info.check_model(encoder, action="ingest into")
         for replica in self.replicas:
             if hasattr(replica, "derive"):  # a process of its own: it derives the vectors too
                 replica.derive = functools.partial(derived_vectors, info)

@@ -99,7 +99,7 @@ class Searcher:
         if mode not in MODEL_FREE_MODES or explain:
             model = self.models(info)
             encoder = model.encoder
-            info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
+            info.check_model(encoder, action="search")
             start = time.perf_counter()
             result.vectors = model.embed(query)
             result.timings["embed"] = (time.perf_counter() - start) * 1000

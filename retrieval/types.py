@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -116,7 +116,7 @@ class PageRecord:
     embedding: PageEmbedding
     metadata: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the page's own text layer (retrieval.text), empty for scans and images
-    # Its derived vectors (FDE, pooled: ``retrieval.store.pages.derived_vectors``) when computed
+    # Its derived vectors (FDE, pooled: ``retrieval.store.schema.derived_vectors``) when computed
     # beforehand, e.g. by the encoder process that embedded it; None: the store computes them.
     derived: dict[str, np.ndarray] | None = None
 
@@ -181,30 +181,37 @@ class CollectionInfo:
         """The model the collection was built with."""
         return ModelIdentity(self.model, self.model_fingerprint)
 
-    def check_model(
-        self,
-        model: ModelIdentity,
-        family: str | None = None,
-        dim: int | None = None,
-        *,
-        action: str,
-    ) -> None:
-        """Raise ``Conflict`` unless vectors of ``model`` (of ``family``, ``dim``-d; None: not
-        known yet, before the model loads) belong in this collection: the same checkpoint
-        (``ModelIdentity.serves``), family and vector size. Vectors of two models are not
-        comparable, whatever their size."""
+    def check_model(self, model: ModelIdentity | ModelLike, *, action: str) -> None:
+        """Raise ``Conflict`` unless vectors of ``model`` belong in this collection: the same
+        checkpoint (``ModelIdentity.serves``) and, for a loaded model, the same family and
+        vector size (a bare identity: before the model loads, those are not known yet).
+        Vectors of two models are not comparable, whatever their size. The one rule every
+        search, upload and ingest asks."""
+        if isinstance(model, ModelIdentity):
+            identity, family, dim = model, None, None
+        else:
+            identity, family, dim = model.identity, model.family.name, model.dim
         same_family = family is None or family == self.family
         same_dim = dim is None or dim == self.dim
-        if self.identity.serves(model) and same_family and same_dim:
+        if self.identity.serves(identity) and same_family and same_dim:
             return
         from retrieval.errors import Conflict
 
         what = ", ".join(str(x) for x in (family, f"{dim}-d" if dim else None) if x)
         raise Conflict(
             f"collection '{self.name}' was built with {self.model} ({self.family}, {self.dim}-d "
-            f"vectors); cannot {action} it with {model.ref}{f' ({what})' if what else ''}: use "
-            "its model (COLQWEN_MODEL), or another collection"
+            f"vectors); cannot {action} it with {identity.ref}{f' ({what})' if what else ''}: "
+            "use its model (COLQWEN_MODEL), or another collection"
         )
+
+
+class ModelLike(Protocol):
+    """A loaded model as collections see it (an ``Encoder`` is one): its identity, its
+    family (``retrieval.models.Family``: its name and geometry) and its vector size."""
+
+    identity: ModelIdentity
+    dim: int
+    family: Any
 
 
 @dataclass(frozen=True)

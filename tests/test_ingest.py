@@ -281,7 +281,7 @@ def test_collections_upgrade_gives_a_collection_made_before_text_its_text(env, t
     (folder / "a.pdf").write_bytes(make_pdf([(595, 842)] * 2, texts=["zebra stripes", "tax law"]))
     cli("collections", "create", "old")
     store = PageStore.from_settings(Settings())
-    store._write_schema(dataclasses.replace(store.collection("old"), text=False))  # as before
+    store.write_schema(dataclasses.replace(store.collection("old"), text=False))  # as before
     store.close()
     cli("ingest", str(folder), "--collection", "old", "--quiet")
     bad = CliRunner().invoke(app, ["search", "zebra", "-c", "old", "--mode", "text"])

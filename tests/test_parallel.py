@@ -515,7 +515,7 @@ def test_encoder_processes_store_what_the_in_process_encoder_stores(tiny_model_d
 def test_the_store_keeps_vectors_derived_beforehand_and_recomputes_others(tmp_path):
     """``PageRecord.derived`` (as encoder processes send it) is stored as given when it has
     the collection's vectors, and ignored (recomputed) when it does not."""
-    from retrieval.store.pages import derived_vectors
+    from retrieval.store.schema import derived_vectors
     from retrieval.types import PageEmbedding, PageRecord
 
     store = PageStore(EdgeBackend(tmp_path / "q"))

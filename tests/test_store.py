@@ -19,7 +19,7 @@ from retrieval.pooling import pool_rows
 from retrieval.store import PageStore, parse_filter
 from retrieval.store.edge import EdgeBackend
 from retrieval.store.model import PointData
-from retrieval.store.pages import _COLLECTION_POINT, _DUMMY, CATALOG_SUFFIX
+from retrieval.store.schema import CATALOG_SUFFIX, COLLECTION_POINT, DUMMY
 from retrieval.store.server import ServerBackend
 from retrieval.types import DocumentRecord
 from tests.fakes import maxsim, page_embedding, page_record, unit
@@ -189,10 +189,10 @@ def test_collections_made_before_unit_pooling_keep_raw_means(tmp_path):
     store = make_store("embedded", tmp_path, first_stage="rows")
     store.create_collection("old", model="test", max_visual_tokens=768, pooling=("rows",))
     catalog = "old" + CATALOG_SUFFIX
-    [record] = store.backend.retrieve(catalog, [_COLLECTION_POINT])
+    [record] = store.backend.retrieve(catalog, [COLLECTION_POINT])
     assert record.payload["unit_pooled"] is True
     legacy = {k: v for k, v in record.payload.items() if k != "unit_pooled"}
-    store.backend.upsert(catalog, [PointData(_COLLECTION_POINT, _DUMMY, legacy)])
+    store.backend.upsert(catalog, [PointData(COLLECTION_POINT, DUMMY, legacy)])
     reopened = PageStore(store.backend)  # reads the record afresh, as after a restart
     assert reopened.collection("old").unit_pooled is False
     rng = np.random.default_rng(5)
@@ -282,11 +282,11 @@ def test_a_point_reaches_qdrant_edge_with_the_exact_floats(layout):
     build): the same floats as ``tolist`` gives, whatever the array's dtype and memory order."""
     import qdrant_edge as qe
 
-    from retrieval.store.edge import _point_vector
+    from retrieval.store.edge_convert import point_vector
 
     v = np.random.default_rng(0).standard_normal((9,) if layout == "single" else (6, 5))
     v = np.asfortranarray(v) if layout == "columns" else v  # float64, column-major
-    made = qe.Point(1, {"v": _point_vector(v)}, {})
+    made = qe.Point(1, {"v": point_vector(v)}, {})
     assert repr(made) == repr(qe.Point(1, {"v": v.astype(np.float32).tolist()}, {}))
 
 
@@ -676,7 +676,7 @@ def test_each_stage_of_a_search_reports_its_time(store, corpus):
 
 
 def test_depths_are_tuned_for_the_middle_stage_unless_set(tmp_path):
-    from retrieval.store.pages import TUNED_DEPTHS, Depths
+    from retrieval.store.planning import TUNED_DEPTHS, Depths
 
     store = make_store("embedded", tmp_path, prefetch=None)
     clusters = store.create_collection("a", model="t", max_visual_tokens=768)

@@ -167,7 +167,7 @@ def heatmap(
                 )
             info = store.collection(settings.collection)
             encoder = load_encoder_for(settings, info)
-            info.check_model(encoder.identity, encoder.family.name, encoder.dim, action="search")
+            info.check_model(encoder, action="search")
             [vectors] = encoder.embed_queries([query])
             found = explain_page(store, settings.collection, doc.doc_id, page, vectors)
             grid_map = found.map_for(token)

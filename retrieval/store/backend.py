@@ -1,7 +1,7 @@
 """The few operations our storage needs from Qdrant, as a protocol both backends implement.
 
 Everything else (schema, ids, the document catalog, search modes) is written once, in
-``retrieval.store.pages``, on top of this.
+``retrieval.store`` (``PageStore``), on top of this.
 """
 
 from __future__ import annotations

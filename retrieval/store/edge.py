@@ -27,15 +27,13 @@ import numpy as np
 import qdrant_edge as qe
 
 from retrieval.errors import ConfigurationError, NotFound, StoreError, StoreLocked
+from retrieval.store import edge_convert as convert
 from retrieval.store.backend import RRF_K
 from retrieval.store.model import (
     FieldKind,
     Filter,
-    Match,
-    MatchAny,
     PointData,
     Prefetch,
-    Range,
     Record,
     Sparse,
     VectorSpec,
@@ -45,24 +43,6 @@ from retrieval.store.model import (
 # the middle of a long document can lose, and the memory they hold until then.
 FLUSH_FLOATS = 64_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_DATATYPE = {
-    "float32": qe.VectorStorageDatatype.Float32,
-    "float16": qe.VectorStorageDatatype.Float16,
-    "turbo16": qe.VectorStorageDatatype.Turbo16,
-    "turbo8": qe.VectorStorageDatatype.Turbo8,
-}
-_BINARY = {
-    "1": qe.BinaryQuantizationEncoding.OneBit,
-    "1.5": qe.BinaryQuantizationEncoding.OneAndHalfBits,
-    "2": qe.BinaryQuantizationEncoding.TwoBits,
-}
-_SCHEMA = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "float": qe.PayloadSchemaType.Float,
-    "bool": qe.PayloadSchemaType.Bool,
-    "datetime": qe.PayloadSchemaType.Datetime,
-}
 
 
 class EdgeBackend:
@@ -120,7 +100,7 @@ class EdgeBackend:
     def create_collection(self, name: str, vectors: list[VectorSpec]) -> None:
         path = self._path(name)
         config = qe.EdgeConfig(
-            vectors={v.name: _vector_params(v) for v in vectors if not v.sparse},
+            vectors={v.name: convert.vector_params(v) for v in vectors if not v.sparse},
             sparse_vectors={
                 v.name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
                 for v in vectors
@@ -143,7 +123,11 @@ class EdgeBackend:
             shutil.rmtree(self._path(name), ignore_errors=False)
 
     def create_payload_index(self, name: str, key: str, kind: FieldKind) -> None:
-        self._update(name, qe.UpdateOperation.create_field_index(key, _SCHEMA[kind]), flush=True)
+        self._update(
+            name,
+            qe.UpdateOperation.create_field_index(key, convert.PAYLOAD_SCHEMA[kind]),
+            flush=True,
+        )
 
     # --- points --------------------------------------------------------------------------------
 
@@ -155,7 +139,7 @@ class EdgeBackend:
         """(qdrant-edge's point, its float count). Building it copies every vector into
         qdrant-edge value by value (``_point_vector``): about half of a page's store cost, all
         under the GIL."""
-        vectors = {k: _point_vector(v) for k, v in point.vectors.items()}
+        vectors = {k: convert.point_vector(v) for k, v in point.vectors.items()}
         edge = qe.Point(point.id, vectors, point.payload)
         return edge, sum(v.size for v in point.vectors.values())
 
@@ -168,7 +152,9 @@ class EdgeBackend:
             self.flush(name)
 
     def delete(self, name: str, where: Filter) -> None:
-        self._update(name, qe.UpdateOperation.delete_points_by_filter(_filter(where)), flush=True)
+        self._update(
+            name, qe.UpdateOperation.delete_points_by_filter(convert.filter(where)), flush=True
+        )
 
     def _update(self, name: str, operation, *, flush: bool = False) -> None:
         with self._write:
@@ -206,17 +192,17 @@ class EdgeBackend:
         if chain is not None and fusion is None and not exact:
             return self._query_chain(name, vector, using, limit, where, chain, timings)
         start = time.perf_counter()
-        q = None if vector is None else _vector(vector)
-        flt = _filter(where)
+        q = None if vector is None else convert.vector(vector)
+        flt = convert.filter(where)
 
         def stage(p: Prefetch, outer) -> qe.Prefetch:  # a stage's vector, else its outer one's
-            own = outer if p.vector is None else _vector(p.vector)
+            own = outer if p.vector is None else convert.vector(p.vector)
             return qe.Prefetch(
                 limit=p.limit,
                 query=qe.Query.Nearest(own, using=p.using),
                 prefetches=[stage(inner, own) for inner in p.prefetch] or None,
                 filter=flt,
-                params=_params(p.hnsw_ef, p.oversampling),
+                params=convert.params(p.hnsw_ef, p.oversampling),
             )
 
         request = qe.QueryRequest(
@@ -225,7 +211,7 @@ class EdgeBackend:
             prefetches=[stage(p, q) for p in prefetch or []] or None,
             filter=flt,
             with_payload=True,
-            params=qe.SearchParams(exact=True) if exact else _params(hnsw_ef, oversampling),
+            params=qe.SearchParams(exact=True) if exact else convert.params(hnsw_ef, oversampling),
         )
         hits = _call(self._shard(name).query, request)
         if timings is not None:
@@ -247,7 +233,7 @@ class EdgeBackend:
         stages = [*chain, Prefetch(using or "", limit, vector)]
         vectors, own = [], None
         for p in reversed(stages):  # a stage's own vector, else its outer one's
-            own = own if p.vector is None else _vector(p.vector)
+            own = own if p.vector is None else convert.vector(p.vector)
             vectors.append(own)
         hits, ids = [], None
         for p, q in zip(stages, reversed(vectors), strict=True):
@@ -255,9 +241,9 @@ class EdgeBackend:
             request = qe.QueryRequest(
                 limit=p.limit,
                 query=qe.Query.Nearest(q, using=p.using),
-                filter=_filter(where, ids),
+                filter=convert.filter(where, ids),
                 with_payload=p is stages[-1],
-                params=_params(p.hnsw_ef, p.oversampling),
+                params=convert.params(p.hnsw_ef, p.oversampling),
             )
             hits = _call(shard.query, request)
             if timings is not None:
@@ -278,13 +264,13 @@ class EdgeBackend:
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
-            filter=_filter(where),
+            filter=convert.filter(where),
             with_payload=True,
             with_vector=list(vectors) if vectors else False,
         )
         records, next_offset = _call(self._shard(name).scroll, request)
         return (
-            [Record(str(r.id), r.payload or {}, None, _vectors(r.vector)) for r in records],
+            [Record(str(r.id), r.payload or {}, None, convert.vectors(r.vector)) for r in records],
             None if next_offset is None else str(next_offset),
         )
 
@@ -293,7 +279,9 @@ class EdgeBackend:
         return [Record(str(r.id), r.payload or {}) for r in records]
 
     def count(self, name: str, where: Filter | None = None) -> int:
-        return _call(self._shard(name).count, qe.CountRequest(exact=True, filter=_filter(where)))
+        return _call(
+            self._shard(name).count, qe.CountRequest(exact=True, filter=convert.filter(where))
+        )
 
     def optimize(self, name: str) -> None:
         with self._write:
@@ -378,73 +366,6 @@ def _call(fn, *args):
         raise StoreError(f"embedded Qdrant: {message}") from exc
 
 
-def _params(hnsw_ef: int | None, oversampling: float | None) -> qe.SearchParams | None:
-    if hnsw_ef is None and oversampling is None:
-        return None
-    quantization = None
-    if oversampling == 0:  # the binary codes' own ranking: no stored vector read to rescore it
-        quantization = qe.QuantizationSearchParams(rescore=False)
-    elif oversampling is not None:
-        quantization = qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
-    return qe.SearchParams(hnsw_ef=hnsw_ef, quantization=quantization)
-
-
-def _vectors(vector) -> dict[str, np.ndarray | Sparse] | None:
-    if not vector:
-        return None
-    return {
-        k: Sparse(tuple(v.indices), tuple(v.values))
-        if isinstance(v, qe.SparseVector)
-        else np.asarray(v, dtype=np.float32)
-        for k, v in vector.items()
-    }
-
-
-def _point_vector(v: np.ndarray | Sparse):
-    """A point's vector as qdrant-edge reads it fastest: float32 rows as memoryviews, which it
-    reads value by value without a Python list of them all first (a page's 788 x 128 tokens:
-    1.1 ms against 2.4 for ``tolist``, the same floats). The rows are slices of one flat view,
-    half the cost of a view of each numpy row (0.06 against 0.12 ms)."""
-    if isinstance(v, Sparse):
-        return _vector(v)
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    if v.ndim == 1:
-        return memoryview(v)
-    flat, width = memoryview(v.reshape(-1)), v.shape[1]
-    return [flat[start : start + width] for start in range(0, v.size, width)]
-
-
-def _vector(v: np.ndarray | Sparse):
-    if isinstance(v, Sparse):
-        return qe.SparseVector(list(v.indices), list(v.values))
-    return v.tolist()
-
-
-def _vector_params(spec: VectorSpec) -> qe.EdgeVectorParams:
-    hnsw = qe.HnswIndexConfig(
-        m=spec.hnsw_m, ef_construct=spec.ef_construct, full_scan_threshold=1000
-    )
-    return qe.EdgeVectorParams(
-        size=spec.size,
-        distance=qe.Distance.Dot,
-        multivector_config=(
-            qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if spec.multivector else None
-        ),
-        datatype=_DATATYPE[spec.datatype],
-        hnsw_config=hnsw,
-        memory=qe.Memory.Cold if spec.on_disk else qe.Memory.Cached,
-        quantization_config=(
-            qe.BinaryQuantizationConfig(
-                encoding=_BINARY[spec.binary],
-                query_encoding=qe.BinaryQuantizationQueryEncoding.Scalar8Bits,
-                memory=qe.Memory.Pinned,
-            )
-            if spec.binary
-            else None
-        ),
-    )
-
-
 def _chain(prefetch: list[Prefetch] | None) -> list[Prefetch] | None:
     """The stages of a single chain of prefetches, innermost first; None for no prefetch or a
     tree (several prefetches at one level, fused by rank)."""
@@ -457,20 +378,3 @@ def _chain(prefetch: list[Prefetch] | None) -> list[Prefetch] | None:
         return None
     chain.reverse()
     return chain
-
-
-def _filter(where: Filter | None, ids: list | None = None) -> qe.Filter | None:
-    conditions: list = [] if ids is None else [qe.HasIdCondition(set(ids))]
-    if where is None or not where.must:
-        return qe.Filter(must=conditions) if conditions else None
-    for c in where.must:
-        if isinstance(c, Match):
-            conditions.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.value)))
-        elif isinstance(c, MatchAny):
-            conditions.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
-        elif isinstance(c, Range):
-            rng = qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)
-            conditions.append(qe.FieldCondition(c.key, range=rng))
-        else:  # pragma: no cover - exhaustive over Condition
-            raise TypeError(c)
-    return qe.Filter(must=conditions)

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 from app.batching import DirectEmbedder, QueryBatcher
 from app.errors import NotReady
-from app.fidelity import FidelityMonitor
 from app.metrics import Metrics
 from indexer.documents import DocumentService
 from indexer.jobs import JobQueue
 from indexer.worker import Worker, document_service, job_queue
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError, ModelLoadError
-from retrieval.search import QueryModel, Searcher
+from retrieval.fidelity import FidelitySampler
+from retrieval.search import QueryModel, Searcher, SearchResult
 from retrieval.store import PageStore
 from retrieval.types import CollectionInfo
 
@@ -50,7 +50,7 @@ class Services:
     encoder: Encoder | None = None
     embedder: QueryBatcher | DirectEmbedder | None = None
     load_error: str | None = None
-    fidelity: FidelityMonitor | None = None
+    fidelity: FidelitySampler | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _worker: threading.Thread | None = None
     _loading: asyncio.Task | None = None
@@ -72,7 +72,13 @@ class Services:
         except BaseException:
             store.close()
             raise
-        monitor = FidelityMonitor(store, metrics, settings.fidelity_sample)
+        monitor = FidelitySampler(
+            store,
+            settings.fidelity_sample,
+            on_recall=lambda mode, name, recall: metrics.fidelity.labels(mode, name).observe(
+                recall
+            ),
+        )
         store.warm_up_in_background()  # the first searches then find the store in memory
         return cls(
             settings, store, jobs, documents, metrics, run_worker=run_worker, fidelity=monitor
@@ -89,7 +95,13 @@ class Services:
             encoder, embedder = anyio.from_thread.run(self.model_for, info)
             return QueryModel(encoder, lambda text: anyio.from_thread.run(embedder.embed, text))
 
-        return Searcher(self.store, models, collection=self.settings.collection)
+        def observe(result: SearchResult) -> None:
+            self.metrics.observe_search(result.timings)
+
+        observers = [observe] + ([self.fidelity] if self.fidelity is not None else [])
+        return Searcher(
+            self.store, models, collection=self.settings.collection, observers=observers
+        )
 
     def start_loading(self, encoder: Encoder | None = None) -> None:
         """Load the model in the background, then start the embedder and the worker."""
@@ -225,7 +237,7 @@ class Services:
         for task in self._others.values():
             await _stop_loaded(task)
         if self.fidelity is not None:
-            await self.fidelity.drain()
+            await asyncio.to_thread(self.fidelity.close)
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, 60)
         self.jobs.close()

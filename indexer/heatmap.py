@@ -4,9 +4,14 @@ endpoint and the web UI show."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from indexer.documents import DocumentService
+    from retrieval.search import PageMatch, Searcher
 
 # Dark red to yellow, as value goes FLOOR -> 1 (the web UI's legend draws the same scale).
 _STOPS = np.array([[0.0, 120, 0, 40], [0.5, 230, 40, 0], [1.0, 255, 230, 40]], dtype=np.float32)
@@ -31,3 +36,24 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def draw_match(
+    searcher: Searcher,
+    documents: DocumentService,
+    query: str,
+    document: str,
+    page: int,
+    *,
+    collection: str | None = None,
+    token: int | None = None,
+    width: int | None = None,
+) -> tuple[Image.Image, PageMatch]:
+    """Page ``page`` of ``document`` (its id or the start of it) with the similarity map of
+    ``query`` over it (one query ``token``'s, or the combined map), and the match itself: the
+    heatmap of the API, the CLI and the web UI."""
+    match = searcher.explain(query, document, page, collection=collection)
+    grid_map = match.explanation.map_for(token)
+    name = collection or searcher.collection
+    image = documents.page_image(name, match.document.doc_id, page, width=width)
+    return overlay(image, grid_map), match

@@ -50,6 +50,21 @@ class Explanation:
         order = [int(i) for i in np.argsort(-best, kind="stable")]
         return [i for i in order if among is None or i in among][:n]
 
+    def summary(self, words: dict[int, str], *, tokens: int = 5, regions: int = 3) -> dict:
+        """What the API, the CLI and the web UI show of a match: the grid, the best ``tokens``
+        of the query's own ``words`` (``Encoder.query_words``; not the prompt's or padding
+        tokens) with their best dot product on the page, and the ``regions`` brightest cells."""
+        return {
+            "grid": list(self.grid),
+            "tokens": [
+                {"index": i, "text": words[i], "score": round(float(self.token_maps[i].max()), 4)}
+                for i in self.top_tokens(tokens, among=words)
+            ],
+            "regions": [
+                {"row": r, "col": c, "value": round(v, 3)} for r, c, v in self.top_regions(regions)
+            ],
+        }
+
     def top_regions(self, n: int = 3) -> list[tuple[int, int, float]]:
         """The ``n`` brightest cells of the combined map: (row, col, value), 0-based."""
         flat = np.argsort(-self.combined, axis=None, kind="stable")[:n]

@@ -49,16 +49,19 @@ def test_only_the_settings_module_reads_the_environment():
 
 
 def test_searches_go_through_the_one_search_use_case():
-    """The API, the CLI and the evaluation search through ``retrieval.search.Searcher``: no
-    route or command calls the store's search itself. (The fidelity monitor's exact re-run of
-    a served search is the one other caller: it is the oracle, not a search.)"""
+    """The API, the CLI and the evaluation search and explain through
+    ``retrieval.search.Searcher``: nothing else calls the store's search or explains a page
+    itself. (The fidelity check's exact re-run of a served search is the one other caller:
+    it is the oracle, not a search.)"""
+    allowed = {"retrieval/search.py", "retrieval/fidelity.py"}
     offenders = [
         f"{path.relative_to(ROOT)}: {line.strip()}"
-        for pkg in ("app", "indexer")
+        for pkg in ("app", "indexer", "retrieval")
         for path in (ROOT / pkg).rglob("*.py")
-        if path.name != "fidelity.py"
+        if str(path.relative_to(ROOT)) not in allowed
         for line in path.read_text().splitlines()
-        if re.search(r"\bstore\.search\b", line)
+        if re.search(r"\bstore\.search\(|\bexplain_page\(", line)
+        and not line.lstrip().startswith("def ")
     ]
     assert offenders == []
 

@@ -14,9 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from app.deps import ServicesDep
 from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
 from app.uploads import OPENAPI_BODY, receive_upload
-from indexer.heatmap import overlay, png
+from indexer.heatmap import draw_match, png
 from retrieval.errors import InvalidInput
-from retrieval.explain import explain_page
 from retrieval.search import MAX_QUERY_CHARS
 from retrieval.store import COLLECTION_PATTERN, check_metadata, parse_filter_json
 from retrieval.store.filters import parse_json
@@ -229,15 +228,19 @@ async def page_heatmap(
 ) -> Response:
     """The page with the similarity map of ``query`` drawn over it (PNG): bright where the
     page's patches match the query's tokens best. From the stored vectors."""
-    collection = collection or services.settings.collection
-    info = await run_in_threadpool(services.store.collection, collection)
-    _, embedder = await services.model_for(info)
-    vectors = await embedder.embed(query)
 
     def render() -> bytes:
-        grid_map = explain_page(services.store, collection, doc_id, page, vectors).map_for(token)
-        image = services.documents.page_image(collection, doc_id, page, width=width)
-        return png(overlay(image, grid_map))
+        image, _ = draw_match(
+            services.searcher(),
+            services.documents,
+            query,
+            doc_id,
+            page,
+            collection=collection,
+            token=token,
+            width=width,
+        )
+        return png(image)
 
     return Response(
         await run_in_threadpool(render),

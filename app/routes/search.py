@@ -9,17 +9,8 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
-from app.schemas import (
-    Explanation,
-    HitPublic,
-    QueryToken,
-    Region,
-    SearchRequest,
-    SearchResponse,
-    errors,
-)
+from app.schemas import Explanation, HitPublic, SearchRequest, SearchResponse, errors
 from retrieval.search import SearchResult
-from retrieval.store import parse_filter
 from retrieval.text import snippet
 from retrieval.types import Hit
 
@@ -34,21 +25,17 @@ router = APIRouter(prefix="/v1/search", tags=["search"], responses=errors(400, 4
 async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
     """Late-interaction search: the best-matching pages for a plain-language query."""
     start = time.perf_counter()
-    collection = body.collection or services.settings.collection
-    where = parse_filter(body.filter)
     found = await run_in_threadpool(
         services.searcher().search,  # 404 and 409 before any model runs; text needs none
         body.query,
         top_k=body.top_k,
-        filter=where,
+        filter=body.filter,
         mode=body.mode,
         prefetch=body.prefetch,
-        collection=collection,
+        collection=body.collection,
         explain=body.explain,
     )
-    services.metrics.observe_search(found.timings)
-    if services.fidelity is not None and found.vectors is not None:  # after the answer is sent
-        services.fidelity.maybe_check(collection, body.mode, found.vectors, where, found.hits)
+    collection = found.collection
     return SearchResponse(
         query=body.query,
         mode=body.mode,
@@ -64,28 +51,22 @@ async def search(body: SearchRequest, services: ServicesDep) -> SearchResponse:
                 image_url=f"/v1/documents/{h.doc_id}/pages/{h.page}/image"
                 f"?collection={quote(collection)}",
                 snippet=snippet(h.payload.get("text") or "", body.query),
-                explanation=_explanation(found, h, collection, body.query),
+                explanation=_explanation(found, h, body.query),
             )
             for h in found.hits
         ],
     )
 
 
-def _explanation(found: SearchResult, hit: Hit, collection: str, query: str) -> Explanation | None:
-    """A hit's similarity map, its best query words (``Encoder.query_words``: not the prompt
-    or augmentation tokens) and regions, as the API returns them."""
+def _explanation(found: SearchResult, hit: Hit, query: str) -> Explanation | None:
+    """A hit's similarity map and its summary (``retrieval.explain.Explanation.summary``)."""
     explained = found.explanations.get((hit.doc_id, hit.page))
     if explained is None:
         return None
-    words = found.words
+    collection = quote(found.collection)
     return Explanation(
-        grid=explained.grid,
+        **explained.summary(found.words),
         map=[[round(float(v), 3) for v in row] for row in explained.combined],
-        tokens=[
-            QueryToken(index=i, text=words[i], score=round(float(explained.token_maps[i].max()), 4))
-            for i in explained.top_tokens(5, among=words)
-        ],
-        regions=[Region(row=r, col=c, value=round(v, 3)) for r, c, v in explained.top_regions(3)],
         heatmap_url=f"/v1/documents/{hit.doc_id}/pages/{hit.page}/heatmap?query={quote(query)}"
-        f"&collection={quote(collection)}",
+        f"&collection={collection}",
     )

@@ -20,7 +20,6 @@ from indexer.cli.base import (
     JsonOpt,
     app,
     console,
-    load_encoder_for,
     open_store,
     print_json,
     searcher_for,
@@ -28,7 +27,6 @@ from indexer.cli.base import (
     user_errors,
 )
 from retrieval.types import SEARCH_MODES
-from retrieval.words import count
 
 Mode = StrEnum("Mode", {mode: mode for mode in SEARCH_MODES})  # the store's, one definition
 
@@ -114,23 +112,11 @@ def search(
 
 
 def _explained(found) -> dict:
-    """Each hit's grid, brightest regions and best query words (retrieval.explain)."""
-    out = {}
-    for hit in found.hits:
-        explanation = found.explanations[(hit.doc_id, hit.page)]
-        out[(hit.doc_id, hit.page)] = {
-            "explanation": {
-                "grid": list(explanation.grid),
-                "regions": [
-                    {"row": r, "col": c, "value": v} for r, c, v in explanation.top_regions(3)
-                ],
-                "tokens": [
-                    {"index": i, "text": found.words[i]}
-                    for i in explanation.top_tokens(5, among=found.words)
-                ],
-            }
-        }
-    return out
+    """Each hit's grid, brightest regions and best query words (``Explanation.summary``)."""
+    return {
+        key: {"explanation": explanation.summary(found.words)}
+        for key, explanation in found.explanations.items()
+    }
 
 
 @app.command()
@@ -147,38 +133,24 @@ def heatmap(
     collection: CollectionOpt = None,
 ) -> None:
     """Draw over a page where it matches a query (its similarity map), as a PNG."""
-    from indexer.cli.catalog import _resolve
-    from indexer.heatmap import overlay
+    from indexer.heatmap import draw_match
     from indexer.worker import document_service, job_queue
-    from retrieval.errors import NotFound
-    from retrieval.explain import explain_page
     from retrieval.models import describe_grid
-    from retrieval.search import check_query
 
     settings = settings_of(ctx, collection=collection)
-    with user_errors():
-        check_query(query)
-        with open_store(settings) as store:
-            doc = _resolve(store, settings.collection, doc_id)
-            if not 1 <= page <= doc.page_count:  # before the model loads
-                raise NotFound(
-                    f"document '{doc.doc_id[:12]}' has no page {page} "
-                    f"({count(doc.page_count, 'page')})"
-                )
-            info = store.collection(settings.collection)
-            encoder = load_encoder_for(settings, info)
-            info.check_model(encoder, action="search")
-            [vectors] = encoder.embed_queries([query])
-            found = explain_page(store, settings.collection, doc.doc_id, page, vectors)
-            grid_map = found.map_for(token)
-            jobs = job_queue(settings)
-            try:
-                image = document_service(settings, store, jobs).page_image(
-                    settings.collection, doc.doc_id, page
-                )
-            finally:
-                jobs.close()
-        overlay(image, grid_map).save(out)
-    console.print(
-        f"wrote {out} ({image.width} x {image.height} px, grid {describe_grid(found.grid)})"
-    )
+    with user_errors(), open_store(settings) as store:
+        jobs = job_queue(settings)
+        try:
+            image, match = draw_match(
+                searcher_for(settings, store),
+                document_service(settings, store, jobs),
+                query,
+                doc_id,
+                page,
+                token=token,
+            )
+        finally:
+            jobs.close()
+        image.save(out)
+    grid = describe_grid(match.explanation.grid)
+    console.print(f"wrote {out} ({image.width} x {image.height} px, grid {grid})")

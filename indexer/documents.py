@@ -90,15 +90,7 @@ class DocumentService:
         ``model``, the one that would ingest into it: refuse the upload, not fail its job."""
         from retrieval.checkpoint import identify
 
-        try:
-            info = self.store.collection(collection)
-        except NotFound:
-            return
-        if not info.identity.serves(identify(model)):
-            raise Conflict(
-                f"collection '{collection}' was built with {info.model}; this service ingests "
-                f"with {model}: upload into a collection of this model"
-            )
+        self.store.check_model(collection, identify(model), action="upload into")
 
     def delete(self, collection: str, doc_id: str) -> None:
         """Delete a document's pages, record and kept original. A job still ingesting it is

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from indexer.documents import DocumentService
+from indexer.ingest import ingest_pipeline, render_pool
 from indexer.jobs import Job, JobQueue
-from indexer.pipeline import IngestPipeline, IngestProgress
-from indexer.render import RenderOptions
+from indexer.pipeline import IngestProgress
 from indexer.render_pool import Renderer
 from indexer.secrets import Sealer
 from indexer.sources import SourceFile
@@ -107,12 +107,7 @@ class Worker:
     def _pool(self) -> Renderer | None:
         """The render pool kept for the jobs to come (started by the first), if one is kept."""
         if self._renderer is None and self._keep_pool:
-            settings = self.settings
-            self._renderer = Renderer(
-                RenderOptions.from_settings(settings, self.encoder.family),
-                workers=settings.render_workers,
-                max_pages=settings.max_pages,
-            ).start()
+            self._renderer = render_pool(self.settings, self.encoder.family).start()
         return self._renderer
 
     def _close_pool(self) -> None:
@@ -173,8 +168,6 @@ class Worker:
     def _process(
         self, job: Job, progress: _JobProgress, cancel: threading.Event
     ) -> tuple[str | None, int]:
-        settings = self.settings
-        self.store.ensure_collection_for(job.collection, settings, self.encoder)
         last = 0
 
         def on_progress(state: IngestProgress) -> None:
@@ -184,16 +177,13 @@ class Worker:
                 self.on_pages(state.pages_done - last)
             last = state.pages_done
 
-        pipeline = IngestPipeline(
-            self.encoder,
+        pipeline = ingest_pipeline(
+            self.settings,
             self.store,
             job.collection,
-            render_options=RenderOptions.from_settings(settings, self.encoder.family),
-            render_workers=settings.render_workers,
-            batch_size=settings.batch_size,
-            max_pages=settings.max_pages,
-            on_progress=on_progress,
+            self.encoder,
             renderer=self._pool(),
+            on_progress=on_progress,
         )
         source = SourceFile(
             Path(job.path),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -54,8 +55,20 @@ def identify(ref: str) -> ModelIdentity:
     path = Path(ref).expanduser()
     if path.is_dir():
         path = path.resolve()
-        return ModelIdentity(str(path), _fingerprint(path))
+        return ModelIdentity(str(path), _fingerprint_of(path, _signature(path)))
     return ModelIdentity(ref)
+
+
+def _signature(path: Path) -> tuple:
+    """What changes when a checkpoint directory's files do: their names, sizes and times
+    (one directory listing). Fingerprints are kept by it, so a service that checks every
+    upload against its model reads the weights once, not once an upload."""
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path)))
+
+
+@lru_cache(maxsize=32)
+def _fingerprint_of(path: Path, signature: tuple) -> str:
+    return _fingerprint(path)
 
 
 def _fingerprint(path: Path) -> str:
@@ -69,15 +82,16 @@ def _fingerprint(path: Path) -> str:
             continue
         digest.update(name.encode())
         try:
-            data = json.loads(file.read_text())
+            raw = json.loads(file.read_text())
         except (OSError, ValueError):
             digest.update(file.read_bytes())
             continue
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k not in _WHERE_KEYS}
+        data = raw
+        if isinstance(raw, dict):
+            data = {k: v for k, v in raw.items() if k not in _WHERE_KEYS}
         digest.update(json.dumps(data, sort_keys=True).encode())
-        if name == "adapter_config.json" and isinstance(data, dict):
-            base = json.loads(file.read_text()).get("base_model_name_or_path") or ""
+        if name == "adapter_config.json" and isinstance(raw, dict):
+            base = raw.get("base_model_name_or_path") or ""
             found = identify(base) if base else ModelIdentity("")
             digest.update((found.fingerprint or found.name).encode())
     weights = sorted({f for pattern in _WEIGHTS for f in path.glob(pattern) if f.is_file()})

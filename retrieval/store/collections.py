@@ -30,7 +30,14 @@ from retrieval.store.schema import (
     schema_of,
     schema_point,
 )
-from retrieval.types import DATATYPES, CollectionInfo, Datatype, FirstStage, ModelLike
+from retrieval.types import (
+    DATATYPES,
+    CollectionInfo,
+    Datatype,
+    FirstStage,
+    ModelIdentity,
+    ModelLike,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +177,19 @@ class CollectionStore:
         self.backend.upsert(info.name + CATALOG_SUFFIX, [schema_point(info)])
         with self._lock:
             self._collections[info.name] = info
+
+    def check_model(
+        self, name: str, model: ModelIdentity | ModelLike, *, action: str
+    ) -> CollectionInfo | None:
+        """``Conflict`` if collection ``name`` exists and ``model`` may not fill or search it
+        (``CollectionInfo.check_model``: the one rule); a collection not made yet takes any
+        model. Its schema, or None."""
+        try:
+            info = self.collection(name)
+        except NotFound:
+            return None
+        info.check_model(model, action=action)
+        return info
 
     def ensure_collection_for(
         self, name: str, settings: Settings, model: ModelLike

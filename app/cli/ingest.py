@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from indexer.cli.base import (
+from app.cli.base import (
     CollectionOpt,
     JsonOpt,
     app,
@@ -110,10 +110,9 @@ def ingest(
 
 
 def _run(settings, sources, *, quiet: bool):
-    from indexer.pipeline import IngestPipeline
-    from indexer.render import RenderOptions
-    from indexer.render_pool import Renderer
+    from indexer.ingest import ingest_pipeline, render_pool
     from indexer.secrets import Sealer
+    from retrieval.checkpoint import identify
     from retrieval.encoder_process import ingest_encoder
 
     say = (lambda message: None) if quiet else err_console.print
@@ -122,41 +121,22 @@ def _run(settings, sources, *, quiet: bool):
         "(minutes the first time on a machine)"
     )
     with open_store(settings) as store, ExitStack() as stack:
-        _check_collection_model(store, settings)  # refused in a second, not after the load
-        options = RenderOptions.from_settings(settings)
+        # Refused in a second, not after minutes of loading: a model that is not the collection's.
+        store.check_model(settings.collection, identify(settings.model), action="ingest into")
         # The render processes start while the model loads.
-        renderer = stack.enter_context(Renderer(options, workers=settings.render_workers))
-        renderer.start()
+        renderer = stack.enter_context(render_pool(settings)).start()
         with nullcontext() if quiet else err_console.status(message):
             encoder = stack.enter_context(ingest_encoder(settings, on_status=say))
-        store.ensure_collection_for(settings.collection, settings, encoder)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)
             for source in sources:
                 source.password_sealed = sealer.seal(source.password)
         progress, update = _progress(quiet, len(sources))
-        pipeline = IngestPipeline(
-            encoder,
-            store,
-            settings.collection,
-            batch_size=settings.batch_size,
-            on_progress=update,
-            renderer=renderer,
+        pipeline = ingest_pipeline(
+            settings, store, settings.collection, encoder, renderer=renderer, on_progress=update
         )
         with progress:
             return pipeline.run(sources)
-
-
-def _check_collection_model(store, settings) -> None:
-    """``Conflict`` if the collection exists and was built with another model."""
-    from retrieval.checkpoint import identify
-    from retrieval.errors import NotFound
-
-    try:
-        info = store.collection(settings.collection)
-    except NotFound:
-        return
-    info.check_model(identify(settings.model), action="ingest into")
 
 
 def _run_remote(server, settings, sources, *, api_key, quiet: bool):

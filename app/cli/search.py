@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from indexer.cli.base import (
+from app.cli.base import (
     CollectionOpt,
     JsonOpt,
     app,

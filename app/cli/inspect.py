@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from indexer.cli.base import app, console, err_console, settings_of, user_errors
+from app.cli.base import app, console, err_console, settings_of, user_errors
 
 
 @app.command()

@@ -9,7 +9,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from indexer.cli.base import (
+from app.cli.base import (
     CollectionOpt,
     JsonOpt,
     app,

@@ -1,5 +1,5 @@
-"""Entry point of the ``colqwen`` console script: the indexer's commands plus the service's
-(``serve`` and ``worker``)."""
+"""``colqwen serve`` (the REST API, with a worker in-process) and ``colqwen worker`` (a
+worker alone)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from typing import Annotated
 
 import typer
 
-from indexer.cli import app
-from indexer.cli.base import console, settings_of, user_errors
-
-__all__ = ["app"]
+from app.cli.base import app, console, settings_of, user_errors
 
 
 @app.command()
@@ -77,7 +74,3 @@ def worker_command(
                 Worker(settings, encoder, documents).run_forever(stop)
         finally:
             store.close()
-
-
-if __name__ == "__main__":
-    app()

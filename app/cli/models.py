@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from indexer.cli.base import JsonOpt, app, console, print_json, settings_of
+from app.cli.base import JsonOpt, app, console, print_json, settings_of
 
 
 @app.command()

@@ -1,0 +1,64 @@
+"""The ingest use case: an ingestion run assembled from the settings, in one place.
+
+``colqwen ingest`` (a folder of files, one run) and the worker (one job after another, from
+the queue) both build their render pool and pipeline here, so a setting means the same in
+both (page limit, render workers, batch size, the model's geometry):
+
+    renderer = render_pool(settings).start()     # while the model loads
+    pipeline = ingest_pipeline(settings, store, "pages", encoder, renderer=renderer)
+    report = pipeline.run(sources)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from indexer.pipeline import IngestPipeline, IngestProgress
+from indexer.render import RenderOptions
+from indexer.render_pool import Renderer
+from retrieval.config import Settings
+
+if TYPE_CHECKING:
+    from retrieval.encoder import Encoder
+    from retrieval.models import Family
+    from retrieval.store import PageStore
+
+
+def render_pool(settings: Settings, family: Family | None = None) -> Renderer:
+    """The render processes (not started) for the settings' checkpoint: with ``family``'s
+    geometry (the loaded model's), or, before the model loads, its processor's."""
+    return Renderer(
+        RenderOptions.from_settings(settings, family),
+        workers=settings.render_workers,
+        max_pages=settings.max_pages,
+    )
+
+
+def ingest_pipeline(
+    settings: Settings,
+    store: PageStore,
+    collection: str,
+    encoder: Encoder,
+    *,
+    renderer: Renderer | None = None,
+    on_progress: Callable[[IngestProgress], None] | None = None,
+) -> IngestPipeline:
+    """A pipeline that ingests into ``collection`` (created for ``encoder`` if need be) with
+    ``encoder``, rendering with ``renderer`` (a started ``render_pool``, kept open) or a pool
+    of its own each run."""
+    store.ensure_collection_for(collection, settings, encoder)
+    options = (
+        renderer.options if renderer else RenderOptions.from_settings(settings, encoder.family)
+    )
+    return IngestPipeline(
+        encoder,
+        store,
+        collection,
+        render_options=options,
+        render_workers=settings.render_workers,
+        batch_size=settings.batch_size,
+        max_pages=settings.max_pages,
+        on_progress=on_progress,
+        renderer=renderer,
+    )

@@ -211,11 +211,11 @@ def trace_processes(processes: list) -> list[dict]:
     back. Returns the list it appends to."""
     records: list[dict] = []
     for process in processes:
-        launch, finish = process.launch_fitting, process.finish
+        launch, finish = process.start, process.collect
 
-        def traced_launch(batch, images, launch=launch, device=process.device):
+        def traced_launch(batch, images, derive, launch=launch, device=process.device):
             t0 = time.perf_counter()
-            launched = launch(batch, images)
+            launched = launch(batch, images, derive)
             grids = {i.size for i in batch.images}
             launched.times = (t0, time.perf_counter(), len(batch.images), len(grids), device)
             return launched
@@ -230,7 +230,7 @@ def trace_processes(processes: list) -> list[dict]:
             )  # fmt: skip
             return result
 
-        process.launch_fitting, process.finish = traced_launch, traced_finish
+        process.start, process.collect = traced_launch, traced_finish
     return records
 
 
@@ -798,7 +798,7 @@ def in_process(encoder: Encoder, args, device: str, extra: list[str], files: lis
         build = functools.partial(null_in_child, build)
     if args.sample:
         build = functools.partial(sampled_in_child, build)
-    threads = encoder.replicas
+    threads = encoder.replicas  # the in-process copies
     t0 = time.perf_counter()
     processes = EncoderProcess.start_many(build, [device, *extra])
     print(f"encoder processes ready in {time.perf_counter() - t0:.1f} s", flush=True)

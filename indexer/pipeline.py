@@ -51,6 +51,7 @@ from indexer.sources import SourceFile, sha256_file, sidecar_metadata
 from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError, Conflict, NotFound, StoreError
+from retrieval.replica import Replica
 from retrieval.shared_image import release
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
@@ -217,9 +218,8 @@ class IngestPipeline:
         self.preprocess_threads = preprocess_threads or min(4, os.cpu_count() or 1)
         info = store.collection(collection)
         info.check_model(encoder, action="ingest into")
-        for replica in self.replicas:
-            if hasattr(replica, "derive"):  # a process of its own: it derives the vectors too
-                replica.derive = functools.partial(derived_vectors, info)
+        # Each replica derives its pages' stored vectors beside its device (``Replica``).
+        self._derive = functools.partial(derived_vectors, info)
         if info.geometry is None and not store.count_pages(collection):
             info = store.record_geometry(collection, encoder.family.params())  # made empty
         if info.geometry is not None and info.geometry != encoder.family.params():
@@ -548,7 +548,7 @@ class IngestPipeline:
 
     # --- stage 3: forward pass -----------------------------------------------------------------
 
-    def _encode(self, replica: Encoder, inp: queue.Queue, out: queue.Queue) -> None:
+    def _encode(self, replica: Replica, inp: queue.Queue, out: queue.Queue) -> None:
         """Keep the device ahead: launch a batch, then finish the oldest one in flight (wait
         for its output, lay its tokens out) once ``replica.lookahead`` more are launched.
         Control messages alone go straight on (the store puts them back in stream order): held
@@ -567,21 +567,20 @@ class IngestPipeline:
             self._finish_batch(replica, *in_flight.popleft(), out)
         self._put(out, _END)
 
-    def _launch(self, replica: Encoder, work: _Work) -> Any:
-        """The replica's handle on the launched batch, for its ``finish``."""
-        return replica.launch_fitting(work.inputs, [m.page.image for m in work.pages])
+    def _launch(self, replica: Replica, work: _Work) -> Any:
+        """The replica's handle on the started batch, for its ``collect``."""
+        return replica.start(work.inputs, [m.page.image for m in work.pages], self._derive)
 
-    def _finish_batch(self, replica: Encoder, work: _Work, launched: Any, out: queue.Queue) -> None:
+    def _finish_batch(self, replica: Replica, work: _Work, launched: Any, out: queue.Queue) -> None:
         t0 = time.perf_counter()
         try:
-            embeddings = replica.finish(launched)
+            encoded = replica.collect(launched)
         finally:
             with self._busy_lock:
                 self._outstanding -= 1
         self._add_busy(f"encode {replica.device}", time.perf_counter() - t0)
-        derived = getattr(launched, "derived", None) or [None] * len(embeddings)
         t0 = time.perf_counter()
-        for msg, emb, vectors in zip(work.pages, embeddings, derived, strict=True):
+        for msg, (emb, vectors) in zip(work.pages, encoded, strict=True):
             record = self._record(msg, emb, vectors)
             release(msg.page.image)  # no longer needed: free it early (shared memory too)
             msg.page = None

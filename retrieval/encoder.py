@@ -28,6 +28,7 @@ from retrieval import checkpoint
 from retrieval.config import ModelFamily, Settings
 from retrieval.errors import ConfigurationError, EncoderError, InvalidInput
 from retrieval.models import COLQWEN2, Family
+from retrieval.replica import Derive, Encoded, Replica
 from retrieval.shared_image import SharedImage, load
 from retrieval.types import ModelIdentity, PageEmbedding
 
@@ -102,6 +103,10 @@ class Launched:
     done: Any = None
 
 
+# A batch ``Encoder.start`` launched, and the ``derive`` its ``collect`` applies.
+_Started = tuple["Launched | list[PageEmbedding]", "Derive | None"]
+
+
 class Encoder:
     """A loaded late-interaction model and processor. Thread-safe: forward passes are serialised."""
 
@@ -139,13 +144,26 @@ class Encoder:
         # two threads tokenizing at once fail with "Already borrowed" (an API request's
         # query_words beside the batcher's embed_queries).
         self._tokenizing = threading.Lock()
-        # Data-parallel copies on other devices, for ingestion (``replicate``); queries use this.
-        self.replicas: list[Encoder] = [self]
+        # This model and its data-parallel copies on other devices (``replicate``): compiled,
+        # warmed up and run by ingestion together. Queries use this one.
+        self.copies: list[Encoder] = [self]
+        self._replicas: list[Replica] | None = None  # ``replicas`` when not the copies
         self.compiled = False
         # torch's CPU thread count when the compiled graphs were traced: dynamo guards on it,
         # and a graph whose guard fails runs eager after the warm-up (see ``forward``).
         self.traced_threads: int | None = None
         self._warned_threads = False
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """What ingestion runs on (``retrieval.replica``): the copies, or what was set in
+        their place (one encoder process per device:
+        ``retrieval.encoder_process.ingest_encoder``)."""
+        return list(self._replicas) if self._replicas is not None else list(self.copies)
+
+    @replicas.setter
+    def replicas(self, replicas: list[Replica] | None) -> None:
+        self._replicas = list(replicas) if replicas is not None else None
 
     # Batches the ingestion pipeline launches on this encoder before it finishes the oldest:
     # one queued behind the running one keeps the device busy.
@@ -205,7 +223,7 @@ class Encoder:
 
         for device in devices:
             net = copy.deepcopy(self.model).to(device).eval()
-            self.replicas.append(
+            self.copies.append(
                 Encoder(
                     net,
                     self.processor,
@@ -225,7 +243,7 @@ class Encoder:
         H100, embeddings close to bf16's but not equal (BENCHMARKS.md). Before ``compile``."""
         from retrieval.models import fp8
 
-        for replica in self.replicas:
+        for replica in self.copies:
             fp8.check_device(replica.device)
             swapped = fp8.use(_compilable_stacks(replica.model))
             log.info("fp8 matmuls: %d linear layers on %s", swapped, replica.device)
@@ -251,7 +269,7 @@ class Encoder:
         # Round to bf16 between fused ops as eager does: embeddings stay those of eager mode.
         torch._inductor.config.emulate_precision_casts = True
         torch._inductor.config.coordinate_descent_tuning = True
-        for replica in self.replicas:
+        for replica in self.copies:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
                     compiled = torch.compile(module, dynamic=False, mode=mode, backend=backend)
@@ -276,12 +294,12 @@ class Encoder:
         if self.compiled:
             torch.compiler.set_stance("default")
         sizes = list(sizes or self.family.warm_up_sizes(self.max_visual_tokens))
-        dispatchers = [m for r in self.replicas for m in r.model.modules() if _is_by_shape(m)]
+        dispatchers = [m for r in self.copies for m in r.model.modules() if _is_by_shape(m)]
         for d in dispatchers:
             d.learning = True  # the shapes of these full batches run the static graphs
         for size in sizes:
             pages = [Image.new("RGB", size, "white")] * self.batch_size
-            for replica in self.replicas:
+            for replica in self.copies:
                 replica.embed_pages(pages)
         for d in dispatchers:
             d.learning = False
@@ -293,14 +311,14 @@ class Encoder:
             longer = Image.new("RGB", self.family.size_for(612, 1008, self.max_visual_tokens))
             # Odd counts: dynamo would tie a batch of 2 to the other sizes of 2 (duck shapes).
             n = max(1, self.batch_size // 4)
-            for replica in self.replicas:
+            for replica in self.copies:
                 replica.embed_pages([first] * max(3, self.batch_size // 2 + 1))
                 replica.embed_pages([first, last] * n + [first])
                 replica.embed_pages([first, longer] * n + [first])
                 replica.embed_pages([first])  # dynamo specializes sizes of 1: its own graph
         if self.compiled:
             torch.compiler.set_stance("eager_on_recompile")  # other shapes: eager, no stall
-            for replica in self.replicas:
+            for replica in self.copies:
                 replica.traced_threads = torch.get_num_threads()
         return time.perf_counter() - start
 
@@ -395,6 +413,22 @@ class Encoder:
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             return self.embed_pages(images, max(1, len(images) // 2))
+
+    # --- the replica contract (retrieval.replica) ----------------------------------------------
+
+    def start(
+        self, batch: PageBatch, images: Sequence[Image.Image], derive: Derive | None
+    ) -> tuple[Launched | list[PageEmbedding], Derive | None]:
+        """``launch_fitting``, with what ``collect`` applies to each page."""
+        return self.launch_fitting(batch, images), derive
+
+    def collect(
+        self, handle: tuple[Launched | list[PageEmbedding], Derive | None]
+    ) -> list[Encoded]:
+        """``finish``, each page with ``derive`` of it (on this thread: the caller's)."""
+        launched, derive = handle
+        pages = self.finish(launched)
+        return [(page, derive(page) if derive is not None else None) for page in pages]
 
     def finish(self, launched: Launched | list[PageEmbedding]) -> list[PageEmbedding]:
         """Wait for a launched batch (without holding the GIL) and return its pages; pages

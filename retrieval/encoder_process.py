@@ -7,11 +7,11 @@ and every kernel launch waits its turn. In a process of its own the launching th
 only with the preprocessing of the next batch and the finishing of the last one, and several
 devices no longer share one interpreter at all.
 
-``EncoderProcess`` has the part of ``Encoder``'s interface the ingestion pipeline uses
-(``preprocess``, ``launch``, ``finish``, ``embed_pages``), so the pipeline drives one the same
-way as an in-process replica. Inside, one thread preprocesses batches as they arrive, one only
-launches them, and one waits for each, derives its pages' stored vectors when asked
-(``derive``) and sends them back, so the device always has the next batch queued. Pages go
+``EncoderProcess`` is a replica (``retrieval.replica``: ``preprocess``, ``start``,
+``collect``), so the pipeline drives one the same way as an in-process ``Encoder``. Inside,
+one thread preprocesses batches as they arrive, one only launches them, and one waits for
+each, derives its pages' stored vectors when asked and sends them back, so the device always
+has the next batch queued. Pages go
 in through a pipe as handles on their pixels in shared memory (``retrieval.shared_image``;
 a PIL image travels pickled), and ``PageEmbedding``s come back through one (0.8 MB a page).
 """
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from retrieval.config import Settings
 from retrieval.cpu_threads import one_blas_thread_per_op
 from retrieval.errors import EncoderError, ModelLoadError
+from retrieval.replica import Derive, Encoded
 from retrieval.shared_image import SharedImage, release
 
 if TYPE_CHECKING:
@@ -49,12 +50,10 @@ _STOP = "stop"
 
 
 class Submitted:
-    """A batch sent to the process; its pages come back in submission order, with what
-    ``EncoderProcess.derive`` computed from each (``derived``) when it is set."""
+    """A batch sent to the process; its pages come back in submission order."""
 
     def __init__(self, images: Sequence[Image.Image]) -> None:
         self.images = list(images)
-        self.derived: list[Any] | None = None
 
 
 class EncoderProcess:
@@ -67,10 +66,6 @@ class EncoderProcess:
     # Batches in flight: the process prepares the next ones while the device runs one, and the
     # parent's turns (receiving pages, sending the next batch) do not leave the device idle.
     lookahead = 3
-    # A picklable function of a ``PageEmbedding`` the process applies to each page it returns
-    # (the ingestion pipeline sets the store's ``derived_vectors``: its CPU work then runs
-    # beside this device instead of in the parent, which all devices share).
-    derive: Callable[[PageEmbedding], Any] | None = None
 
     def __init__(
         self,
@@ -131,37 +126,38 @@ class EncoderProcess:
         """Nothing to do here: the process preprocesses the images itself."""
         return Submitted(images)
 
-    def launch_fitting(self, batch: Submitted, images: Sequence[Image.Image]) -> Submitted:
-        """``launch``: the process itself falls back to smaller batches on out-of-memory."""
-        return self.launch(batch)
-
-    def launch(self, batch: Submitted) -> Submitted:
-        """Send ``batch`` to the process; returns once it is queued there. Pages' shared
-        memory goes with it: the process frees it once their vectors are sent back."""
+    def start(
+        self, batch: Submitted, images: Sequence[Image.Image], derive: Derive | None
+    ) -> Submitted:
+        """Send ``batch`` to the process, with ``derive`` (picklable: the store's
+        ``derived_vectors`` for the collection) for it to apply to each page; returns once it is
+        queued there. Pages' shared memory goes with it: the process frees it once their vectors
+        are sent back. The process itself falls back to smaller batches on out-of-memory."""
         shared = [image for image in batch.images if isinstance(image, SharedImage)]
         for image in shared:
             image.hand_over()
         self._handed.append(shared)
         while True:
             try:
-                self._requests.put((batch.images, self.derive), timeout=_POLL_S)
+                self._requests.put((batch.images, derive), timeout=_POLL_S)
                 return batch
             except queue.Full:
                 self._check_alive()
 
-    def finish(self, launched: Submitted) -> list[PageEmbedding]:
-        """The pages of the oldest batch sent and not yet finished."""
+    def collect(self, handle: Submitted) -> list[Encoded]:
+        """The pages of the oldest batch sent and not yet collected, each with ``derive`` of
+        it."""
         kind, payload = self._receive()
         self._handed.popleft()  # freed by the process, whatever became of the batch
         if kind == "error":
             raise EncoderError(f"the encoder process for {self.device}: {payload}")
-        pages, launched.derived = payload
-        return pages
+        pages, derived = payload
+        return list(zip(pages, derived or [None] * len(pages), strict=True))
 
     def embed_pages(
         self, images: Sequence[Image.Image], batch_size: int | None = None
     ) -> list[PageEmbedding]:
-        return self.finish(self.launch(self.preprocess(images)))
+        return [page for page, _ in self.collect(self.start(self.preprocess(images), images, None))]
 
     # --- life cycle ----------------------------------------------------------------------------
 

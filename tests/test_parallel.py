@@ -407,13 +407,13 @@ def test_documents_between_batches_leave_the_device_its_queue(tiny_model_dir, tm
         def __init__(self) -> None:
             self.launched, self.queued_at_wait = 0, []
 
-        def launch_fitting(self, inputs, images):
+        def start(self, inputs, images, derive):
             self.launched += 1
             return len(images)
 
-        def finish(self, n):
+        def collect(self, n):
             self.queued_at_wait.append(self.launched - len(self.queued_at_wait))
-            return [None] * n
+            return [(None, None)] * n
 
     device = Device()
     inp, out = queue.Queue(), queue.Queue()

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from indexer.jobs import JobStatus
 from retrieval.search import MAX_QUERY_CHARS
 from retrieval.store import COLLECTION_PATTERN, SearchMode
 from retrieval.store.filters import FILTER_SCHEMA
@@ -77,12 +78,12 @@ class CollectionsPublic(BaseModel):
     data: list[CollectionPublic]
 
 
-class JobPublic(BaseModel):
+class JobPublic(BaseModel):  # indexer.jobs.Job.public: a job's state and progress
     job_id: str
     doc_id: str
     collection: str
     name: str
-    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    status: JobStatus
     pages_done: int
     pages_total: int | None
     error: str | None

@@ -20,6 +20,19 @@ from typing import Any, Literal
 from retrieval.errors import NotFound
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+# A job's fields its owner sees (``Job.public``), besides its id.
+PUBLIC_FIELDS = (
+    "doc_id",
+    "collection",
+    "name",
+    "status",
+    "pages_done",
+    "pages_total",
+    "error",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,6 +74,11 @@ class Job:
     attempts: int
     created_at: float
     updated_at: float
+
+    def public(self) -> dict[str, Any]:
+        """What a job's owner is shown of it (the API's ``JobPublic``, the web UI): its state
+        and progress, not its file's path, metadata or sealed password."""
+        return {"job_id": self.id, **{name: getattr(self, name) for name in PUBLIC_FIELDS}}
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Job:

@@ -54,3 +54,29 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tiny_model_dir, tmp_p
             cwd=tmp_path,  # schemathesis keeps a cache in its working directory
         )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_the_http_contract_changes_only_on_purpose(tmp_path):
+    """The OpenAPI schema is the contract clients are generated from: any change to it shows
+    here. After an intended change, write the new one with
+    ``uv run python -m tests.test_openapi > tests/data/openapi.json`` and say why in the
+    commit."""
+    import json
+
+    expected = json.loads((Path(__file__).parent / "data" / "openapi.json").read_text())
+    assert _schema(tmp_path) == expected
+
+
+def _schema(data_dir: Path) -> dict:
+    from retrieval.config import Settings
+
+    app = create_app(Settings(_env_file=None, data_dir=data_dir, qdrant_url=None), run_worker=False)
+    return app.openapi()
+
+
+if __name__ == "__main__":
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        print(json.dumps(_schema(Path(folder)), indent=1, sort_keys=True))

@@ -7,18 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.deps import ServicesDep
 from app.schemas import JobPublic, errors
-from indexer.jobs import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(422))
-
-
-def job_public(job: Job) -> JobPublic:
-    """The public fields of a job: those JobPublic declares (not its password or metadata)."""
-    fields = JobPublic.model_fields.keys() - {"job_id"}
-    return JobPublic(job_id=job.id, **{name: getattr(job, name) for name in fields})
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=errors(404))
 async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
     """State of an ingestion job: queued, running, done or failed, with page progress."""
-    return job_public(await run_in_threadpool(services.jobs.get, job_id))
+    return JobPublic(**(await run_in_threadpool(services.jobs.get, job_id)).public())

@@ -25,7 +25,8 @@ from app.errors import NotReady
 from app.metrics import Metrics
 from indexer.documents import DocumentService
 from indexer.jobs import JobQueue
-from indexer.worker import Worker, document_service, job_queue
+from indexer.wiring import document_service, job_queue
+from indexer.worker import Worker
 from retrieval.config import Settings
 from retrieval.errors import ColqwenError, ModelLoadError
 from retrieval.fidelity import FidelitySampler

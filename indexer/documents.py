@@ -24,7 +24,8 @@ from retrieval.errors import Conflict, NotFound
 from retrieval.models import recorded
 from retrieval.store import PageStore
 from retrieval.store.model import Filter, Match
-from retrieval.types import DocumentRecord
+from retrieval.store.schema import check_name
+from retrieval.types import CollectionInfo, DocumentRecord
 from retrieval.words import count
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,37 @@ class DocumentService:
         name: str,
         metadata: dict[str, Any],
         password: str | None,
+        model: str | None = None,
     ) -> Accepted:
-        """Queue a stored upload for ingestion, unless it is indexed or queued already. The same
-        file again with other metadata is refused (``Conflict``), not silently kept with the
-        first metadata: its pages carry that metadata."""
+        """Queue a stored upload for ingestion, unless it is indexed or queued already.
+
+        Refused before it is queued: a bad collection name, a collection built with another
+        model than ``model`` (the one that would ingest it: refuse the upload, not fail its
+        job), the same file again with other metadata (``Conflict``, not silently kept with
+        the first metadata: its pages carry that metadata). A refused upload, and one indexed
+        already, is not kept."""
+        try:
+            check_name(collection)
+            if model is not None:
+                from retrieval.checkpoint import identify
+
+                self.store.check_model(collection, identify(model), action="upload into")
+            accepted = self._accept(upload, collection, name, metadata, password)
+        except BaseException:
+            self.release_upload(upload.doc_id)  # nothing refers to a refused upload
+            raise
+        if accepted.document is not None:
+            self.release_upload(upload.doc_id)
+        return accepted
+
+    def _accept(
+        self,
+        upload: StoredUpload,
+        collection: str,
+        name: str,
+        metadata: dict[str, Any],
+        password: str | None,
+    ) -> Accepted:
         existing = self._document(collection, upload.doc_id)
         if existing is not None and existing.status == "indexed":
             _check_same_metadata(name, metadata, existing.metadata, "is already indexed")
@@ -84,13 +112,6 @@ class DocumentService:
                     password=self.sealer.seal(password),
                 )
         return Accepted(job=job)
-
-    def check_model(self, collection: str, model: str) -> None:
-        """``Conflict`` if ``collection`` exists and was built with another model than
-        ``model``, the one that would ingest into it: refuse the upload, not fail its job."""
-        from retrieval.checkpoint import identify
-
-        self.store.check_model(collection, identify(model), action="upload into")
 
     def delete(self, collection: str, doc_id: str) -> None:
         """Delete a document's pages, record and kept original. A job still ingesting it is
@@ -180,6 +201,21 @@ class DocumentService:
         if width and width < image.width:
             image = image.resize((width, max(1, round(image.height * width / image.width))))
         return image
+
+    def upgrade_collection(
+        self, name: str, progress: Callable[[int, int], None] | None = None
+    ) -> CollectionInfo | None:
+        """Bring collection ``name`` made by an older version to the current schema
+        (``PageStore.upgrade_collection``), its pages' text read again from the kept
+        originals; None when it has the current schema already (an upgrade stopped after its
+        switch is finished then)."""
+        info = self.store.collection(name)
+        if info.first_stage == "fde" and info.text and info.pooling[:1] != ("buckets",):
+            self.store.upgrade_collection(name)
+            return None
+        return self.store.upgrade_collection(
+            name, progress=progress, page_text=self.text_reader(name)
+        )
 
     def text_reader(self, collection: str) -> Callable[[str, int], str]:
         """``page_text(doc_id, page)`` from the kept originals, for giving an old collection

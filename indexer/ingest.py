@@ -20,9 +20,13 @@ from indexer.render_pool import Renderer
 from retrieval.config import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from indexer.render import RenderedPage
     from retrieval.encoder import Encoder
     from retrieval.models import Family
     from retrieval.store import PageStore
+    from retrieval.types import PageEmbedding
 
 
 def render_pool(settings: Settings, family: Family | None = None) -> Renderer:
@@ -62,3 +66,24 @@ def ingest_pipeline(
         on_progress=on_progress,
         renderer=renderer,
     )
+
+
+def embed_files(
+    settings: Settings,
+    encoder: Encoder,
+    files: list[Path],
+    pages: list[int] | None = None,
+) -> list[tuple[Path, RenderedPage, PageEmbedding]]:
+    """Render ``pages`` (1-based; default all) of each file with ``encoder``'s geometry and
+    embed them, storing nothing: what ``colqwen embed`` shows of a few pages."""
+    from indexer.render import open_document
+
+    options = RenderOptions.from_settings(settings, encoder.family)
+    rendered = []
+    for file in files:
+        with open_document(file, name=file.name, options=options) as document:
+            count = document.info.page_count
+            numbers = pages or range(1, count + 1)
+            rendered += [(file, document.render(n - 1)) for n in numbers if n <= count]
+    embeddings = encoder.embed_pages([page.image for _, page in rendered])
+    return [(f, page, emb) for (f, page), emb in zip(rendered, embeddings, strict=True)]

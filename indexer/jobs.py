@@ -13,26 +13,16 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from retrieval.errors import NotFound
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-# A job's fields its owner sees (``Job.public``), besides its id.
-PUBLIC_FIELDS = (
-    "doc_id",
-    "collection",
-    "name",
-    "status",
-    "pages_done",
-    "pages_total",
-    "error",
-    "attempts",
-    "created_at",
-    "updated_at",
-)
+# A job's fields its owner is not shown (``Job.public``): where its file is, what its pages
+# will carry, its sealed password.
+PRIVATE_FIELDS = frozenset({"path", "metadata", "password"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -78,7 +68,9 @@ class Job:
     def public(self) -> dict[str, Any]:
         """What a job's owner is shown of it (the API's ``JobPublic``, the web UI): its state
         and progress, not its file's path, metadata or sealed password."""
-        return {"job_id": self.id, **{name: getattr(self, name) for name in PUBLIC_FIELDS}}
+        public = {f.name: getattr(self, f.name) for f in fields(self)}
+        public["job_id"] = public.pop("id")
+        return {k: v for k, v in public.items() if k not in PRIVATE_FIELDS}
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Job:

@@ -20,16 +20,13 @@ from pathlib import Path
 
 from indexer.documents import DocumentService
 from indexer.ingest import ingest_pipeline, render_pool
-from indexer.jobs import Job, JobQueue
+from indexer.jobs import Job
 from indexer.pipeline import IngestProgress
 from indexer.render_pool import Renderer
-from indexer.secrets import Sealer
 from indexer.sources import SourceFile
-from indexer.uploads import UploadFolder
 from retrieval.config import Settings
 from retrieval.encoder import Encoder
 from retrieval.errors import Cancelled, ColqwenError
-from retrieval.store import PageStore
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +35,6 @@ CHECK_S = 0.5  # how often a running job is checked for cancellation
 # A worker's render pool (a process a core) is closed after this long without a job, and
 # started again by the next: kept while jobs come, it spares each a second or more of start.
 POOL_IDLE_S = 60.0
-
-
-def job_queue(settings: Settings) -> JobQueue:
-    return JobQueue(settings.data_dir / "jobs.sqlite3")
-
-
-def uploads_dir(settings: Settings) -> Path:
-    return settings.data_dir / "uploads"
-
-
-def document_service(settings: Settings, store: PageStore, jobs: JobQueue) -> DocumentService:
-    return DocumentService(
-        store, jobs, UploadFolder(uploads_dir(settings)), Sealer.from_settings(settings)
-    )
 
 
 class Worker:

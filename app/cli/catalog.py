@@ -76,7 +76,7 @@ def docs_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a document: every page, its catalog record and its uploaded original."""
-    from indexer.worker import document_service, job_queue
+    from indexer.wiring import open_documents
 
     settings = settings_of(ctx, collection=collection)
     with user_errors(as_json), open_store(settings) as store:
@@ -87,11 +87,8 @@ def docs_delete(
                 f"from '{settings.collection}'?",
                 abort=True,
             )
-        jobs = job_queue(settings)
-        try:
-            document_service(settings, store, jobs).delete(settings.collection, doc.doc_id)
-        finally:
-            jobs.close()
+        with open_documents(settings, store) as documents:
+            documents.delete(settings.collection, doc.doc_id)
     if as_json:
         print_json({"deleted": doc.doc_id})
     else:
@@ -114,12 +111,9 @@ def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Collections with their schema and size."""
     settings = settings_of(ctx)
     with user_errors(as_json), open_store(settings) as store:
-        rows = [
-            (c, store.count_pages(c.name), len(store.documents(c.name)))
-            for c in store.collections()
-        ]
+        rows = store.overview()
     if as_json:
-        print_json([{**asdict(c), "pages": n, "documents": d} for c, n, d in rows])
+        print_json([{**asdict(c), "pages": n, "documents": d} for c, d, n in rows])
         return
     table = Table(
         "name",
@@ -131,7 +125,7 @@ def collections_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         "model",
         "max visual tokens",
     )
-    for c, n, d in rows:
+    for c, d, n in rows:
         pooling = ",".join(c.pooling) or "none"
         stage = c.first_stage if c.first_stage == "fde" else "rows [dim](upgrade it)[/]"
         table.add_row(
@@ -170,9 +164,7 @@ def collections_create(
     ] = None,
 ) -> None:
     """Create a collection, declaring which metadata keys are filterable (indexed)."""
-    from retrieval.checkpoint import identify
     from retrieval.errors import ConfigurationError
-    from retrieval.models import resolve
 
     settings = settings_of(ctx, pooling=pooling, original_dtype=dtype)
     with user_errors(), open_store(settings) as store:
@@ -182,16 +174,7 @@ def collections_create(
             if not sep:
                 raise ConfigurationError(f"bad --index '{item}': use key=kind, e.g. year=integer")
             filterable[key] = kind
-        model = identify(settings.model)
-        info = store.create_collection(  # its geometry is recorded by its first ingestion
-            name,
-            model=model.ref,
-            model_fingerprint=model.fingerprint,
-            family=resolve(settings.model_family, settings.model).name,
-            max_visual_tokens=settings.max_visual_tokens,
-            pooling=settings.pooling_vectors,
-            filterable=filterable,
-        )
+        info = store.create_collection_for(name, settings, filterable=filterable)
     pooled = ",".join(info.pooling) or "none"
     console.print(f"created collection {info.name} (pooling: {pooled}, {settings.original_dtype})")
 
@@ -227,31 +210,30 @@ def collections_upgrade(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from indexer.worker import document_service, job_queue
+    from indexer.wiring import open_documents
 
     settings = settings_of(ctx)
-    with user_errors(), open_store(settings) as store:
-        info = store.collection(name)
-        if info.first_stage == "fde" and info.text and info.pooling[:1] != ("buckets",):
-            store.upgrade_collection(name)  # finishes an upgrade stopped after its switch
-            console.print(f"collection {name} already has the current schema")
-            return
-        jobs = job_queue(settings)
-        page_text = document_service(settings, store, jobs).text_reader(name)
-        with Progress(
+    with (
+        user_errors(),
+        open_store(settings) as store,
+        open_documents(settings, store) as documents,
+        Progress(
             "[progress.description]{task.description}",
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=console,
-        ) as bar:
-            task = bar.add_task(f"upgrading {name}", total=None)
-            try:
-                store.upgrade_collection(
-                    name,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                    page_text=page_text,
-                )
-            finally:
-                jobs.close()
+        ) as bar,
+    ):
+        tasks = []  # the bar's task, added with the first figures: none if nothing to upgrade
+
+        def progress(done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(bar.add_task(f"upgrading {name}", total=total))
+            bar.update(tasks[0], completed=done, total=total)
+
+        upgraded = documents.upgrade_collection(name, progress=progress)
+    if upgraded is None:
+        console.print(f"collection {name} already has the current schema")
+        return
     console.print(f"upgraded collection {name}: FDE first stage, clustered middle stage, page text")

@@ -22,7 +22,8 @@ def embed(
     batch_size: Annotated[int | None, typer.Option(help="Pages per forward pass.")] = None,
 ) -> None:
     """Render and embed files, and print each page's token grid and vector counts."""
-    from indexer.render import RenderOptions, open_document, parse_page_range
+    from indexer.ingest import embed_files
+    from indexer.render import parse_page_range
     from retrieval.encoder import Encoder
 
     settings = settings_of(ctx, batch_size=batch_size)
@@ -40,16 +41,8 @@ def embed(
         wanted = parse_page_range(pages) if pages else None
         with console.status(f"loading {settings.model}"):
             encoder = Encoder.from_settings(settings)
-        options = RenderOptions.from_settings(settings, encoder.family)
-        rendered = []
-        for f in files:
-            with open_document(f, name=f.name, options=options) as document:
-                numbers = wanted or range(1, document.info.page_count + 1)
-                rendered += [
-                    (f, document.render(n - 1)) for n in numbers if n <= document.info.page_count
-                ]
-        embeddings = encoder.embed_pages([page.image for _, page in rendered])
-    for (f, page), emb in zip(rendered, embeddings, strict=True):
+        embedded = embed_files(settings, encoder, files, wanted)
+    for f, page, emb in embedded:
         rows, cols = emb.grid
         prompt = len(emb.special)  # prompt tokens, and a global view where the family has one
         table.add_row(

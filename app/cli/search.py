@@ -134,23 +134,14 @@ def heatmap(
 ) -> None:
     """Draw over a page where it matches a query (its similarity map), as a PNG."""
     from indexer.heatmap import draw_match
-    from indexer.worker import document_service, job_queue
+    from indexer.wiring import open_documents
     from retrieval.models import describe_grid
 
     settings = settings_of(ctx, collection=collection)
-    with user_errors(), open_store(settings) as store:
-        jobs = job_queue(settings)
-        try:
-            image, match = draw_match(
-                searcher_for(settings, store),
-                document_service(settings, store, jobs),
-                query,
-                doc_id,
-                page,
-                token=token,
-            )
-        finally:
-            jobs.close()
+    with user_errors(), open_store(settings) as store, open_documents(settings, store) as docs:
+        image, match = draw_match(
+            searcher_for(settings, store), docs, query, doc_id, page, token=token
+        )
         image.save(out)
     grid = describe_grid(match.explanation.grid)
     console.print(f"wrote {out} ({image.width} x {image.height} px, grid {grid})")

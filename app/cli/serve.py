@@ -53,7 +53,8 @@ def worker_command(
 ) -> None:
     """Run an ingestion worker alone: it takes jobs that `serve --no-worker` accepted."""
     from app import logs
-    from indexer.worker import Worker, document_service, job_queue
+    from indexer.wiring import document_service, job_queue
+    from indexer.worker import Worker
     from retrieval.encoder_process import ingest_encoder
     from retrieval.store import PageStore
 

@@ -14,21 +14,17 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=err
 @router.get("", response_model=CollectionsPublic)
 async def list_collections(services: ServicesDep) -> CollectionsPublic:
     """Every collection, with its documents, pages and model; the default one first."""
-    store, default = services.store, services.settings.collection
-
-    def read() -> list[CollectionPublic]:
-        found = [
-            CollectionPublic(
-                name=info.name,
-                documents=len(store.documents(info.name)),
-                pages=store.count_pages(info.name),
-                model=info.model,
-                family=info.family,
-                created_at=info.created_at,
-                default=info.name == default,
-            )
-            for info in store.collections()
-        ]
-        return sorted(found, key=lambda c: (not c.default, c.name))
-
-    return CollectionsPublic(data=await run_in_threadpool(read))
+    default = services.settings.collection
+    found = [
+        CollectionPublic(
+            name=info.name,
+            documents=documents,
+            pages=pages,
+            model=info.model,
+            family=info.family,
+            created_at=info.created_at,
+            default=info.name == default,
+        )
+        for info, documents, pages in await run_in_threadpool(services.store.overview)
+    ]
+    return CollectionsPublic(data=sorted(found, key=lambda c: (not c.default, c.name)))

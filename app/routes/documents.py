@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import asdict
 from typing import Annotated
 
@@ -15,7 +14,6 @@ from app.deps import ServicesDep
 from app.schemas import DocumentPublic, DocumentsPublic, UploadAccepted, errors
 from app.uploads import OPENAPI_BODY, receive_upload
 from indexer.heatmap import draw_match, png
-from retrieval.errors import InvalidInput
 from retrieval.search import MAX_QUERY_CHARS
 from retrieval.store import COLLECTION_PATTERN, check_metadata, parse_filter_json
 from retrieval.store.filters import parse_json
@@ -87,29 +85,24 @@ async def upload_document(request: Request, services: ServicesDep):
         idle_s=settings.upload_idle_s,
         min_bytes_s=settings.upload_min_kb_s * 1024,
     )
+    fields = received.fields
+    collection = fields.get("collection", settings.collection)
     try:
-        fields = received.fields
-        collection = fields.get("collection", settings.collection)
-        if not re.fullmatch(COLLECTION_PATTERN.strip("^$"), collection):
-            raise InvalidInput(
-                "collection: 1-64 letters, digits, '-' or '_', starting with a letter or digit"
-            )
-        await run_in_threadpool(services.documents.check_model, collection, settings.model)
-        accepted = await run_in_threadpool(
-            lambda: services.documents.accept(
-                received.upload,
-                collection=collection,
-                name=received.filename,
-                metadata=_parse_metadata(fields.get("metadata")),
-                password=fields.get("password") or None,
-            )
-        )
+        metadata = _parse_metadata(fields.get("metadata"))
     except BaseException:
-        # Nothing refers to a refused upload: keep no copy of it.
         await run_in_threadpool(services.documents.release_upload, received.upload.doc_id)
         raise
+    accepted = await run_in_threadpool(
+        lambda: services.documents.accept(
+            received.upload,
+            collection=collection,
+            name=received.filename,
+            metadata=metadata,
+            password=fields.get("password") or None,
+            model=settings.model,
+        )
+    )
     if accepted.document is not None:
-        await run_in_threadpool(services.documents.release_upload, received.upload.doc_id)
         return JSONResponse(
             document_public(accepted.document, collection).model_dump(mode="json"),
             status_code=200,

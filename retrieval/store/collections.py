@@ -191,6 +191,25 @@ class CollectionStore:
         info.check_model(model, action=action)
         return info
 
+    def create_collection_for(
+        self, name: str, settings: Settings, *, filterable: dict[str, str] | None = None
+    ) -> CollectionInfo:
+        """A new, empty collection for the settings' model, without loading it (``colqwen
+        collections create``): its geometry is recorded by its first ingestion."""
+        from retrieval.checkpoint import identify
+        from retrieval.models import resolve
+
+        model = identify(settings.model)
+        return self.create_collection(
+            name,
+            model=model.ref,
+            model_fingerprint=model.fingerprint,
+            family=resolve(settings.model_family, settings.model).name,
+            max_visual_tokens=settings.max_visual_tokens,
+            pooling=settings.pooling_vectors,
+            filterable=filterable,
+        )
+
     def ensure_collection_for(
         self, name: str, settings: Settings, model: ModelLike
     ) -> CollectionInfo:

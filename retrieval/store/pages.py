@@ -34,6 +34,7 @@ from retrieval.store.schema import (
     page_point_id,
 )
 from retrieval.types import (
+    CollectionInfo,
     DocumentRecord,
     Hit,
     PageRecord,
@@ -76,6 +77,14 @@ class PageStore(CollectionStore):
         if warming is not None and warming is not threading.current_thread():
             warming.join()
         self.backend.close()
+
+    def overview(self) -> list[tuple[CollectionInfo, int, int]]:
+        """Every collection with its number of documents and of pages (the CLI's
+        ``collections list``, the API's and web UI's collection picker)."""
+        return [
+            (info, len(self.documents(info.name)), self.count_pages(info.name))
+            for info in self.collections()
+        ]
 
     # --- documents -----------------------------------------------------------------------------
 

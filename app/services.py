@@ -65,7 +65,8 @@ class Services:
         try:
             jobs = job_queue(settings)
             documents = document_service(settings, store, jobs)
-            alone = store.kind == "embedded"  # no other process can be mid-upload or mid-delete
+            # No other process can be mid-upload or mid-delete: one host, one store.
+            alone = store.kind == "embedded" and jobs.kind == "sqlite"
             documents.uploads.clean_partial(older_than_s=0 if alone else 24 * 3600)
             documents.recover(sweep_uploads=alone)
             metrics = Metrics()

@@ -163,8 +163,7 @@ class DocumentService:
     def release_upload(self, doc_id: str) -> bool:
         """Remove the kept original of ``doc_id`` unless a job or a live document needs it."""
         with self._uploads_lock:
-            path = self.uploads.path_of(doc_id)
-            if path is None or self.jobs.references(doc_id):
+            if not self.uploads.has(doc_id) or self.jobs.references(doc_id):
                 return False
             for info in self.store.collections():
                 doc = self._document(info.name, doc_id)
@@ -176,6 +175,16 @@ class DocumentService:
             log.info("removed the original upload of %s", doc_id[:12])
         return removed
 
+    def original(self, doc_id: str, path: str | Path | None) -> Path | None:
+        """The file of ``doc_id``'s original on this host, or None if it is gone: a kept
+        upload (``path`` in the uploads folder of whichever host accepted it: fetched from the
+        database the first time, in a distributed deployment), else the user's own file at
+        ``path`` (``colqwen ingest``)."""
+        if self.uploads.holds(path):
+            return self.uploads.path_of(doc_id)
+        found = Path(path) if path else None
+        return found if found is not None and found.is_file() else None
+
     def page_image(
         self, collection: str, doc_id: str, page: int, *, width: int | None = None
     ) -> Image.Image:
@@ -185,8 +194,8 @@ class DocumentService:
             raise NotFound(
                 f"document '{doc_id}' has no page {page} ({count(doc.page_count, 'page')})"
             )
-        path = Path(doc.source_path) if doc.source_path else None
-        if path is None or not path.is_file():
+        path = self.original(doc.doc_id, doc.source_path)
+        if path is None:
             raise NotFound(f"the original file of '{doc.name}' is no longer at {doc.source_path}")
         info = self.store.collection(collection)
         options = RenderOptions(
@@ -225,8 +234,8 @@ class DocumentService:
         @lru_cache(maxsize=64)
         def texts(doc_id: str) -> tuple[str, ...]:
             doc = self._document(collection, doc_id)
-            path = Path(doc.source_path) if doc and doc.source_path else None
-            if path is None or not path.is_file():
+            path = self.original(doc_id, doc.source_path) if doc else None
+            if path is None:
                 log.warning("no original for %s: its pages get no text", doc_id[:12])
                 return ()
             password = self.sealer.unseal(doc.password_sealed, name=doc.name)

@@ -4,7 +4,8 @@ Page images of an encrypted PDF are rendered from its stored original long after
 so its password must be kept, but never in plain text: the job table and the document record
 hold a Fernet token (AES-128-CBC + HMAC-SHA256). The key is ``COLQWEN_SECRET_KEY`` (keep it in
 a secret manager: then the data directory alone reveals nothing), or else a key generated once
-in ``data_dir/secret.key``, readable only by its owner.
+in ``data_dir/secret.key``, readable only by its owner. A distributed deployment
+(``COLQWEN_DATABASE_URL``) must set it: a job sealed on one host is unsealed on another.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class Sealer:
     def from_settings(cls, settings: Settings) -> Sealer:
         if settings.secret_key is not None:
             return cls(settings.secret_key.get_secret_value().encode())
+        if settings.database_url is not None:
+            # Every host must unseal what any other sealed: a key file is one host's.
+            raise ConfigurationError(
+                "COLQWEN_DATABASE_URL is set, so jobs move between hosts: set COLQWEN_SECRET_KEY "
+                "(the same on every host) to seal passwords of encrypted PDFs; make one with: "
+                "python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            )
         return cls(_key_file(settings.data_dir / "secret.key"))
 
     def seal(self, secret: str | None) -> str | None:

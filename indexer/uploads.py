@@ -4,6 +4,9 @@ An upload streams into ``uploads/tmp/<random>.part`` (under the data directory, 
 while it is hashed and its type sniffed; only a complete, accepted file is renamed to
 ``uploads/<sha256>.pdf`` (or ``.img``), so the same bytes always land on the same file and a
 crash leaves at most a ``.part`` that the next start removes.
+
+In a distributed deployment the originals are kept in the database (``shared``:
+``indexer.originals``) and this folder is each host's copy of those it wrote or read.
 """
 
 from __future__ import annotations
@@ -11,17 +14,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexer.render import sniff
 from retrieval.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
 
+if TYPE_CHECKING:
+    from indexer.originals import PostgresOriginals
+
 log = logging.getLogger(__name__)
 
 _SUFFIXES = (".pdf", ".img")
+_CONTENT_ADDRESS = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -32,34 +41,70 @@ class StoredUpload:
 
 
 class UploadFolder:
-    def __init__(self, root: Path) -> None:
+    """The originals of uploads, by content hash. ``shared``: where they are kept for every
+    host (the database); this folder then holds this host's copies."""
+
+    def __init__(self, root: Path, shared: PostgresOriginals | None = None) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
+        self.shared = shared
 
     def incoming(self, name: str, limit_bytes: int) -> IncomingFile:
         """A new upload of ``name`` to write block by block."""
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         return IncomingFile(self, name, limit_bytes)
 
-    def path_of(self, doc_id: str) -> Path | None:
+    def _local(self, doc_id: str) -> Path | None:
         for suffix in _SUFFIXES:
             path = self.root / f"{doc_id}{suffix}"
             if path.is_file():
                 return path
         return None
 
+    def path_of(self, doc_id: str) -> Path | None:
+        """The original's file on this host (fetched from ``shared`` the first time), or None
+        if it is not kept."""
+        local = self._local(doc_id)
+        if local is not None or self.shared is None:
+            if local is not None and self.shared is not None and not self.shared.has(doc_id):
+                local.unlink(missing_ok=True)  # removed by another host: a stale copy
+                return None
+            return local
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.shared.fetch(doc_id, self.root)
+
+    def has(self, doc_id: str) -> bool:
+        """Whether the original of ``doc_id`` is kept (without fetching it)."""
+        if self.shared is not None:
+            return self.shared.has(doc_id)
+        return self._local(doc_id) is not None
+
+    def keep(self, doc_id: str, path: Path) -> None:
+        """Make a committed upload readable by every host (a no-op without ``shared``)."""
+        if self.shared is not None:
+            self.shared.put(doc_id, path)
+
     def doc_ids(self) -> list[str]:
-        """The documents whose originals are kept here."""
+        """The documents whose originals are kept."""
+        if self.shared is not None:
+            return self.shared.doc_ids()
         if not self.root.is_dir():
             return []
         return sorted(p.stem for p in self.root.iterdir() if p.suffix in _SUFFIXES and p.is_file())
 
     def holds(self, path: str | Path | None) -> bool:
-        """Whether ``path`` is an original kept in this folder (not a user's own file)."""
+        """Whether ``path`` is a kept original (not a user's own file): in this folder, or,
+        with ``shared``, in the uploads folder of whichever host accepted it."""
         if not path:
             return False
-        path = Path(path).resolve()
-        return path.parent == self.root.resolve() and path.suffix in _SUFFIXES
+        path = Path(path)
+        if path.suffix not in _SUFFIXES:
+            return False
+        if self.shared is not None:
+            return path.parent.name == self.root.name and bool(
+                _CONTENT_ADDRESS.fullmatch(path.stem)
+            )
+        return path.resolve().parent == self.root.resolve()
 
     def remove(self, doc_id: str) -> bool:
         removed = False
@@ -70,6 +115,8 @@ class UploadFolder:
                 removed = True
             except FileNotFoundError:
                 pass
+        if self.shared is not None:
+            removed = self.shared.remove(doc_id) or removed
         return removed
 
     def clean_partial(self, older_than_s: float = 0.0) -> int:
@@ -132,6 +179,7 @@ class IncomingFile:
             doc_id = self._digest.hexdigest()
             final = self.folder.root / f"{doc_id}.{'pdf' if kind == 'pdf' else 'img'}"
             os.replace(self._path, final)  # the same bytes land on the same file
+            self.folder.keep(doc_id, final)
             return StoredUpload(final, doc_id, self.size)
         finally:
             self.discard()

@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from indexer.documents import DocumentService
 from indexer.ingest import ingest_pipeline, render_pool
@@ -58,8 +57,9 @@ class Worker:
         self._shutdown = threading.Event()
         self._renderer: Renderer | None = None  # run_forever's, shared by its jobs
         self._keep_pool = False
-        if self.store.kind == "embedded":
-            # The embedded store is locked to this process: no other worker can hold a job.
+        if self.store.kind == "embedded" and self.jobs.kind == "sqlite":
+            # The embedded store is locked to this process, and the queue is on this host: no
+            # other worker can hold a job.
             requeued = self.jobs.release_all_running()
             if requeued:
                 log.info("requeued %d jobs interrupted by the last shutdown", requeued)
@@ -168,8 +168,11 @@ class Worker:
             renderer=self._pool(),
             on_progress=on_progress,
         )
+        path = self.documents.original(job.doc_id, job.path)
+        if path is None:
+            return f"{job.name}: its uploaded original is no longer kept; upload it again", 0
         source = SourceFile(
-            Path(job.path),
+            path,
             job.name,
             metadata=job.metadata,
             password=self.documents.sealer.unseal(job.password, name=job.name),

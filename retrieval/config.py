@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         None, description="Qdrant server/cluster URL; unset = embedded store under data_dir."
     )
     qdrant_api_key: SecretStr | None = Field(None, description="API key for the Qdrant server.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host/db) for the job queue and "
+        "the uploaded originals, shared by API replicas and workers on any hosts; unset = "
+        "SQLite and files under data_dir (one host). Needs secret_key.",
+    )
     qdrant_prefer_grpc: bool = Field(True, description="Talk gRPC to the Qdrant server.")
     qdrant_shard_number: int | None = Field(
         None, ge=1, description="Shards of a new collection on a cluster (server default if unset)."
@@ -192,7 +198,8 @@ class Settings(BaseSettings):
         None,
         description="Key that seals the passwords of encrypted PDFs at rest (a Fernet key: "
         "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`). "
-        "Unset: a key is generated in data_dir/secret.key (mode 0600) on first use.",
+        "Unset: a key is generated in data_dir/secret.key (mode 0600) on first use; with "
+        "database_url set it must be set, the same on every host.",
     )
     max_pages: int = Field(5000, ge=1, description="Most pages a document may have.")
     job_lease_s: float = Field(
@@ -254,7 +261,7 @@ class Settings(BaseSettings):
             raise ValueError("fde_oversampling must be 0 (no rescoring) or at least 1")
         return value
 
-    @field_validator("qdrant_url", mode="before")
+    @field_validator("qdrant_url", "database_url", mode="before")
     @classmethod
     def _empty_url_is_unset(cls, value: object) -> object:
         return None if value == "" else value

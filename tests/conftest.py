@@ -44,3 +44,21 @@ def encoder(tiny_model_dir):
     from retrieval.encoder import Encoder
 
     return Encoder.load(str(tiny_model_dir), device="cpu", max_visual_tokens=768, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (tests/postgres.py), started once for the session."""
+    from tests import postgres
+
+    if not postgres.available():
+        pytest.skip(postgres.WHY_NOT)
+    server = postgres.Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server) -> str:
+    """The URL of a new, empty PostgreSQL database."""
+    return postgres_server.database()

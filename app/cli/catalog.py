@@ -57,7 +57,7 @@ def docs_show(
     """One document's record and stored pages."""
     settings = settings_of(ctx, collection=collection)
     with user_errors(as_json), open_store(settings) as store:
-        doc = _resolve(store, settings.collection, doc_id)
+        doc = store.find_document(settings.collection, doc_id)
         stored = store.stored_page_numbers(settings.collection, doc.doc_id)
     data = {**_public(doc), "pages_stored": len(stored)}
     if as_json:
@@ -80,7 +80,7 @@ def docs_delete(
 
     settings = settings_of(ctx, collection=collection)
     with user_errors(as_json), open_store(settings) as store:
-        doc = _resolve(store, settings.collection, doc_id)
+        doc = store.find_document(settings.collection, doc_id)
         if not yes:
             typer.confirm(
                 f"Delete {doc.name} ({count(doc.page_count, 'page')}) "
@@ -100,10 +100,6 @@ def _public(doc) -> dict:
     data = asdict(doc)
     data.pop("password_sealed", None)
     return data
-
-
-def _resolve(store, collection: str, prefix: str):
-    return store.find_document(collection, prefix)
 
 
 @collections_app.command("list")

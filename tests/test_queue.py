@@ -1,0 +1,143 @@
+"""The job queue's promises, on both of its databases (SQLite embedded, a real PostgreSQL
+server): every job claimed by one worker at a time, leases, progress, cancellation; and the
+originals kept where every host reads them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.database import PostgresDatabase, SqliteDatabase
+from indexer.jobs import JobQueue
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_queue(request, tmp_path):
+    """Opens queues on one database, as separate processes would (each its own connections)."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("database_url")
+    opened: list[JobQueue] = []
+
+    def make() -> JobQueue:
+        db = PostgresDatabase(url) if url else SqliteDatabase(tmp_path / "jobs.sqlite3")
+        opened.append(JobQueue(db))
+        return opened[-1]
+
+    yield make
+    for queue in opened:
+        queue.close()
+
+
+def _jobs(queue: JobQueue, n: int) -> list[str]:
+    return [
+        queue.create(
+            doc_id=f"{i:064x}", collection="c", name=f"{i}.pdf", path=Path("/x"), metadata={}
+        ).id
+        for i in range(n)
+    ]
+
+
+def test_concurrent_workers_each_claim_a_job_exactly_once(open_queue):
+    queue = open_queue()
+    created = set(_jobs(queue, 120))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        own = open_queue()  # its own connections, as another process would have
+        while (job := own.claim(name, lease_s=60)) is not None:
+            with lock:
+                claimed.append(job.id)
+            assert own.finish(job.id, name, pages_done=1, pages_total=1)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(created)  # each once: no job lost, none twice
+    assert queue.count("done") == len(created) and queue.count("queued") == 0
+
+
+def test_a_job_whose_lease_expires_is_taken_over_and_its_first_worker_told(open_queue):
+    first, second = open_queue(), open_queue()
+    [job_id] = _jobs(first, 1)
+    assert first.claim("a", lease_s=0.2).id == job_id
+    assert second.claim("b", lease_s=60) is None  # leased
+    time.sleep(0.3)
+    taken = second.claim("b", lease_s=60)
+    assert taken.id == job_id and taken.attempts == 2
+    assert not first.holds(job_id, "a") and not first.renew(job_id, "a", 60, 1, 2)
+    assert not first.finish(job_id, "a")  # its outcome no longer counts
+    assert second.finish(job_id, "b", pages_done=2, pages_total=2)
+    assert second.get(job_id).status == "done"
+
+
+def test_progress_never_goes_back_nor_past_the_total(open_queue):
+    queue = open_queue()
+    [job_id] = _jobs(queue, 1)
+    queue.claim("a", lease_s=60)
+    assert queue.renew(job_id, "a", 60, 7, 10)
+    assert queue.renew(job_id, "a", 60, 3, 10)  # a resumed attempt counts from what is stored
+    assert queue.get(job_id).pages_done == 7
+    assert queue.renew(job_id, "a", 60, 50, 10)
+    assert queue.get(job_id).pages_done == 10
+
+
+def test_cancelled_and_released_jobs(open_queue):
+    queue = open_queue()
+    first, second = _jobs(queue, 2)
+    assert queue.claim("a", lease_s=60).id == first
+    assert queue.cancel_for(f"{0:064x}", "c", "deleted") == 1
+    assert not queue.holds(first, "a") and queue.get(first).status == "cancelled"
+    assert queue.cancelled_last() == [(f"{0:064x}", "c")]
+    assert queue.claim("b", lease_s=60).id == second
+    assert queue.release(second, "b")  # shutting down: back in the queue, not an attempt
+    again = queue.claim("c", lease_s=60)
+    assert again.id == second and again.attempts == 1
+    public = again.public()
+    assert public["job_id"] == second and "path" not in public and "password" not in public
+
+
+def test_originals_are_read_by_every_host_and_removed_for_all(database_url, tmp_path):
+    """Two hosts, each with a folder of its own, one database: what one accepted the other
+    reads; what one removes is gone for both."""
+    from indexer.originals import PostgresOriginals
+    from indexer.uploads import UploadFolder
+    from tests.documents import make_pdf
+
+    db = PostgresDatabase(database_url)
+    try:
+        shared = PostgresOriginals(db)
+        api = UploadFolder(tmp_path / "api" / "uploads", shared=shared)
+        worker = UploadFolder(tmp_path / "worker" / "uploads", shared=shared)
+        pdf = make_pdf([(595, 842)] * 3) + b"x" * (9 << 20)  # three chunks
+        incoming = api.incoming("a.pdf", 64 << 20)
+        for start in range(0, len(pdf), 1 << 20):
+            incoming.write(pdf[start : start + (1 << 20)])
+        upload = incoming.commit()
+        assert worker.holds(upload.path) and worker.has(upload.doc_id)
+        fetched = worker.path_of(upload.doc_id)
+        assert fetched is not None and fetched.read_bytes() == pdf
+        assert fetched.parent == worker.root and fetched.stat().st_mode & 0o077 == 0
+        assert worker.doc_ids() == [upload.doc_id]
+        assert worker.remove(upload.doc_id)
+        assert not api.has(upload.doc_id)
+        assert api.path_of(upload.doc_id) is None and not upload.path.exists()  # stale copy
+    finally:
+        db.close()
+
+
+def test_a_distributed_deployment_needs_the_sealing_key(tmp_path):
+    from indexer.secrets import Sealer
+    from retrieval.config import Settings
+    from retrieval.errors import ConfigurationError
+
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, database_url="postgresql://h/db", secret_key=None
+    )
+    with pytest.raises(ConfigurationError, match="COLQWEN_SECRET_KEY"):
+        Sealer.from_settings(settings)
+    assert not (tmp_path / "secret.key").exists()  # no host-local key made

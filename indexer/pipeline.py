@@ -62,7 +62,9 @@ from retrieval.words import count
 log = logging.getLogger(__name__)
 
 _IDLE_FLUSH_S = 0.05  # flush a partial batch when no page arrived for this long
-_MARK_EVERY_S = 1.0  # how often stored documents are made durable and marked indexed
+# How often written pages are made durable, and the documents they completed marked indexed:
+# a run killed in the middle of a long document resumes from there, not from its first page.
+_MARK_EVERY_S = 1.0
 
 
 @dataclass
@@ -247,6 +249,7 @@ class IngestPipeline:
         self._busy_lock = threading.Lock()
         self._outstanding = 0  # batches of pages the batcher handed on, not finished yet
         self._unmarked: list[_Doc] = []  # documents stored whole, not yet marked indexed
+        self._unflushed = 0  # pages written since the last flush
         self._marked_at = time.monotonic()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -626,7 +629,8 @@ class IngestPipeline:
                 pending = []
             self._control(msg)
         self._flush(pending)
-        if self._unmarked and time.monotonic() - self._marked_at >= _MARK_EVERY_S:
+        due = time.monotonic() - self._marked_at >= _MARK_EVERY_S
+        if due and (self._unmarked or self._unflushed):
             self._mark_indexed()
         self._add_busy("store", time.perf_counter() - t0)
         self._report_progress()
@@ -638,6 +642,7 @@ class IngestPipeline:
         Batched because a flush holds the GIL for milliseconds to tens of them (disk sync):
         once a document, it slowed the whole parent at two GPUs."""
         self.store.flush(self.collection)
+        self._unflushed = 0
         docs, self._unmarked = self._unmarked, []
         self.store.put_documents(self.collection, [self._catalog(d, "indexed") for d in docs])
         self._marked_at = time.monotonic()
@@ -664,6 +669,7 @@ class IngestPipeline:
             for doc, _ in pending:
                 doc.embedded += 1
             self._progress.pages_done += len(pending)
+            self._unflushed += len(pending)
 
     def _control(self, msg: _Msg) -> None:
         doc = msg.doc

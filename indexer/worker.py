@@ -180,6 +180,12 @@ class Worker:
         )
         report = pipeline.run([source], cancel=cancel)
         [result] = report.documents
+        log.info(
+            "job %s: %d of its %d pages embedded by this attempt (the rest stored before)",
+            job.id,
+            result.embedded,
+            result.pages,
+        )
         if result.status == "failed":
             return result.error, progress.done
         return None, result.pages

@@ -45,7 +45,13 @@ def test_compose_files_follow_the_compose_spec(name):
 def test_docker_compose_config_accepts_the_files(tmp_path):
     for name in [*COMPOSE_FILES, "Dockerfile", ".env.example"]:
         shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copy(ROOT / ".env.example", tmp_path / ".env")  # as README says: cp .env.example .env
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(ROOT / "deploy" / "nginx.conf", tmp_path / "deploy" / "nginx.conf")
+    # As README says: cp .env.example .env, and set the sealing key in it.
+    env = (ROOT / ".env.example").read_text().replace(
+        "# COLQWEN_SECRET_KEY=", "COLQWEN_SECRET_KEY=Q0Q1d2NqcGZtdmV6d2JxTnR6a1hqS0VwS0h2b2JvU0o="
+    )
+    (tmp_path / ".env").write_text(env)
     for files in (["docker-compose.yml"], COMPOSE_FILES):
         args = [a for f in files for a in ("-f", f)]
         result = subprocess.run(
@@ -56,7 +62,7 @@ def test_docker_compose_config_accepts_the_files(tmp_path):
 
 def test_compose_topology():
     base = compose("docker-compose.yml")["services"]
-    assert set(base) == {"qdrant", "api", "worker", "worker-cpu"}
+    assert set(base) == {"qdrant", "postgres", "api", "lb", "worker", "worker-cpu"}
     # Pinned, and within one minor version of the qdrant-client we install: qdrant-client
     # warns at every connection to a server further apart.
     server = re.fullmatch(r"qdrant/qdrant:v(\d+)\.(\d+)\.\d+", base["qdrant"]["image"])
@@ -73,7 +79,20 @@ def test_compose_topology():
     devices = base["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert base["worker-cpu"]["profiles"] == ["cpu"]
-    assert base["api"]["volumes"] == base["worker"]["volumes"]  # shared uploads and job table
+    # The queue and the originals in PostgreSQL: pinned, kept on a volume, checked healthy
+    # before the API and the workers start; no data volume shared between services.
+    postgres = base["postgres"]
+    assert re.fullmatch(r"postgres:\d+\.\d+-\w+", postgres["image"])
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    for name in ("api", "worker", "worker-cpu"):
+        service = base[name]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert service["environment"]["COLQWEN_DATABASE_URL"].startswith("postgresql://")
+        assert "COLQWEN_SECRET_KEY" in service["environment"]  # required when distributed
+        assert not [v for v in service["volumes"] if v.split(":")[1] == "/data"]
+    assert "ports" not in base["api"] and base["lb"]["ports"] == ["8000:8000"]
+    assert "proxy_pass http://colqwen_api" in (ROOT / "deploy" / "nginx.conf").read_text()
     cluster = compose("docker-compose.cluster.yml")["services"]
     nodes = [cluster[n] for n in ("qdrant", "qdrant-2", "qdrant-3")]
     assert {n["image"] for n in nodes} == {base["qdrant"]["image"]}
@@ -81,6 +100,9 @@ def test_compose_topology():
     assert all("ports" not in n for n in nodes)  # p2p stays private
     assert "--bootstrap" in cluster["qdrant-2"]["command"]
     assert cluster["api"]["environment"]["COLQWEN_QDRANT_REPLICATION_FACTOR"] == "2"
+    assert cluster["api"]["deploy"]["replicas"] == 2  # behind the load balancer
+    for name in ("api", "worker", "worker-cpu"):
+        assert cluster[name]["environment"]["COLQWEN_DATABASE_URL"].startswith("postgresql://")
 
 
 def test_dockerfile_installs_from_the_lock_like_ci_and_runs_real_commands():

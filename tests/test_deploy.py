@@ -48,8 +48,13 @@ def test_docker_compose_config_accepts_the_files(tmp_path):
     (tmp_path / "deploy").mkdir()
     shutil.copy(ROOT / "deploy" / "nginx.conf", tmp_path / "deploy" / "nginx.conf")
     # As README says: cp .env.example .env, and set the sealing key in it.
-    env = (ROOT / ".env.example").read_text().replace(
-        "# COLQWEN_SECRET_KEY=", "COLQWEN_SECRET_KEY=Q0Q1d2NqcGZtdmV6d2JxTnR6a1hqS0VwS0h2b2JvU0o="
+    env = (
+        (ROOT / ".env.example")
+        .read_text()
+        .replace(
+            "# COLQWEN_SECRET_KEY=",
+            "COLQWEN_SECRET_KEY=Q0Q1d2NqcGZtdmV6d2JxTnR6a1hqS0VwS0h2b2JvU0o=",
+        )
     )
     (tmp_path / ".env").write_text(env)
     for files in (["docker-compose.yml"], COMPOSE_FILES):

@@ -141,3 +141,71 @@ def test_a_distributed_deployment_needs_the_sealing_key(tmp_path):
     with pytest.raises(ConfigurationError, match="COLQWEN_SECRET_KEY"):
         Sealer.from_settings(settings)
     assert not (tmp_path / "secret.key").exists()  # no host-local key made
+
+
+def test_an_embedded_deployment_moves_its_queue_and_originals_to_the_database(
+    database_url, tmp_path, monkeypatch
+):
+    """``colqwen jobs migrate``: queued jobs (with an encrypted PDF's password, sealed again
+    with the distributed key) and every kept original go into the database; the old table no
+    longer holds them; running it again moves nothing twice."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from indexer.originals import PostgresOriginals
+    from indexer.secrets import Sealer, _key_file
+    from indexer.uploads import UploadFolder
+    from tests.documents import make_pdf
+
+    old = tmp_path / "old"
+    old_queue = JobQueue(SqliteDatabase(old / "jobs.sqlite3"))
+    old_sealer = Sealer(_key_file(old / "secret.key"))  # the embedded default: a key file
+    folder = UploadFolder(old / "uploads")
+    kept = []
+    for i, pdf in enumerate([make_pdf([(595, 842)]), make_pdf([(842, 595)] * 2)]):
+        incoming = folder.incoming(f"{i}.pdf", 1 << 20)
+        incoming.write(pdf)
+        kept.append(incoming.commit())
+    queued = old_queue.create(
+        doc_id=kept[0].doc_id,
+        collection="pages",
+        name="0.pdf",
+        path=kept[0].path,
+        metadata={"team": "a"},
+        password=old_sealer.seal("hunter2"),
+    )
+    done = old_queue.create(
+        doc_id=kept[1].doc_id, collection="pages", name="1.pdf", path=kept[1].path, metadata={}
+    )
+    old_queue.claim("w", 60)  # the first, oldest
+    old_queue.claim("w", 60)
+    old_queue.finish(done.id, "w", pages_done=2, pages_total=2)
+    old_queue.close()
+
+    key = "Q0Q1d2NqcGZtdmV6d2JxTnR6a1hqS0VwS0h2b2JvU0o="
+    monkeypatch.setenv("COLQWEN_DATABASE_URL", database_url)
+    monkeypatch.setenv("COLQWEN_SECRET_KEY", key)
+    monkeypatch.setenv("COLQWEN_DATA_DIR", str(tmp_path / "new"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["jobs", "migrate", "--from", str(old)])
+    assert result.exit_code == 0, result.output
+    assert "moved 1 queued jobs" in result.output and "2 originals" in result.output
+
+    db = PostgresDatabase(database_url)
+    try:
+        new = JobQueue(db)
+        [job] = [new.get(r["id"]) for r in db.execute("SELECT id FROM jobs").fetchall()]
+        assert (job.doc_id, job.status, job.metadata) == (queued.doc_id, "queued", {"team": "a"})
+        assert Sealer(key.encode()).unseal(job.password) == "hunter2"
+        elsewhere = UploadFolder(tmp_path / "host2" / "uploads", shared=PostgresOriginals(db))
+        assert elsewhere.holds(job.path)  # the old host's path names a kept original
+        assert elsewhere.path_of(job.doc_id).read_bytes() == kept[0].path.read_bytes()
+        assert sorted(elsewhere.doc_ids()) == sorted(k.doc_id for k in kept)
+        again = runner.invoke(app, ["jobs", "migrate", "--from", str(old)])
+        assert "moved 0 queued jobs" in again.output
+        assert new.count("queued") == 1
+    finally:
+        db.close()
+    left = JobQueue(SqliteDatabase(old / "jobs.sqlite3"))
+    assert left.count("queued") + left.count("running") == 0 and left.count("done") == 1
+    left.close()

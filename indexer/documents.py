@@ -147,6 +147,8 @@ class DocumentService:
         if sweep_uploads:
             for doc_id in self.uploads.doc_ids():
                 self.release_upload(doc_id)
+        if pruned := self.uploads.prune_copies():
+            log.info("removed %d copies of originals deleted through other hosts", pruned)
 
     def forget(self, collection: str, doc_id: str) -> None:
         """Undo what a cancelled job stored: called by its worker once the pipeline stopped."""

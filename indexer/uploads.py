@@ -119,6 +119,17 @@ class UploadFolder:
             removed = self.shared.remove(doc_id) or removed
         return removed
 
+    def prune_copies(self) -> int:
+        """Remove this host's copies of originals no longer kept in ``shared`` (their documents
+        were deleted through another host)."""
+        if self.shared is None or not self.root.is_dir():
+            return 0
+        kept = set(self.shared.doc_ids())
+        stale = [p for p in self.root.iterdir() if p.suffix in _SUFFIXES and p.stem not in kept]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     def clean_partial(self, older_than_s: float = 0.0) -> int:
         """Remove ``.part`` files left by a process that died mid-upload."""
         if not self.tmp.is_dir():

@@ -52,6 +52,8 @@ def postgres_server():
     from tests import postgres
 
     if not postgres.available():
+        if os.environ.get("REQUIRE_POSTGRES"):  # CI (.ci/run): they must run there
+            pytest.fail(postgres.WHY_NOT)
         pytest.skip(postgres.WHY_NOT)
     server = postgres.Server()
     yield server

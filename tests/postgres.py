@@ -35,9 +35,12 @@ def available() -> bool:
 class Server:
     """A cluster of our own, or the one ``COLQWEN_TEST_DATABASE_URL`` names."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: fsync and synchronous commits on, as a deployment runs it (benchmarks);
+        off for tests, which need no durability from a throwaway server."""
         self.url = os.environ.get("COLQWEN_TEST_DATABASE_URL") or ""
         self._dir: Path | None = None
+        self._durable = durable
         if not self.url:
             self._start()
 
@@ -58,10 +61,9 @@ class Server:
         initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
         assert initdb and pg_ctl, WHY_NOT
         self._run(initdb, "-D", str(data), "-A", "trust", "-U", "colqwen", "--no-sync")
-        options = (
-            f"-p {port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {port} -k {self._dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self._durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = str(self._dir / "log")
         self._run(pg_ctl, "-D", str(data), "-o", options, "-l", log, "-w", "start")
         self.url = f"postgresql://colqwen@127.0.0.1:{port}/postgres"

@@ -19,6 +19,13 @@ COPY app ./app
 RUN uv sync --frozen --no-dev
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+# OCR of pages without text (Tesseract, English; add tesseract-ocr-<lang> for others) and office
+# formats converted to PDF (LibreOffice, headless: no GUI packages).
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        tesseract-ocr tesseract-ocr-eng \
+        libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 colqwen \
     && mkdir -p /data /models \
     && chown colqwen:colqwen /data /models

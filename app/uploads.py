@@ -42,7 +42,9 @@ OPENAPI_BODY = {
                         "type": "string",
                         "format": "binary",
                         "minLength": 1,
-                        "description": "A PDF, or a PNG/JPEG/TIFF/WebP image (others: 415).",
+                        "description": "A PDF, a PNG/JPEG/TIFF/WebP image, or a Word, PowerPoint, "
+                        "Excel, OpenDocument, RTF or HTML file (converted by LibreOffice where "
+                        "it is installed; others: 415).",
                     },
                     "metadata": {
                         "type": "string",

@@ -660,6 +660,8 @@ class IngestPipeline:
             embedding=embedding,
             metadata=doc.metadata,
             text=page.text,
+            words=[w.as_list() for w in page.words],
+            ocr_error=page.ocr_error,
             derived=derived,
         )
 

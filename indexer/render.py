@@ -11,12 +11,15 @@ process (``indexer.render_pool`` runs them in a process pool).
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from indexer.ocr import OcrMode, Word, recognize, wants_ocr
 from retrieval.errors import (
     InvalidDocument,
     InvalidInput,
@@ -34,8 +37,10 @@ if TYPE_CHECKING:
     from retrieval.config import Settings
     from retrieval.shared_image import SharedImage
 
+log = logging.getLogger(__name__)
+
 Source = Path | bytes
-Kind = Literal["pdf", "image"]
+Kind = Literal["pdf", "image", "office"]
 
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "WEBP"}
 DEFAULT_MAX_IMAGE_PIXELS = 200_000_000  # decoded pixels of one input image
@@ -51,6 +56,10 @@ class RenderOptions:
     supersample: int = 1
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     family: Family = COLQWEN2  # whose geometry: the image and token grid for a page
+    # Which pages are read by OCR (``indexer.ocr``): auto = those without a text layer.
+    ocr: OcrMode = "off"
+    ocr_languages: str = "eng"  # Tesseract's: "eng", "eng+deu", ...
+    ocr_dpi: int = 200
 
     @classmethod
     def from_settings(cls, settings: Settings, family: Family | None = None) -> RenderOptions:
@@ -65,12 +74,33 @@ class RenderOptions:
             max_visual_tokens=settings.max_visual_tokens,
             supersample=settings.render_supersample,
             family=family,
+            ocr=_ocr_mode(settings),
+            ocr_languages=settings.ocr_languages,
         )
 
     def layout(self, width: float, height: float) -> tuple[tuple[int, int], tuple[int, int]]:
         """((width_px, height_px), (rows, cols)): a page's rendered size and its token grid."""
         size = self.family.size_for(width, height, self.max_visual_tokens)
         return size, self.family.grid_of(size, self.max_visual_tokens)
+
+
+def _ocr_mode(settings: Settings) -> OcrMode:
+    """The settings' OCR mode, checked: ``on`` (and ``auto`` where Tesseract is installed)
+    needs Tesseract and the languages' data; ``auto`` without Tesseract is ``off``, said once."""
+    from indexer import ocr
+
+    if settings.ocr == "off":
+        return "off"
+    if settings.ocr == "auto" and not ocr.installed():
+        _warn_once("OCR is off: Tesseract is not installed (apt-get install tesseract-ocr)")
+        return "off"
+    ocr.check(settings.ocr_languages)
+    return settings.ocr
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 @dataclass(frozen=True)
@@ -91,7 +121,9 @@ class RenderedPage:
     size_pt: tuple[float, float]  # (width, height) in points as displayed (after /Rotate)
     rotation: int  # the page's /Rotate in degrees (0 for images)
     grid: tuple[int, int]  # (rows, cols) of visual tokens the model will see
-    text: str = ""  # the page's own text layer (empty for scans and images), cleaned, capped
+    text: str = ""  # the page's text layer, or what OCR read on it; cleaned, capped
+    words: tuple[Word, ...] = ()  # the words OCR read, with their boxes (none from a layer)
+    ocr_error: str | None = None  # why OCR failed on this page (it is still embedded)
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -121,9 +153,14 @@ def page_texts(source: Path, password: str | None = None) -> list[str]:
 
 
 def sniff(head: bytes) -> Kind | None:
-    """What a file is, from its first bytes: a PDF, an image PIL can open, or neither."""
+    """What a file is, from its first bytes: a PDF, an image PIL can open, an office or
+    OpenDocument file LibreOffice converts (``indexer.convert``), or none of them."""
     if b"%PDF-" in head[:_SNIFF_BYTES]:
         return "pdf"
+    from indexer.convert import is_office
+
+    if is_office(head):
+        return "office"
     from PIL import Image
 
     try:
@@ -142,7 +179,8 @@ def open_document(
     password: str | None = None,
     options: RenderOptions | None = None,
 ) -> Document:
-    """Open a PDF or an image. Raises ``InvalidDocument`` (or a subclass) naming the file."""
+    """Open a PDF, an image, or an office file (converted to PDF by LibreOffice). Raises
+    ``InvalidDocument`` (or a subclass) naming the file."""
     options = options or RenderOptions()
     name = name or (str(source) if isinstance(source, Path) else "<bytes>")
     head = _head(source, name)
@@ -153,7 +191,35 @@ def open_document(
         return PdfDocument(source, name, password, options)
     if kind == "image":
         return ImageDocument(source, name, options)
-    raise UnsupportedFormat(f"{name}: not a valid PDF (nor a PNG, JPEG, TIFF or WebP image)")
+    if kind == "office":
+        document = PdfDocument(_converted(source, name), name, None, options)
+        document.info = DocumentInfo("office", document.info.page_count)
+        return document
+    raise UnsupportedFormat(f"{name}: {UNSUPPORTED}")
+
+
+UNSUPPORTED = (
+    "not a PDF, an image (PNG, JPEG, TIFF, WebP) nor an office file (Word, PowerPoint, Excel, "
+    "OpenDocument, RTF, HTML)"
+)
+
+
+def _converted(source: Source, name: str) -> bytes:
+    """An office file as PDF; a file converted lately is not converted again (a page image
+    drawn after its ingestion)."""
+    from indexer.convert import to_pdf
+
+    if isinstance(source, bytes):
+        return to_pdf(source, name)
+    stat = source.stat()
+    return _converted_file(str(source), stat.st_size, stat.st_mtime_ns, name)
+
+
+@functools.lru_cache(maxsize=4)
+def _converted_file(path: str, size: int, mtime_ns: int, name: str) -> bytes:
+    from indexer.convert import to_pdf
+
+    return to_pdf(Path(path), name)
 
 
 def _head(source: Source, name: str) -> bytes:
@@ -251,6 +317,16 @@ class PdfDocument(Document):
             image = bitmap.to_pil()  # RGB, a copy of the buffer
             if k > 1:
                 image = image.reduce(k)
+            text, words, error = self._text(page), (), None
+            if wants_ocr(self.options.ocr, text):
+                scale = self.options.ocr_dpi / 72
+                scale = min(scale, MAX_OCR_SIDE / max(width_pt, height_pt))
+                text, words, error = _ocr(
+                    lambda: page.render(scale=scale, grayscale=True).to_pil(),
+                    text,
+                    self.options,
+                    f"{self.name}: page {number}",
+                )
             return RenderedPage(
                 image=image,
                 page_number=number,
@@ -258,7 +334,9 @@ class PdfDocument(Document):
                 size_pt=(round(width_pt, 2), round(height_pt, 2)),
                 rotation=page.get_rotation(),
                 grid=grid,
-                text=self._text(page),
+                text=text,
+                words=words,
+                ocr_error=error,
             )
         finally:
             page.close()
@@ -353,10 +431,11 @@ class ImageDocument(Document):
             )
             target, grid = self.options.layout(width, height)
             k = self.options.supersample
-            if self._image.format == "JPEG":
+            read = wants_ocr(self.options.ocr, "")  # an image has no text layer
+            if self._image.format == "JPEG" and not read:
                 self._image.draft("RGB", (target[0] * k, target[1] * k))  # decode at reduced scale
-            image = _to_rgb(_upright(self._image, index))
-            image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            full = _to_rgb(_upright(self._image, index))
+            image = full.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
         except PageTooLarge as exc:
             if exc.args[0].startswith(self.name):
                 raise
@@ -365,6 +444,11 @@ class ImageDocument(Document):
             raise InvalidDocument(
                 f"{self.name}: image {number} cannot be decoded ({exc})"
             ) from None
+        text, words, error = "", (), None
+        if read:
+            text, words, error = _ocr(
+                lambda: _fit(full, MAX_OCR_SIDE), "", self.options, f"{self.name}: image {number}"
+            )
         return RenderedPage(
             image=image,
             page_number=number,
@@ -372,10 +456,38 @@ class ImageDocument(Document):
             size_pt=size_pt,
             rotation=0,
             grid=grid,
+            text=text,
+            words=words,
+            ocr_error=error,
         )
 
     def close(self) -> None:
         self._image.close()
+
+
+MAX_OCR_SIDE = 5000  # pixels: a page's longest side as OCR reads it (200 dpi A4: 2339)
+
+
+def _fit(image: Image.Image, side: int) -> Image.Image:
+    if max(image.size) <= side:
+        return image
+    image = image.copy()
+    image.thumbnail((side, side))
+    return image
+
+
+def _ocr(
+    draw, layer: str, options: RenderOptions, where: str
+) -> tuple[str, tuple[Word, ...], str | None]:
+    """(text, words, error) of a page OCR reads: ``draw()`` gives its image at OCR
+    resolution. A failure keeps the page's own text layer and says why: the page is still
+    embedded and searchable visually."""
+    try:
+        found = recognize(draw(), options.ocr_languages)
+    except Exception as exc:
+        log.warning("%s: OCR failed: %s", where, exc)
+        return layer, (), f"OCR failed: {type(exc).__name__}: {exc}"
+    return (found.text or layer), found.words, None
 
 
 def _upright(image: Image.Image, index: int) -> Image.Image:

@@ -17,6 +17,15 @@ from retrieval.store.filters import check_metadata
 DEFAULT_GLOBS = ("*.pdf",)
 
 
+def default_globs() -> list[str]:
+    """What ``colqwen ingest DIR`` picks up: PDFs, and office and OpenDocument files where
+    LibreOffice is installed to convert them (``indexer.convert``)."""
+    from indexer import convert
+
+    office = [f"*{suffix}" for suffix in convert.SUFFIXES] if convert.installed() else []
+    return [*DEFAULT_GLOBS, *office]
+
+
 @dataclass
 class SourceFile:
     """A file to ingest, with the metadata it will carry."""

@@ -2,8 +2,8 @@
 
 An upload streams into ``uploads/tmp/<random>.part`` (under the data directory, mode 0600)
 while it is hashed and its type sniffed; only a complete, accepted file is renamed to
-``uploads/<sha256>.pdf`` (or ``.img``), so the same bytes always land on the same file and a
-crash leaves at most a ``.part`` that the next start removes.
+``uploads/<sha256>.pdf`` (or ``.img``, ``.office``), so the same bytes always land on the same
+file and a crash leaves at most a ``.part`` that the next start removes.
 
 In a distributed deployment the originals are kept in the database (``shared``:
 ``indexer.originals``) and this folder is each host's copy of those it wrote or read.
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer.render import sniff
+from indexer import convert
+from indexer.render import UNSUPPORTED, sniff
 from retrieval.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SUFFIXES = (".pdf", ".img")
+_SUFFIX = {"pdf": ".pdf", "image": ".img", "office": ".office"}  # by what the bytes are
+_SUFFIXES = tuple(_SUFFIX.values())
 _CONTENT_ADDRESS = re.compile(r"[0-9a-f]{64}")
 
 
@@ -184,11 +186,11 @@ class IncomingFile:
                 raise InvalidInput(f"{self.name}: the file is empty")
             kind = sniff(self._head)
             if kind is None:
-                raise UnsupportedFormat(
-                    f"{self.name}: not a PDF nor a PNG, JPEG, TIFF or WebP image"
-                )
+                raise UnsupportedFormat(f"{self.name}: {UNSUPPORTED}")
+            if kind == "office" and not convert.installed():
+                raise UnsupportedFormat(f"{self.name}: {convert.INSTALL}")
             doc_id = self._digest.hexdigest()
-            final = self.folder.root / f"{doc_id}.{'pdf' if kind == 'pdf' else 'img'}"
+            final = self.folder.root / f"{doc_id}{_SUFFIX[kind]}"
             os.replace(self._path, final)  # the same bytes land on the same file
             self.folder.keep(doc_id, final)
             return StoredUpload(final, doc_id, self.size)

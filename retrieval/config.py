@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     render_supersample: int = Field(
         1, ge=1, le=4, description="Render at k x the target size, then downsample (1 = off)."
     )
+    ocr: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Read pages by OCR (Tesseract), for the text and hybrid modes and snippets: "
+        "auto = pages without a text layer (scans, photos, images), when Tesseract is "
+        "installed; on = every page (needs Tesseract); off.",
+    )
+    ocr_languages: str = Field(
+        "eng", description="Tesseract languages to read: eng, or eng+deu (their data installed)."
+    )
 
     # --- storage ---------------------------------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="Where the embedded store and uploads live.")

@@ -115,7 +115,10 @@ class PageRecord:
     pixel_size: tuple[int, int]  # (width, height) rendered
     embedding: PageEmbedding
     metadata: dict[str, Any] = field(default_factory=dict)
-    text: str = ""  # the page's own text layer (retrieval.text), empty for scans and images
+    text: str = ""  # the page's text layer, or what OCR read (retrieval.text: cleaned)
+    # Words OCR read, with their boxes as fractions of the page: [text, x0, y0, x1, y1].
+    words: list[list] = field(default_factory=list)
+    ocr_error: str | None = None  # why OCR failed on the page, if it did
     # Its derived vectors (FDE, pooled: ``retrieval.store.schema.derived_vectors``) when computed
     # beforehand, e.g. by the encoder process that embedded it; None: the store computes them.
     derived: dict[str, np.ndarray] | None = None

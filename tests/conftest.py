@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# OCR reads every page without text, as the tiny test PDFs are (a third of a second each): the
+# tests that are about it turn it on.
+os.environ.setdefault("COLQWEN_OCR", "off")
 
 SHARED_PDFS = Path(__file__).resolve().parents[1].parent / "shared" / "pdfs"
 

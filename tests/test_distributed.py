@@ -32,6 +32,7 @@ def _env(tiny_model_dir: Path, data: Path, database_url: str, **extra: str) -> d
         **{k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")},
         "COLQWEN_MODEL": str(tiny_model_dir),
         "COLQWEN_DEVICE": "cpu",
+        "COLQWEN_OCR": "off",
         "COLQWEN_MAX_VISUAL_TOKENS": str(BUDGET),
         "COLQWEN_DATA_DIR": str(data),
         "COLQWEN_DATABASE_URL": database_url,

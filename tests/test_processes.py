@@ -47,6 +47,7 @@ def cli_env(tiny_model_dir, tmp_path) -> dict[str, str]:
         **env,
         "COLQWEN_MODEL": str(tiny_model_dir),
         "COLQWEN_DEVICE": "cpu",
+        "COLQWEN_OCR": "off",
         "COLQWEN_MAX_VISUAL_TOKENS": str(BUDGET),
         "COLQWEN_DATA_DIR": str(tmp_path / "data"),
         "COLQWEN_BATCH_SIZE": "2",

@@ -45,7 +45,10 @@ def ingest(
     ] = False,
     glob: Annotated[
         list[str] | None,
-        typer.Option(help="File name patterns in directories, any case \\[default: *.pdf]."),
+        typer.Option(
+            help="File name patterns in directories, any case \\[default: *.pdf, and office "
+            "files (*.docx, *.pptx, *.xlsx, *.odt, ...) where LibreOffice is installed]."
+        ),
     ] = None,
     shard: Annotated[
         str | None, typer.Option(help="Take only shard I of N (I/N), for N machines.")
@@ -78,12 +81,19 @@ def ingest(
     A sidecar FILE.json (or STEM.json) beside a PDF adds metadata to that document. Exit code 1
     when any file failed; each failure is listed with its reason.
     """
-    from indexer.sources import discover, iter_shard, nothing_found_hint, parse_meta, parse_shard
+    from indexer.sources import (
+        default_globs,
+        discover,
+        iter_shard,
+        nothing_found_hint,
+        parse_meta,
+        parse_shard,
+    )
 
     settings = settings_of(
         ctx, batch_size=batch_size, render_workers=workers, collection=collection
     )
-    globs = glob or ["*.pdf"]
+    globs = glob or default_globs()
     with user_errors(as_json):
         shard_spec = parse_shard(shard) if shard else None
         common_meta = parse_meta(meta or [])

@@ -179,6 +179,10 @@ def page_point(info: CollectionInfo, page: PageRecord, created_at: str) -> Point
         payload["text"] = clean(page.text)
         if (bm25 := text_vector(payload["text"])) is not None:
             vectors["bm25"] = bm25
+    if page.words:  # read by OCR: where each word is on the page
+        payload["words"] = page.words
+    if page.ocr_error:
+        payload["ocr_error"] = page.ocr_error
     return PointData(page_point_id(page.doc_id, page.page_number), vectors, payload)
 
 

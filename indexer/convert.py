@@ -59,7 +59,14 @@ def is_office(head: bytes) -> bool:
 
 @functools.cache
 def soffice() -> str | None:
-    return shutil.which("soffice") or shutil.which("libreoffice")
+    """LibreOffice's program: ``soffice.bin`` itself where it can be found beside the
+    ``soffice`` script (run directly it is our own child, reaped when it ends or is killed,
+    rather than a grandchild left to init), else the script."""
+    found = shutil.which("soffice") or shutil.which("libreoffice")
+    if found is None:
+        return None
+    binary = Path(found).resolve().with_name("soffice.bin")
+    return str(binary) if binary.is_file() else found
 
 
 def installed() -> bool:
@@ -103,34 +110,51 @@ def to_pdf(
             str(work / "out"),
             str(document),
         ]
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its helpers die with it
-            preexec_fn=functools.partial(_limit_memory, memory_mb),
-            cwd=work,
-        )
-        try:
-            output, _ = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(process)
-            raise InvalidDocument(
-                f"{name}: converting it to PDF took longer than {timeout_s:g} s; the file may "
-                "be damaged or far too large: convert it to PDF yourself and ingest that"
-            ) from None
-        finally:
-            _kill(process)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            returncode, output = _run(command, work, memory_mb, deadline - time.monotonic())
+            if returncode is None:
+                raise InvalidDocument(
+                    f"{name}: converting it to PDF took longer than {timeout_s:g} s; the file "
+                    "may be damaged or far too large: convert it to PDF yourself and ingest that"
+                )
+            if returncode != _RESTART:  # the first start in a new profile asks for a restart
+                break
         pdf = work / "out" / "document.pdf"
-        if process.returncode != 0 or not pdf.is_file() or pdf.stat().st_size == 0:
+        if returncode != 0 or not pdf.is_file() or pdf.stat().st_size == 0:
             said = output.decode(errors="replace").strip().splitlines()
-            reason = said[-1] if said else f"exit code {process.returncode}"
+            reason = said[-1] if said else f"exit code {returncode}"
             raise InvalidDocument(
                 f"{name}: LibreOffice cannot convert it to PDF ({reason}); the file may be "
                 "damaged or not what its name says"
             )
         return pdf.read_bytes()
+
+
+_RESTART = 81  # soffice.bin's exit code for "start me again" (what its launcher does)
+
+
+def _run(
+    command: list[str], work: Path, memory_mb: int, timeout_s: float
+) -> tuple[int | None, bytes]:
+    """Run ``command`` to its end: (exit code, what it printed); (None, ...) if it ran past
+    ``timeout_s`` and was killed, with all it started."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its helpers are killed with it
+        preexec_fn=functools.partial(_limit_memory, memory_mb),
+        cwd=work,
+    )
+    try:
+        output, _ = process.communicate(timeout=max(timeout_s, 0.01))
+    except subprocess.TimeoutExpired:
+        return None, b""
+    finally:
+        _kill(process)
+    return process.returncode, output
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -144,16 +168,25 @@ def _limit_memory(megabytes: int) -> None:
 
 
 def _kill(process: subprocess.Popen) -> None:
-    """Stop the conversion and whatever it started (its process group: ``soffice`` runs
-    ``soffice.bin`` under it), and wait until every one of them is gone."""
+    """Stop the conversion and whatever it started (its process group), and wait until none
+    of them runs any more (killed orphans are left to init to reap: zombies do not count)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)  # succeeds while any of the group is left
-        except (ProcessLookupError, PermissionError):
-            return
+    while _running_in_group(process.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _running_in_group(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (Linux's /proc; elsewhere: no)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state not in ("Z", "X"):
+            return True
+    return False

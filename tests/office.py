@@ -4,12 +4,11 @@ LibreOffice itself from those."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 from xml.sax.saxutils import escape
-
-from indexer.convert import soffice
 
 _NS = (
     'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
@@ -83,7 +82,7 @@ def ods(path: Path, sheets: list[str]) -> Path:
 
 def convert(source: Path, suffix: str, out: Path) -> Path:
     """``source`` saved by LibreOffice as ``suffix`` (docx, doc, rtf, pptx, ppt, xlsx, xls)."""
-    program = soffice()
+    program = shutil.which("soffice")
     assert program, "LibreOffice is not installed"
     profile = (out / ".lo-profile").as_uri()
     subprocess.run(

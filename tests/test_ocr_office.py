@@ -240,7 +240,9 @@ def test_without_libreoffice_office_files_are_refused_saying_what_to_install(tmp
 
 
 def _leftovers() -> tuple[list[str], list[str]]:
-    """Conversion folders in the temporary directory, and LibreOffice processes."""
+    """Conversion folders in the temporary directory, and LibreOffice processes still
+    running (a killed one init has not reaped yet runs no more)."""
     folders = sorted(p.name for p in Path(tempfile.gettempdir()).glob("colqwen-convert-*"))
-    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout
-    return folders, [c for c in ps.split() if c.startswith("soffice")]
+    ps = subprocess.run(["ps", "-eo", "stat=,comm="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 1) for line in ps.splitlines() if line.strip()]
+    return folders, [comm for stat, comm in rows if comm.startswith("soffice") and "Z" not in stat]

@@ -199,8 +199,8 @@ def open_document(
 
 
 UNSUPPORTED = (
-    "not a PDF, an image (PNG, JPEG, TIFF, WebP) nor an office file (Word, PowerPoint, Excel, "
-    "OpenDocument, RTF, HTML)"
+    "not a valid PDF, nor an image (PNG, JPEG, TIFF, WebP) nor an office file (Word, "
+    "PowerPoint, Excel, OpenDocument, RTF, HTML)"
 )
 
 

@@ -114,6 +114,7 @@ def all_commands():
         "": ["ingest", "search", "serve", "worker", "embed", "render"],
         "docs": ["list", "show", "delete"],
         "collections": ["list", "create", "drop", "upgrade"],
+        "jobs": ["migrate"],
     }.items():
         for command in commands:
             yield [group, command] if group else [command]
@@ -127,7 +128,7 @@ def test_help_shows_plain_types_and_choices(command):
     if command == ["search"]:  # the choices, plainly (the help's table may wrap the last ones)
         assert "[two_stage|exact|pooled|" in text and "text]" in text
     if command == ["ingest"]:
-        assert "[default: *.pdf]" in text
+        assert "[default: *.pdf, and office" in text
 
 
 def test_tables_are_not_cut_when_piped(env, tiny_model_dir):

@@ -144,6 +144,7 @@ class Encoder:
         # two threads tokenizing at once fail with "Already borrowed" (an API request's
         # query_words beside the batcher's embed_queries).
         self._tokenizing = threading.Lock()
+        self._bare_ids: list[int] | None = None  # the empty query's tokens (query_words)
         # This model and its data-parallel copies on other devices (``replicate``): compiled,
         # warmed up and run by ingestion together. Queries use this one.
         self.copies: list[Encoder] = [self]
@@ -512,7 +513,7 @@ class Encoder:
         not the prompt around them nor the augmentation tokens after them (``<|endoftext|>``
         x 10 on ColQwen2), which count in MaxSim but say nothing to a reader. Found as what
         ``text`` adds to the empty query's tokens; whitespace-only pieces left out."""
-        full, bare = self._query_ids(text), self._query_ids("")
+        full, bare = self._query_ids(text), self._bare_query_ids()
         start = 0
         while start < min(len(full), len(bare)) and full[start] == bare[start]:
             start += 1
@@ -527,6 +528,12 @@ class Encoder:
             if full[row] not in special and piece.strip():
                 words[row] = piece
         return words
+
+    def _bare_query_ids(self) -> list[int]:
+        """The empty query's tokens (the prompt alone), tokenized once."""
+        if self._bare_ids is None:
+            self._bare_ids = self._query_ids("")
+        return self._bare_ids
 
     def _queries(self, texts: list[str]) -> Any:
         """colpali-engine's ``process_queries``, one thread at a time."""

@@ -6,7 +6,8 @@ second by 1, 4 and 16 worker processes, and the time from an upload's job to its
 Each worker is a process of its own with its own connections, as on separate hosts. Saturated:
 the jobs are queued first, then every worker claims and finishes jobs until none is left
 (each job claimed exactly once is checked). Latency: jobs arrive at ``--rate`` a second while
-the workers poll as the real one does (``Worker.poll_s``, 0.5 s, when the queue is empty);
+the workers wait for work as the real one does (``JobQueue.wait_for_work``: PostgreSQL's
+LISTEN/NOTIFY wakes them; on SQLite they poll every 0.5 s, ``Worker.poll_s``);
 upload -> claim is the claim's time minus the job's creation. Without ``--database-url`` a
 throwaway PostgreSQL cluster is started (tests/postgres.py: Debian's binaries), with fsync and
 synchronous commits on: as durable as SQLite's synchronous=FULL.
@@ -44,13 +45,14 @@ def _drain(url, folder, name, start, out) -> None:
 
 
 def _poll(url, folder, name, stop, out) -> None:
-    """The worker's loop: claim, or sleep POLL_S when there is nothing; report latencies."""
+    """The worker's loop: claim, or wait for work when there is none (``wait_for_work``: a
+    notice from PostgreSQL, or POLL_S); report latencies."""
     queue = _queue(url, folder)
     waits = []
     while not stop.is_set():
         job = queue.claim(name, 60)
         if job is None:
-            stop.wait(POLL_S)
+            queue.wait_for_work(POLL_S, stop)
             continue
         waits.append(time.time() - job.created_at)
         queue.finish(job.id, name, pages_done=1, pages_total=1)

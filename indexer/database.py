@@ -47,6 +47,13 @@ class Database(Protocol):
     def claiming(self) -> Iterator[Database]:
         """A transaction for a read-then-update; ``execute`` inside it runs in it."""
 
+    def notify(self, channel: str) -> None:
+        """Wake whoever ``wait_notice``s on ``channel`` (in any process, on any host)."""
+
+    def wait_notice(self, channel: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a ``notify`` on ``channel``; False when the
+        database cannot tell (the caller then polls)."""
+
     def close(self) -> None: ...
 
 
@@ -105,6 +112,12 @@ class SqliteDatabase:
             raise
         db.execute("COMMIT")
 
+    def notify(self, channel: str) -> None:
+        """Nothing to do: SQLite's readers poll."""
+
+    def wait_notice(self, channel: str, timeout: float) -> bool:
+        return False
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -143,6 +156,8 @@ class PostgresDatabase:
                 f"cannot reach the database at {redact(url)}: {exc}; check COLQWEN_DATABASE_URL"
             ) from None
         self._claim = threading.local()  # the connection of a claim in progress, per thread
+        self._listeners: dict[str, Any] = {}  # channel -> a connection of its own, LISTENing
+        self._listen_lock = threading.Lock()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         conn = getattr(self._claim, "conn", None)
@@ -173,6 +188,28 @@ class PostgresDatabase:
             finally:
                 self._claim.conn = None
 
+    def notify(self, channel: str) -> None:
+        self.execute("SELECT pg_notify(?, '')", (channel,))
+
+    def wait_notice(self, channel: str, timeout: float) -> bool:
+        """PostgreSQL's LISTEN, on a connection of its own (outside the pool): a job queued
+        on any host wakes an idle worker at once instead of at its next poll."""
+        with self._listen_lock:
+            listener = self._listeners.get(channel)
+            if listener is None:
+                listener = self._psycopg.connect(self.url, autocommit=True)
+                listener.execute(f'LISTEN "{channel}"')
+                self._listeners[channel] = listener
+        try:
+            for _ in listener.notifies(timeout=timeout, stop_after=1):
+                break
+        except self._psycopg.OperationalError:
+            with self._listen_lock:
+                self._listeners.pop(channel, None)
+            listener.close()
+            return False
+        return True
+
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """A pooled connection of its own (the originals' chunked reads and writes)."""
@@ -180,6 +217,10 @@ class PostgresDatabase:
             yield conn
 
     def close(self) -> None:
+        with self._listen_lock:
+            listeners, self._listeners = list(self._listeners.values()), {}
+        for listener in listeners:
+            listener.close()
         self._pool.close()
 
 

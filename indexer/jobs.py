@@ -11,6 +11,7 @@ once for both databases (``indexer.database``).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, fields
@@ -21,6 +22,7 @@ from indexer.database import Database, Row, SqliteDatabase
 from retrieval.errors import NotFound
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+CHANNEL = "colqwen_jobs"  # notified when a job is queued (PostgreSQL: workers LISTEN)
 # A job's fields its owner is not shown (``Job.public``): where its file is, what its pages
 # will carry, its sealed password.
 PRIVATE_FIELDS = frozenset({"path", "metadata", "password"})
@@ -110,6 +112,7 @@ class JobQueue:
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, doc_id, collection, name, str(path), json.dumps(metadata), password, now, now),
         )
+        self.db.notify(CHANNEL)
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
@@ -231,7 +234,17 @@ class JobQueue:
             " WHERE id = ? AND lease_owner = ? AND status = 'running'",
             (time.time(), job_id, owner),
         )
+        if cursor.rowcount == 1:
+            self.db.notify(CHANNEL)
         return cursor.rowcount == 1
+
+    def wait_for_work(self, timeout: float, stop: threading.Event) -> None:
+        """Wait until a job may be waiting: a job queued anywhere (PostgreSQL wakes the
+        waiter at once), ``timeout`` seconds at the most (a lease may expire meanwhile), or
+        ``stop``."""
+        if stop.is_set() or self.db.wait_notice(CHANNEL, timeout):
+            return
+        stop.wait(timeout)
 
     def release_all_running(self) -> int:
         """Requeue every running job: for a worker that knows it is the only one (embedded)."""

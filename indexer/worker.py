@@ -82,7 +82,7 @@ class Worker:
                     continue
                 if self._renderer is not None and time.monotonic() - idle_since > POOL_IDLE_S:
                     self._close_pool()
-                stop.wait(self.poll_s)
+                self.jobs.wait_for_work(self.poll_s, stop)
         finally:
             self._keep_pool = False
             self._close_pool()

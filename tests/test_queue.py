@@ -101,6 +101,35 @@ def test_cancelled_and_released_jobs(open_queue):
     assert public["job_id"] == second and "path" not in public and "password" not in public
 
 
+def test_an_idle_worker_is_woken_by_a_job_queued_on_another_host(database_url):
+    """PostgreSQL's LISTEN/NOTIFY: a worker waiting for work claims a job queued elsewhere
+    within milliseconds, not at its next poll."""
+    waiting, api = (
+        JobQueue(PostgresDatabase(database_url)),
+        JobQueue(PostgresDatabase(database_url)),
+    )
+    try:
+        stop = threading.Event()
+        waiting.wait_for_work(0.01, stop)  # listening from here on
+        woke = []
+
+        def wait() -> None:
+            start = time.monotonic()
+            waiting.wait_for_work(5.0, stop)
+            woke.append(time.monotonic() - start)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.3)
+        _jobs(api, 1)
+        thread.join(timeout=10)
+        assert woke and 0.25 < woke[0] < 1.0  # woken by the job, not by the 5 s timeout
+        assert waiting.claim("w", 60) is not None
+    finally:
+        waiting.close()
+        api.close()
+
+
 def test_originals_are_read_by_every_host_and_removed_for_all(database_url, tmp_path):
     """Two hosts, each with a folder of its own, one database: what one accepted the other
     reads; what one removes is gone for both."""

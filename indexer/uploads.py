@@ -67,10 +67,13 @@ class UploadFolder:
         """The original's file on this host (fetched from ``shared`` the first time), or None
         if it is not kept."""
         local = self._local(doc_id)
-        if local is not None or self.shared is None:
-            if local is not None and self.shared is not None and not self.shared.has(doc_id):
-                local.unlink(missing_ok=True)  # removed by another host: a stale copy
-                return None
+        if self.shared is None:
+            return local
+        if not self.shared.has(doc_id):
+            if local is not None:
+                local.unlink(missing_ok=True)  # a copy of an original removed through another host
+            return None
+        if local is not None:
             return local
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self.shared.fetch(doc_id, self.root)

@@ -257,6 +257,7 @@ class IngestPipeline:
         batches = [queue.Queue(maxsize=2) for _ in self.replicas]  # one per device
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
         start = time.perf_counter()
+        self._report_progress()  # the run has begun: a progress bar's clock starts here
         with (
             one_blas_thread_per_op(on_gpu=any(r.device.startswith("cuda") for r in self.replicas)),
             self._renderer_of_run() as renderer,

@@ -182,11 +182,16 @@ def _progress(quiet: bool, files: int):
         console=err_console,
         disable=quiet,
     )
-    files_task = progress.add_task("files", total=files)
-    pages_task = progress.add_task("pages", total=None)
+    # Started with the run (its first report), not before: their rates then count the same
+    # seconds as the summary's, not the collection's set-up too.
+    files_task = progress.add_task("files", total=files, start=False)
+    pages_task = progress.add_task("pages", total=None, start=False)
     index_task = progress.add_task("index", total=None, visible=False, rate=False)
 
     def update(state) -> None:
+        waiting = {t.id for t in progress.tasks if not t.started}
+        for task in waiting & {files_task, pages_task}:
+            progress.start_task(task)
         progress.update(files_task, completed=state.files_done)
         progress.update(pages_task, completed=state.pages_done, total=state.pages_total or None)
         phase = getattr(state, "phase", "embedding")

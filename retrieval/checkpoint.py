@@ -133,19 +133,27 @@ def geometry(ref: str, family: str, max_visual_tokens: int) -> Family:
 
 
 def load(
-    ref: str, family: str, torch_dtype: torch.dtype, max_visual_tokens: int
+    ref: str,
+    family: str,
+    torch_dtype: torch.dtype,
+    max_visual_tokens: int,
+    *,
+    weights: bool = True,
 ) -> tuple[Any, Any, Family]:
-    """(model, processor, bound family) of checkpoint ``ref``, through colpali-engine."""
+    """(model, processor, bound family) of checkpoint ``ref``, through colpali-engine; without
+    ``weights``, the model's structure alone, on PyTorch's meta device (no weight is read)."""
     import colpali_engine.models as models
 
     processor, bound = load_processor(ref, family, max_visual_tokens)
     path, local = _locate(ref)
     model_cls = getattr(models, bound.model_cls)
+    placement = {} if weights else {"device_map": "meta"}
     with _load_errors(ref, path, local):
         net = model_cls.from_pretrained(
-            str(path) if local else ref, dtype=torch_dtype, local_files_only=local
+            str(path) if local else ref, dtype=torch_dtype, local_files_only=local, **placement
         )
-    _tie_missing_output_head(net)
+    if weights:
+        _tie_missing_output_head(net)
     return net, processor, bound
 
 

@@ -126,6 +126,8 @@ class Encoder:
         self.model = model
         self.family = family  # the page geometry and prompt of this model
         family.prepare(model)
+        if not family.reads_hidden_states:
+            _without_output_capture(model)
         self.processor = processor
         # What collections record and match (``retrieval.checkpoint.identify``): a local
         # checkpoint by its absolute path and fingerprint, whatever the working directory.
@@ -150,6 +152,9 @@ class Encoder:
         self.copies: list[Encoder] = [self]
         self._replicas: list[Replica] | None = None  # ``replicas`` when not the copies
         self.compiled = False
+        self.dynamic_graphs = False  # compiled graphs of symbolic sizes (``compile``)
+        self.compile_options: dict[str, Any] = {}  # how it was compiled: what kernels depend on
+        self.fp8 = False
         # torch's CPU thread count when the compiled graphs were traced: dynamo guards on it,
         # and a graph whose guard fails runs eager after the warm-up (see ``forward``).
         self.traced_threads: int | None = None
@@ -214,9 +219,38 @@ class Encoder:
         encoder.replicate(devices[1:])
         if fp8:
             encoder.use_fp8()
-        if compile == "on" or (compile == "auto" and devices[0].startswith("cuda")):
+        if compiles(compile, devices[0]):
             encoder.compile()
         return encoder
+
+    @classmethod
+    def structure(
+        cls,
+        model: str,
+        *,
+        max_visual_tokens: int = 768,
+        family: ModelFamily = "auto",
+        batch_size: int = 8,
+    ) -> Encoder:
+        """The checkpoint's model without its weights (on PyTorch's meta device) and its
+        processor: what a host that only drives encoder processes asks of its model (family,
+        size, processor, identity), in a second and no memory, where loading the weights too
+        took seconds and a copy of them. It embeds nothing."""
+        import torch
+
+        net, processor, bound = checkpoint.load(
+            model, family, torch.bfloat16, max_visual_tokens, weights=False
+        )
+        return cls(
+            net.eval(),
+            processor,
+            model_id=model,
+            device="meta",
+            max_visual_tokens=max_visual_tokens,
+            batch_size=batch_size,
+            family=bound,
+            identity=checkpoint.identify(model),
+        )
 
     def replicate(self, devices: Sequence[str]) -> None:
         """Copies of the model on ``devices``: the ingestion pipeline feeds them in parallel."""
@@ -247,32 +281,48 @@ class Encoder:
         for replica in self.copies:
             fp8.check_device(replica.device)
             swapped = fp8.use(_compilable_stacks(replica.model))
+            replica.fp8 = True
             log.info("fp8 matmuls: %d linear layers on %s", swapped, replica.device)
 
     def compile(
-        self, mode: str | None = None, *, other_shapes: str = "dynamic", backend: str = "inductor"
+        self,
+        mode: str | None = None,
+        *,
+        static: bool = False,
+        other_shapes: str = "dynamic",
+        backend: str = "inductor",
+        tune: bool = False,
     ) -> None:
         """``torch.compile`` each vision block and text decoder layer, on every replica: fused
         elementwise kernels (rotary embeddings, casts, norms) around the same matmuls and
-        attention; same embeddings. Graphs are static: ``warm_up`` traces the common page
-        shapes (a full batch of A4, Letter, landscape pages). Any other shape (a document's
-        last, partial batch; a batch of several grids) runs ``other_shapes``: ``dynamic`` (one
-        more graph per block, of symbolic sizes, also traced by ``warm_up``: partial batches
-        46 -> 67 pages/s on an H200, BENCHMARKS.md) or ``eager``; either way no shape stalls
-        ingestion for a new trace. ``mode``: torch.compile's (``reduce-overhead`` adds CUDA
-        graphs). ``backend``: torch.compile's (the tests trace with ``eager``: the same graphs
-        and guards, no code generated). The fused kernels' block sizes are tuned by coordinate
-        descent when first compiled: the layer norms 2x faster, the forward pass 61.8 -> 63.4
-        pages/s on an H100, for about twice the warm-up (BENCHMARKS.md)."""
+        attention; same embeddings. ``warm_up`` traces them before real pages arrive.
+
+        By default each block has one graph of symbolic sizes for every batch shape: as fast
+        as graphs of static shapes on full batches of A4 pages (62.5 pages/s on an H200 either
+        way, BENCHMARKS.md), at a fraction of the tracing. ``static``: graphs of static shapes
+        for the warm-up's full batches (A4, Letter, landscape) and, for any other shape,
+        ``other_shapes``: ``dynamic`` (a graph of symbolic sizes too) or ``eager``.
+        transformers' output-capturing hooks are taken off the blocks first (we never ask for
+        hidden states or attentions): dynamo cannot trace their ``ContextVar`` and broke
+        every block into pieces, each traced and compiled on its own (22 graphs, not 6).
+        ``mode``: torch.compile's (``reduce-overhead`` adds CUDA graphs). ``backend``:
+        torch.compile's (the tests trace with ``eager``: the same graphs and guards, no code
+        generated). ``tune``: the fused kernels' block sizes tuned by coordinate descent: the
+        forward pass 62.5 -> 64.3 pages/s on an H200, for a warm-up of 64 s instead of 41 (on
+        the GPU an eager model keeps busy during the handover, its benchmarks are slow and
+        noisy: off by default; BENCHMARKS.md)."""
         import torch
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         # Round to bf16 between fused ops as eager does: embeddings stay those of eager mode.
         torch._inductor.config.emulate_precision_casts = True
-        torch._inductor.config.coordinate_descent_tuning = True
+        torch._inductor.config.coordinate_descent_tuning = tune
         for replica in self.copies:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
+                    if not static:  # one graph of symbolic sizes for every shape
+                        stack[i] = torch.compile(module, dynamic=True, backend=backend)
+                        continue
                     compiled = torch.compile(module, dynamic=False, mode=mode, backend=backend)
                     graphed = mode is not None and "reduce-overhead" in mode
                     compiled = _OwnOutputs(compiled) if graphed else compiled
@@ -281,6 +331,11 @@ class Encoder:
                         compiled = _by_shape_module()(compiled, dynamic)
                     stack[i] = compiled
             replica.compiled = True
+            replica.dynamic_graphs = not static or other_shapes == "dynamic"
+            replica.compile_options = dict(
+                mode=mode, static=static, other_shapes=other_shapes, backend=backend, tune=tune
+            )
+            replica.compile_options["fp8"] = replica.fp8
 
     def warm_up(self, sizes: Sequence[tuple[int, int]] | None = None) -> float:
         """Run a batch of blank pages of each (width, height) px size (default: the family's
@@ -304,7 +359,7 @@ class Encoder:
                 replica.embed_pages(pages)
         for d in dispatchers:
             d.learning = False
-        if dispatchers:  # the dynamic graphs: a partial batch, batches of two sizes, a page
+        if self.dynamic_graphs:  # a partial batch, batches of two sizes, a page
             first = Image.new("RGB", sizes[0])
             last = Image.new("RGB", sizes[-1])
             # Pages of unequal token counts (a US Legal page beside an A4 one) take the packed
@@ -632,6 +687,36 @@ def _by_shape_module() -> type:
 
 def _is_by_shape(module: Any) -> bool:
     return type(module).__name__ == "ByShape" and hasattr(module, "learning")
+
+
+def compiles(setting: str, device: str) -> bool:
+    """Whether the ``compile`` setting (on, off, auto) compiles a model on ``device``: auto
+    compiles on CUDA, where the fused kernels pay for the warm-up."""
+    return setting == "on" or (setting == "auto" and device.startswith("cuda"))
+
+
+def _without_output_capture(model: Any) -> None:
+    """Keep transformers' output-capturing hooks off ``model``. colpali-engine asks for
+    ``output_hidden_states`` and reads only ``last_hidden_state`` (all families but ColPali's),
+    and the hooks would hold every layer's output until the forward pass ends. dynamo cannot
+    trace them either (``ContextVar.get``): it broke each compiled block into pieces, traced
+    and compiled one by one (22 graphs, not 6). Marks the model's parts as hooked already
+    (transformers installs the hooks lazily, at the first forward pass that asks), and
+    removes hooks installed before."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module._output_capturing_hooks_installed = True
+        hooks = module._forward_hooks
+        for key in [k for k, hook in hooks.items() if _is_capture_hook(hook)]:
+            del hooks[key]
+
+
+def _is_capture_hook(hook: Any) -> bool:
+    return getattr(hook, "__name__", "") == "output_capturing_hook" and "output_capturing" in (
+        getattr(hook, "__module__", "") or ""
+    )
 
 
 def _compilable_stacks(model: Any) -> list[Any]:

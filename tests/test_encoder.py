@@ -328,13 +328,18 @@ def test_compiled_graphs_still_run_after_torch_cpu_threads_change(tiny_model_dir
     expected = [p.multivector for p in encoder.embed_pages(pages)]
     expected_mixed = [[p.multivector for p in encoder.embed_pages(m)] for m in mixes]
     threads = torch.get_num_threads()
+    torch._dynamo.utils.counters.clear()
     encoder.compile(backend="eager")
     try:
         encoder.warm_up()
+        # Each block traced whole (transformers' output-capture hooks are off): no piece of a
+        # block is compiled apart, and one graph per kind of block and input layout.
+        assert not torch._dynamo.utils.counters["graph_break"]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 8
         torch.set_num_threads(threads + 1)
         with torch.compiler.set_stance("fail_on_recompile"):
-            full = encoder.embed_pages(pages)  # the static graph of a warmed full batch
-            partial = encoder.embed_pages(pages[:3])  # the dynamic graph
+            full = encoder.embed_pages(pages)  # a warmed full batch
+            partial = encoder.embed_pages(pages[:3])  # a partial one
             single = encoder.embed_pages(pages[:1])  # dynamo's own graph for sizes of 1
             mixed = [encoder.embed_pages(m) for m in mixes]  # two grids, (un)equal lengths
         assert torch.get_num_threads() == threads + 1

@@ -37,6 +37,9 @@ class Family(ABC):
     model_types: tuple[str, ...] = ()  # config.json model_type values of its checkpoints
     examples: tuple[str, ...] = ()  # public checkpoints known to work
     unavailable: str | None = None  # why the installed libraries cannot run it, if they cannot
+    # colpali-engine's model reads ``outputs.hidden_states[-1]``, which transformers collects
+    # through hooks; the others read ``last_hidden_state`` and run without the hooks.
+    reads_hidden_states: bool = False
 
     # --- geometry ------------------------------------------------------------------------------
 

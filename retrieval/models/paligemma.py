@@ -72,4 +72,5 @@ COLPALI = SquareImage(
     prompt_tokens=8,
     model_types=("paligemma",),
     examples=("vidore/colpali-v1.3", "vidore/colpali-v1.2"),
+    reads_hidden_states=True,
 )

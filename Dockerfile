@@ -34,6 +34,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
     TORCHINDUCTOR_CACHE_DIR=/models/torchinductor \
+    COLQWEN_COMPILE_CACHE=/models/compile-cache \
     COLQWEN_DATA_DIR=/data
 WORKDIR /app
 USER colqwen

@@ -92,7 +92,8 @@ class IngestProgress:
 class IngestReport:
     documents: list[DocumentResult]
     elapsed_s: float
-    stage_s: dict[str, float]
+    stage_s: dict[str, float]  # busy seconds per stage; "first_stored_at", "stored_at": marks
+    started_at: float = 0.0  # the run's start, seconds since the epoch
 
     def count(self, status: str) -> int:
         return sum(d.status == status for d in self.documents)
@@ -113,6 +114,7 @@ class IngestReport:
                 "skipped": self.count("skipped"),
                 "failed": self.count("failed"),
                 "pages_embedded": self.pages_embedded,
+                "started_at": round(self.started_at, 3),
                 "elapsed_s": round(self.elapsed_s, 3),
                 "pages_per_s": round(self.pages_embedded / self.elapsed_s, 2)
                 if self.elapsed_s
@@ -256,7 +258,8 @@ class IngestPipeline:
         rendered: queue.Queue = queue.Queue(maxsize=2 * self.batch_size * len(self.replicas) + 8)
         batches = [queue.Queue(maxsize=2) for _ in self.replicas]  # one per device
         encoded: queue.Queue = queue.Queue(maxsize=2 * len(self.replicas))
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
+        self._started = start
         self._report_progress()  # the run has begun: a progress bar's clock starts here
         with (
             one_blas_thread_per_op(on_gpu=any(r.device.startswith("cuda") for r in self.replicas)),
@@ -309,7 +312,8 @@ class IngestPipeline:
             self._busy["index"] = time.perf_counter() - t0
         self._progress.phase = "done"
         self._report_progress()
-        return IngestReport(self._results, time.perf_counter() - start, dict(self._busy))
+        elapsed = time.perf_counter() - start
+        return IngestReport(self._results, elapsed, dict(self._busy), started_at)
 
     def _renderer_of_run(self) -> contextlib.AbstractContextManager[Renderer]:
         """The render pool given (left open), or one of this run's own."""
@@ -673,6 +677,8 @@ class IngestPipeline:
                 doc.embedded += 1
             self._progress.pages_done += len(pending)
             self._unflushed += len(pending)
+            # When a freshly started worker first had something to show: its start-up cost.
+            self._busy.setdefault("first_stored_at", time.perf_counter() - self._started)
 
     def _control(self, msg: _Msg) -> None:
         doc = msg.doc

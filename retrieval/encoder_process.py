@@ -25,7 +25,8 @@ import logging
 import multiprocessing
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrieval.config import Settings
@@ -74,6 +75,7 @@ class EncoderProcess:
         *,
         warm_up: bool = True,
         wait: bool = True,
+        compile_cache: Path | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.device = device
@@ -82,27 +84,43 @@ class EncoderProcess:
         _widen(self._responses)
         self._process = context.Process(
             target=_serve,
-            args=(factory, warm_up, self._requests, self._responses),
+            args=(factory, warm_up, compile_cache, self._requests, self._responses),
             name=f"encoder-{device}",
             daemon=True,
         )
         self._process.start()
         self._handed: collections.deque[list[SharedImage]] = collections.deque()  # in flight
         self.warm_up_s = 0.0
+        self.cache: str | None = None  # "loaded" or "saved": the compile cache's part in it
+        self.ready = False
         if wait:
             self.wait_ready()
 
     @classmethod
     def start_many(
-        cls, factory: Callable[[str], Encoder], devices: Sequence[str], *, warm_up: bool = True
+        cls,
+        factory: Callable[[str], Encoder],
+        devices: Sequence[str],
+        *,
+        warm_up: bool = True,
+        wait: bool = True,
+        compile_cache: Path | None = None,
     ) -> list[EncoderProcess]:
         """One process per device, ``factory(device)`` building each model; they load (and
-        compile) side by side. Returns once all are ready; stops them all if one fails."""
+        compile) side by side. Returns once all are ready (``wait``); stops them all if one
+        fails."""
         processes = [
-            cls(functools.partial(factory, d), d, warm_up=warm_up, wait=False) for d in devices
+            cls(
+                functools.partial(factory, d),
+                d,
+                warm_up=warm_up,
+                wait=False,
+                compile_cache=compile_cache,
+            )
+            for d in devices
         ]
         try:
-            for process in processes:
+            for process in processes if wait else ():
                 process.wait_ready()
         except BaseException:
             for process in processes:
@@ -112,13 +130,34 @@ class EncoderProcess:
 
     def wait_ready(self) -> None:
         """Wait until the model is loaded (and warmed up); ``ModelLoadError`` if it failed."""
-        kind, payload = self._receive()
+        self._became(*self._receive())
+
+    def poll_ready(self) -> bool:
+        """Whether the model is loaded (and warmed up), without waiting; ``ModelLoadError`` if
+        it failed. Nothing else arrives before: the process takes no batch until then."""
+        if self.ready:
+            return True
+        try:
+            message = self._responses.get_nowait()
+        except queue.Empty:
+            self._check_alive()
+            return False
+        self._became(*message)
+        return True
+
+    def _became(self, kind: str, payload: Any) -> None:
         if kind != "ready":
             self.close()
             raise ModelLoadError(
                 f"the encoder process for {self.device} could not start: {payload}"
             )
-        self.warm_up_s = payload["warm_up_s"]
+        self.warm_up_s, self.cache = payload["warm_up_s"], payload["cache"]
+        self.ready = True
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent and not yet collected."""
+        return len(self._handed)
 
     # --- the pipeline's interface --------------------------------------------------------------
 
@@ -133,6 +172,8 @@ class EncoderProcess:
         ``derived_vectors`` for the collection) for it to apply to each page; returns once it is
         queued there. Pages' shared memory goes with it: the process frees it once their vectors
         are sent back. The process itself falls back to smaller batches on out-of-memory."""
+        if not self.ready:  # started without waiting: its "ready" comes first
+            self.wait_ready()
         shared = [image for image in batch.images if isinstance(image, SharedImage)]
         for image in shared:
             image.hand_over()
@@ -162,7 +203,12 @@ class EncoderProcess:
     # --- life cycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the process (it finishes the batch in hand first); kill it if it hangs."""
+        """Stop the process (it finishes the batch in hand first); kill it if it hangs, or at
+        once while it still loads or compiles (a run that ended before its compiled model was
+        ready must not wait for it)."""
+        if self._process.is_alive() and not self.ready:
+            self._process.kill()
+            self._process.join()
         if self._process.is_alive():
             with contextlib.suppress(queue.Full):  # busy with a full queue: killed below
                 self._requests.put(_STOP, timeout=10)
@@ -234,47 +280,125 @@ def process_devices(settings: Settings) -> list[str] | None:
     return devices
 
 
-@contextlib.contextmanager
-def ingest_encoder(
-    settings: Settings, on_status: Callable[[str], Any] | None = None
-) -> Iterator[Encoder]:
+class IngestEncoder:
     """The encoder ingestion runs on, as settings say: the model loaded here (replicated over
     the devices in threads, compiled and warmed up), or one process per device
     (``process_devices``), the model here then only answering what the pipeline asks of it
-    (its family, size, processor) from the host, uncompiled. Processes stop on exit."""
-    from retrieval.encoder import Encoder
+    (its family, size, processor), without its weights (``Encoder.structure``). A compiled
+    model is warmed up from the compile cache's files when there are
+    (``retrieval.compile_cache``); with
+    ``compile_handover`` each device starts eager and is handed over to its compiled process
+    once that is ready (``retrieval.handover``).
 
-    say = on_status or (lambda message: None)
-    devices = process_devices(settings)
-    if devices is None:
-        encoder = Encoder.from_settings(settings)
-        if encoder.compiled:
-            say(f"model compiled and warmed up in {encoder.warm_up():.0f} s")
-        yield encoder
-        return
-    load = dict(
-        dtype=settings.dtype,
-        max_visual_tokens=settings.max_visual_tokens,
-        family=settings.model_family,
-        batch_size=settings.batch_size,
-    )
-    # On the host: a copy on the first GPU would take the memory its process needs.
-    host = {**load, "dtype": "bfloat16"}
-    encoder = Encoder.load(settings.model, device="cpu", compile="off", **host)
-    factory = functools.partial(
-        _load_on, settings.model, compile=settings.compile, fp8=settings.fp8, **load
-    )
-    processes = EncoderProcess.start_many(factory, devices)
-    warm_up_s = max(p.warm_up_s for p in processes)
-    warmed = f"; compiled and warmed up in {warm_up_s:.0f} s" if warm_up_s else ""
-    say(f"model loaded in {len(processes)} process(es): {', '.join(devices)}{warmed}")
-    encoder.replicas = processes
-    try:
-        yield encoder
-    finally:
-        encoder.replicas = [encoder]
-        for process in processes:
-            process.close()
+        with IngestEncoder(settings, on_status=print) as encoder: ...
+
+    ``start()`` first, and the processes load while the caller prepares the rest (a store, the
+    render processes); entering waits for them. Processes stop on exit."""
+
+    def __init__(self, settings: Settings, on_status: Callable[[str], Any] | None = None):
+        from retrieval.encoder import compiles
+
+        self.settings = settings
+        self._say = on_status or (lambda message: None)
+        self.devices = process_devices(settings)
+        self.handover = (
+            self.devices is not None
+            and compiles(settings.compile, self.devices[0])
+            and settings.compile_handover
+        )
+        self._load = dict(
+            dtype=settings.dtype,
+            max_visual_tokens=settings.max_visual_tokens,
+            family=settings.model_family,
+            batch_size=settings.batch_size,
+            fp8=settings.fp8,
+        )
+        self._processes: list[EncoderProcess] = []
+        self._successors: list[EncoderProcess] = []
+        self._replicas: list[Any] = []
+        self._encoder: Encoder | None = None
+
+    def start(self) -> IngestEncoder:
+        """Start the device processes loading (and compiling), without waiting for them."""
+        if self.devices is None or self._processes:
+            return self
+        cache = self.settings.compile_cache_dir
+        factory = functools.partial(_load_on, self.settings.model, **self._load)
+        first = functools.partial(
+            factory, compile="off" if self.handover else self.settings.compile
+        )
+        self._processes = EncoderProcess.start_many(
+            first, self.devices, wait=False, compile_cache=cache
+        )
+        if self.handover:  # loading side by side with the eager ones, then compiling
+            compiling = functools.partial(factory, compile="on")
+            self._successors = EncoderProcess.start_many(
+                compiling, self.devices, wait=False, compile_cache=cache
+            )
+        return self
+
+    def __enter__(self) -> Encoder:
+        try:
+            return self._ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ready(self) -> Encoder:
+        from retrieval import compile_cache
+        from retrieval.encoder import Encoder
+
+        settings = self.settings
+        if self.devices is None:
+            encoder = Encoder.from_settings(settings)
+            if encoder.compiled:
+                seconds = compile_cache.warm_up(encoder, settings.compile_cache_dir).seconds
+                self._say(f"model compiled and warmed up in {seconds:.0f} s")
+            self._encoder = encoder
+            return encoder
+        self.start()
+        # Here meanwhile, the model without its weights: what the pipeline asks of it.
+        encoder = Encoder.structure(
+            settings.model,
+            max_visual_tokens=settings.max_visual_tokens,
+            family=settings.model_family,
+            batch_size=settings.batch_size,
+        )
+        for process in self._processes:
+            process.wait_ready()
+        warm_up_s = max(p.warm_up_s for p in self._processes)
+        warmed = f"; compiled and warmed up in {warm_up_s:.0f} s" if warm_up_s else ""
+        if self.handover:
+            from retrieval.handover import Handover
+
+            warmed = "; compiling in a second process per device, to take over when warmed up"
+            pairs = zip(self._processes, self._successors, strict=True)
+            self._replicas = [Handover(e, c, self._say) for e, c in pairs]
+        else:
+            self._replicas = list(self._processes)
+        devices = ", ".join(self.devices)
+        self._say(f"model loaded in {len(self._processes)} process(es): {devices}{warmed}")
+        encoder.replicas = self._replicas
+        self._encoder = encoder
+        return encoder
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process (at once, those still loading or compiling)."""
+        if self._encoder is not None:
+            self._encoder.replicas = [self._encoder]
+        for replica in self._replicas or self._processes + self._successors:
+            replica.close()
+        self._replicas, self._processes, self._successors = [], [], []
+
+
+def ingest_encoder(
+    settings: Settings, on_status: Callable[[str], Any] | None = None
+) -> IngestEncoder:
+    """``IngestEncoder(settings, on_status)``: ``with ingest_encoder(settings) as encoder``."""
+    return IngestEncoder(settings, on_status)
 
 
 def _load_on(model: str, device: str, **kwargs: Any) -> Encoder:
@@ -286,6 +410,7 @@ def _load_on(model: str, device: str, **kwargs: Any) -> Encoder:
 def _serve(
     factory: Callable[[], Encoder],
     warm_up: bool,
+    compile_cache: Path | None,
     requests: multiprocessing.Queue,
     responses: multiprocessing.Queue,
 ) -> None:
@@ -295,13 +420,18 @@ def _serve(
     one waits for each and sends its pages back, in order."""
     import sys
 
+    from retrieval import compile_cache as kernels
+
     try:
         encoder = factory()
-        seconds = encoder.warm_up() if warm_up and encoder.compiled else 0.0
+        warmed = kernels.WarmUp(0.0)
+        if warm_up and encoder.compiled:
+            warmed = kernels.warm_up(encoder, compile_cache)
     except BaseException as exc:  # the parent reports it; nothing else can
         responses.put(("error", f"{type(exc).__name__}: {exc}"))
         return
-    responses.put(("ready", {"warm_up_s": seconds}))
+    cache = "loaded" if warmed.loaded else "saved" if warmed.saved else None
+    responses.put(("ready", {"warm_up_s": warmed.seconds, "cache": cache}))
     sys.setswitchinterval(0.001)  # the launching thread gets the GIL back sooner
     prepared: queue.Queue = queue.Queue(maxsize=2)
     launched: queue.Queue = queue.Queue(maxsize=1)  # one batch queued behind the running one

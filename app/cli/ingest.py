@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -120,23 +120,25 @@ def ingest(
 
 
 def _run(settings, sources, *, quiet: bool):
-    from indexer.ingest import ingest_pipeline, render_pool
+    from indexer.ingest import for_run, ingest_pipeline, render_pool
     from indexer.secrets import Sealer
     from retrieval.checkpoint import identify
     from retrieval.encoder_process import ingest_encoder
 
     say = (lambda message: None) if quiet else err_console.print
-    message = (
-        f"loading {settings.model}; a compiled model is traced for A4, Letter, landscape "
-        "(minutes the first time on a machine)"
-    )
+    settings, note = for_run(settings, sources)
+    if note:
+        say(note)
+    message = f"loading {settings.model}"
     with open_store(settings) as store, ExitStack() as stack:
         # Refused in a second, not after minutes of loading: a model that is not the collection's.
         store.check_model(settings.collection, identify(settings.model), action="ingest into")
-        # The render processes start while the model loads.
+        # The model's processes load while this one reads the processor and starts the render
+        # processes.
+        loading = stack.enter_context(closing(ingest_encoder(settings, on_status=say).start()))
         renderer = stack.enter_context(render_pool(settings)).start()
         with nullcontext() if quiet else err_console.status(message):
-            encoder = stack.enter_context(ingest_encoder(settings, on_status=say))
+            encoder = stack.enter_context(loading)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs
             sealer = Sealer.from_settings(settings)
             for source in sources:

@@ -200,8 +200,11 @@ class Services:
 
                 encoder = await asyncio.to_thread(Encoder.from_settings, self.settings)
             if encoder.compiled:
-                seconds = await asyncio.to_thread(encoder.warm_up)
-                log.info("model compiled and warmed up in %.0f s", seconds)
+                from retrieval import compile_cache
+
+                folder = self.settings.compile_cache_dir
+                warmed = await asyncio.to_thread(compile_cache.warm_up, encoder, folder)
+                log.info("model compiled and warmed up in %.0f s", warmed.seconds)
         except ColqwenError as exc:
             self.load_error = str(exc)
             log.error("the model cannot be loaded, searches will fail: %s", exc)

@@ -300,12 +300,13 @@ class IngestEncoder:
 
         self.settings = settings
         self._say = on_status or (lambda message: None)
+        from retrieval.encoder import resolve_devices
+
         self.devices = process_devices(settings)
-        self.handover = (
-            self.devices is not None
-            and compiles(settings.compile, self.devices[0])
-            and settings.compile_handover
-        )
+        compiled = compiles(settings.compile, (self.devices or resolve_devices(settings.device))[0])
+        self.handover = compiled and self.devices is not None and settings.compile_handover
+        # Whether the first page waits for a compile (no handover): worth telling the user.
+        self.compiles_first = compiled and not self.handover
         self._load = dict(
             dtype=settings.dtype,
             max_visual_tokens=settings.max_visual_tokens,

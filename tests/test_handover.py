@@ -228,3 +228,16 @@ def test_a_fresh_process_warms_up_from_the_kernels_another_left(tiny_model_dir, 
 def test_settings_name_the_compile_cache_folder(tmp_path):
     assert Settings(data_dir=tmp_path).compile_cache_dir == tmp_path / "compile-cache"
     assert Settings(compile_cache=tmp_path / "k").compile_cache_dir == Path(tmp_path / "k")
+
+
+def test_the_cli_knows_when_the_first_page_waits_for_a_compile():
+    from retrieval.encoder_process import IngestEncoder
+
+    def plan(**kw):
+        encoder = IngestEncoder(Settings(device="cpu", **kw))
+        return encoder.handover, encoder.compiles_first
+
+    assert plan(compile="on", encoder_processes="on") == (True, False)  # eager first
+    assert plan(compile="on", encoder_processes="on", compile_handover=False) == (False, True)
+    assert plan(compile="on", encoder_processes="off") == (False, True)  # in this process
+    assert plan(compile="auto", encoder_processes="on") == (False, False)  # CPU: no compile

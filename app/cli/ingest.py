@@ -129,7 +129,6 @@ def _run(settings, sources, *, quiet: bool):
     settings, note = for_run(settings, sources)
     if note:
         say(note)
-    message = f"loading {settings.model}"
     with open_store(settings) as store, ExitStack() as stack:
         # Refused in a second, not after minutes of loading: a model that is not the collection's.
         store.check_model(settings.collection, identify(settings.model), action="ingest into")
@@ -137,6 +136,9 @@ def _run(settings, sources, *, quiet: bool):
         # processes.
         loading = stack.enter_context(closing(ingest_encoder(settings, on_status=say).start()))
         renderer = stack.enter_context(render_pool(settings)).start()
+        message = f"loading {settings.model}"
+        if loading.compiles_first:
+            message += "; compiling it before the first page (README: COLQWEN_COMPILE_HANDOVER)"
         with nullcontext() if quiet else err_console.status(message):
             encoder = stack.enter_context(loading)
         if any(s.password for s in sources):  # kept sealed, for page images of encrypted PDFs

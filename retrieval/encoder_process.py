@@ -286,9 +286,8 @@ class IngestEncoder:
     (``process_devices``), the model here then only answering what the pipeline asks of it
     (its family, size, processor), without its weights (``Encoder.structure``). A compiled
     model is warmed up from the compile cache's files when there are
-    (``retrieval.compile_cache``); with
-    ``compile_handover`` each device starts eager and is handed over to its compiled process
-    once that is ready (``retrieval.handover``).
+    (``retrieval.compile_cache``); with ``compile_handover`` each device starts eager and is
+    handed over to its compiled process once that is ready (``retrieval.handover``).
 
         with IngestEncoder(settings, on_status=print) as encoder: ...
 
@@ -296,12 +295,10 @@ class IngestEncoder:
     render processes); entering waits for them. Processes stop on exit."""
 
     def __init__(self, settings: Settings, on_status: Callable[[str], Any] | None = None):
-        from retrieval.encoder import compiles
+        from retrieval.encoder import compiles, resolve_devices
 
         self.settings = settings
         self._say = on_status or (lambda message: None)
-        from retrieval.encoder import resolve_devices
-
         self.devices = process_devices(settings)
         compiled = compiles(settings.compile, (self.devices or resolve_devices(settings.device))[0])
         self.handover = compiled and self.devices is not None and settings.compile_handover

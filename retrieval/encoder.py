@@ -152,13 +152,18 @@ class Encoder:
         self.copies: list[Encoder] = [self]
         self._replicas: list[Replica] | None = None  # ``replicas`` when not the copies
         self.compiled = False
-        self.dynamic_graphs = False  # compiled graphs of symbolic sizes (``compile``)
         self.compile_options: dict[str, Any] = {}  # how it was compiled: what kernels depend on
         self.fp8 = False
         # torch's CPU thread count when the compiled graphs were traced: dynamo guards on it,
         # and a graph whose guard fails runs eager after the warm-up (see ``forward``).
         self.traced_threads: int | None = None
         self._warned_threads = False
+
+    @property
+    def dynamic_graphs(self) -> bool:
+        """Whether ``compile`` made graphs of symbolic sizes (``warm_up`` traces them too)."""
+        options = self.compile_options
+        return bool(options) and (not options["static"] or options["other_shapes"] == "dynamic")
 
     @property
     def replicas(self) -> list[Replica]:
@@ -301,10 +306,9 @@ class Encoder:
         as graphs of static shapes on full batches of A4 pages (62.5 pages/s on an H200 either
         way, BENCHMARKS.md), at a fraction of the tracing. ``static``: graphs of static shapes
         for the warm-up's full batches (A4, Letter, landscape) and, for any other shape,
-        ``other_shapes``: ``dynamic`` (a graph of symbolic sizes too) or ``eager``.
-        transformers' output-capturing hooks are taken off the blocks first (we never ask for
-        hidden states or attentions): dynamo cannot trace their ``ContextVar`` and broke
-        every block into pieces, each traced and compiled on its own (22 graphs, not 6).
+        ``other_shapes``: ``dynamic`` (a graph of symbolic sizes too) or ``eager``. Each
+        block traces whole: transformers' output-capturing hooks, which dynamo cannot trace,
+        are off since the model was loaded (``_without_output_capture``: 6 graphs, not 22).
         ``mode``: torch.compile's (``reduce-overhead`` adds CUDA graphs). ``backend``:
         torch.compile's (the tests trace with ``eager``: the same graphs and guards, no code
         generated). ``tune``: the fused kernels' block sizes tuned by coordinate descent: the
@@ -317,25 +321,25 @@ class Encoder:
         # Round to bf16 between fused ops as eager does: embeddings stay those of eager mode.
         torch._inductor.config.emulate_precision_casts = True
         torch._inductor.config.coordinate_descent_tuning = tune
+        graphed = mode is not None and "reduce-overhead" in mode
         for replica in self.copies:
             for stack in _compilable_stacks(replica.model):
                 for i, module in enumerate(stack):
-                    if not static:  # one graph of symbolic sizes for every shape
-                        stack[i] = torch.compile(module, dynamic=True, backend=backend)
-                        continue
-                    compiled = torch.compile(module, dynamic=False, mode=mode, backend=backend)
-                    graphed = mode is not None and "reduce-overhead" in mode
+                    compiled = torch.compile(module, dynamic=not static, mode=mode, backend=backend)
                     compiled = _OwnOutputs(compiled) if graphed else compiled
-                    if other_shapes == "dynamic":
+                    if static and other_shapes == "dynamic":
                         dynamic = torch.compile(module, dynamic=True, backend=backend)
                         compiled = _by_shape_module()(compiled, dynamic)
                     stack[i] = compiled
             replica.compiled = True
-            replica.dynamic_graphs = not static or other_shapes == "dynamic"
             replica.compile_options = dict(
-                mode=mode, static=static, other_shapes=other_shapes, backend=backend, tune=tune
+                mode=mode,
+                static=static,
+                other_shapes=other_shapes,
+                backend=backend,
+                tune=tune,
+                fp8=replica.fp8,
             )
-            replica.compile_options["fp8"] = replica.fp8
 
     def warm_up(self, sizes: Sequence[tuple[int, int]] | None = None) -> float:
         """Run a batch of blank pages of each (width, height) px size (default: the family's

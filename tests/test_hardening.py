@@ -191,6 +191,10 @@ def test_originals_are_private_and_removed_when_unreferenced(api, tmp_path):
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     bad = upload(api, "broken.pdf", b"%PDF-1.4\nthis is not really a PDF").json()
     assert wait_job(api, bad["job_id"])["status"] == "failed"
+    # The worker removes a failed job's original just after it records the failure.
+    deadline = time.monotonic() + 10
+    while list(uploads.glob("*.pdf")) != [kept] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert list(uploads.glob("*.pdf")) == [kept]  # the failed one's original is gone
     assert_error_shape(upload(api, "notes.txt", b"plain text"), 415)
     assert list(uploads.glob("*.pdf")) == [kept] and not list(uploads.rglob("*.part"))

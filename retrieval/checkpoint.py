@@ -139,15 +139,19 @@ def load(
     max_visual_tokens: int,
     *,
     weights: bool = True,
+    device: str = "cpu",
 ) -> tuple[Any, Any, Family]:
-    """(model, processor, bound family) of checkpoint ``ref``, through colpali-engine; without
-    ``weights``, the model's structure alone, on PyTorch's meta device (no weight is read)."""
+    """(model, processor, bound family) of checkpoint ``ref``, through colpali-engine, its
+    weights read straight onto ``device`` (on a GPU, not through host memory and a second
+    copy: BENCHMARKS.md, "A GPU worker's start"); without ``weights``, the model's structure
+    alone, on PyTorch's meta device (no weight is read)."""
     import colpali_engine.models as models
 
     processor, bound = load_processor(ref, family, max_visual_tokens)
     path, local = _locate(ref)
     model_cls = getattr(models, bound.model_cls)
-    placement = {} if weights else {"device_map": "meta"}
+    on = device if weights else "meta"
+    placement = {} if on == "cpu" else {"device_map": {"": on}}
     with _load_errors(ref, path, local):
         net = model_cls.from_pretrained(
             str(path) if local else ref, dtype=torch_dtype, local_files_only=local, **placement

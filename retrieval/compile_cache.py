@@ -40,10 +40,11 @@ class WarmUp:
     saved: bool = False  # this warm-up wrote the file
 
 
-def artefact_key(encoder: Encoder) -> str:
+def artefact_key(encoder: Encoder, every_shape: bool = True) -> str:
     """What the compiled kernels depend on, hashed: the architecture (the model's config
     without its name or path), dtype, page geometry and batch size (the warm-up's shapes),
-    compile options, torch and Triton versions, the GPU."""
+    which shapes it warms up (``Encoder.warm_up``'s ``every_shape``), compile options, torch
+    and Triton versions, the GPU."""
     import torch
 
     config = encoder.model.config.to_dict()
@@ -61,6 +62,7 @@ def artefact_key(encoder: Encoder) -> str:
         "family": encoder.family.name,
         "max_visual_tokens": encoder.max_visual_tokens,
         "batch_size": encoder.batch_size,
+        "every_shape": every_shape,
         "compile": encoder.compile_options,
         "torch": torch.__version__,
         "triton": _triton_version(),
@@ -70,14 +72,14 @@ def artefact_key(encoder: Encoder) -> str:
     return f"{encoder.family.name}-{hashlib.sha256(blob).hexdigest()[:20]}"
 
 
-def warm_up(encoder: Encoder, folder: Path | None) -> WarmUp:
-    """``encoder.warm_up()`` (a compiled encoder), starting from the cache's file for it when
-    there is one, and leaving one when there was not."""
+def warm_up(encoder: Encoder, folder: Path | None, *, every_shape: bool = True) -> WarmUp:
+    """``encoder.warm_up(every_shape=...)`` (a compiled encoder), starting from the cache's
+    file for it when there is one, and leaving one when there was not."""
     if folder is None or not encoder.compiled:
-        return WarmUp(encoder.warm_up())
+        return WarmUp(encoder.warm_up(every_shape=every_shape))
     import torch
 
-    path = folder / f"{artefact_key(encoder)}.bin"
+    path = folder / f"{artefact_key(encoder, every_shape)}.bin"
     loaded = False
     if path.is_file():
         start = time.perf_counter()
@@ -87,7 +89,7 @@ def warm_up(encoder: Encoder, folder: Path | None) -> WarmUp:
             log.warning("compile cache %s could not be loaded (%s); compiling anew", path, exc)
         else:
             log.info("compile cache %s loaded in %.1f s", path.name, time.perf_counter() - start)
-    seconds = encoder.warm_up()
+    seconds = encoder.warm_up(every_shape=every_shape)
     saved = False
     if not loaded:
         saved = _save(path)

@@ -207,8 +207,10 @@ class Encoder:
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
         devices = resolve_devices(device)
         torch_dtype = resolve_dtype(dtype, devices[0])
-        net, processor, bound = checkpoint.load(model, family, torch_dtype, max_visual_tokens)
-        net = net.to(devices[0]).eval()
+        net, processor, bound = checkpoint.load(
+            model, family, torch_dtype, max_visual_tokens, device=devices[0]
+        )
+        net = net.eval()
         log.info("loaded %s on %s (%s)", model, ", ".join(devices), torch_dtype)
         encoder = cls(
             net,
@@ -341,12 +343,21 @@ class Encoder:
                 fp8=replica.fp8,
             )
 
-    def warm_up(self, sizes: Sequence[tuple[int, int]] | None = None) -> float:
+    def warm_up(
+        self, sizes: Sequence[tuple[int, int]] | None = None, *, every_shape: bool = True
+    ) -> float:
         """Run a batch of blank pages of each (width, height) px size (default: the family's
         sizes of A4, Letter and landscape pages) on every replica, so compiling (and cuDNN's
         autotuning) is paid before real pages arrive; with dynamic graphs for other shapes,
         also a partial batch, batches of two sizes (of equal and of unequal token counts) and
-        a single page. Returns seconds spent."""
+        a single page. Returns seconds spent.
+
+        Without ``every_shape``, only the shapes nearly every batch has (the pipeline batches
+        pages of one grid together): with graphs of symbolic sizes, a full and a partial batch
+        of one page size. Batches of mixed sizes and single pages then run eager
+        (``eager_on_recompile``), and the compile is ready in about half the time (a cold
+        compile's graphs, one by one: BENCHMARKS.md): what a process that takes over from an
+        eager one wants (``retrieval.handover``)."""
         import torch
         from PIL import Image
 
@@ -354,6 +365,8 @@ class Encoder:
         if self.compiled:
             torch.compiler.set_stance("default")
         sizes = list(sizes or self.family.warm_up_sizes(self.max_visual_tokens))
+        if self.dynamic_graphs and not every_shape:
+            sizes = sizes[:1]  # one graph of symbolic sizes serves every size of one grid
         dispatchers = [m for r in self.copies for m in r.model.modules() if _is_by_shape(m)]
         for d in dispatchers:
             d.learning = True  # the shapes of these full batches run the static graphs
@@ -365,6 +378,7 @@ class Encoder:
             d.learning = False
         if self.dynamic_graphs:  # a partial batch, batches of two sizes, a page
             first = Image.new("RGB", sizes[0])
+            partial = [first] * min(self.batch_size, max(3, self.batch_size // 2 + 1))
             last = Image.new("RGB", sizes[-1])
             # Pages of unequal token counts (a US Legal page beside an A4 one) take the packed
             # attention's gather plan: inputs of their own, so a graph of their own.
@@ -372,7 +386,9 @@ class Encoder:
             # Odd counts: dynamo would tie a batch of 2 to the other sizes of 2 (duck shapes).
             n = max(1, self.batch_size // 4)
             for replica in self.copies:
-                replica.embed_pages([first] * max(3, self.batch_size // 2 + 1))
+                replica.embed_pages(partial)
+                if not every_shape:
+                    continue
                 replica.embed_pages([first, last] * n + [first])
                 replica.embed_pages([first, longer] * n + [first])
                 replica.embed_pages([first])  # dynamo specializes sizes of 1: its own graph

@@ -62,7 +62,8 @@ class EncoderProcess:
 
     ``factory`` is a picklable callable returning a loaded ``Encoder`` (for example
     ``functools.partial(Encoder.load, path, device="cuda:1")``); the child compiles and warms
-    it up as the parent would. Not thread-safe: one pipeline thread drives it."""
+    it up as the parent would (``every_shape``: ``Encoder.warm_up``'s). Not thread-safe: one
+    pipeline thread drives it."""
 
     # Batches in flight: the process prepares the next ones while the device runs one, and the
     # parent's turns (receiving pages, sending the next batch) do not leave the device idle.
@@ -76,6 +77,7 @@ class EncoderProcess:
         warm_up: bool = True,
         wait: bool = True,
         compile_cache: Path | None = None,
+        every_shape: bool = True,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.device = device
@@ -84,7 +86,7 @@ class EncoderProcess:
         _widen(self._responses)
         self._process = context.Process(
             target=_serve,
-            args=(factory, warm_up, compile_cache, self._requests, self._responses),
+            args=(factory, warm_up, every_shape, compile_cache, self._requests, self._responses),
             name=f"encoder-{device}",
             daemon=True,
         )
@@ -105,6 +107,7 @@ class EncoderProcess:
         warm_up: bool = True,
         wait: bool = True,
         compile_cache: Path | None = None,
+        every_shape: bool = True,
     ) -> list[EncoderProcess]:
         """One process per device, ``factory(device)`` building each model; they load (and
         compile) side by side. Returns once all are ready (``wait``); stops them all if one
@@ -116,6 +119,7 @@ class EncoderProcess:
                 warm_up=warm_up,
                 wait=False,
                 compile_cache=compile_cache,
+                every_shape=every_shape,
             )
             for d in devices
         ]
@@ -329,9 +333,10 @@ class IngestEncoder:
             first, self.devices, wait=False, compile_cache=cache
         )
         if self.handover:  # loading side by side with the eager ones, then compiling
+            # the shapes nearly every batch has; the rare ones run eager (Encoder.warm_up)
             compiling = functools.partial(factory, compile="on")
             self._successors = EncoderProcess.start_many(
-                compiling, self.devices, wait=False, compile_cache=cache
+                compiling, self.devices, wait=False, compile_cache=cache, every_shape=False
             )
         return self
 
@@ -408,6 +413,7 @@ def _load_on(model: str, device: str, **kwargs: Any) -> Encoder:
 def _serve(
     factory: Callable[[], Encoder],
     warm_up: bool,
+    every_shape: bool,
     compile_cache: Path | None,
     requests: multiprocessing.Queue,
     responses: multiprocessing.Queue,
@@ -424,7 +430,7 @@ def _serve(
         encoder = factory()
         warmed = kernels.WarmUp(0.0)
         if warm_up and encoder.compiled:
-            warmed = kernels.warm_up(encoder, compile_cache)
+            warmed = kernels.warm_up(encoder, compile_cache, every_shape=every_shape)
     except BaseException as exc:  # the parent reports it; nothing else can
         responses.put(("error", f"{type(exc).__name__}: {exc}"))
         return

@@ -115,6 +115,39 @@ def test_compile_cache_files_are_named_by_what_the_kernels_depend_on(tiny_model_
     assert not plain.loaded and not plain.saved and not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow  # dynamo traces the blocks: seconds
+def test_a_successor_compiles_the_common_shapes_and_runs_the_rare_ones_eager(tiny_model_dir):
+    """``warm_up(every_shape=False)`` (what a process taking over from an eager one runs)
+    compiles only what full and partial batches of one grid need; any other batch size or page
+    size of one grid runs those graphs, and the rare shapes (a single page, pages of mixed
+    sizes) run eager, without a compile on the serving path: the same pages either way."""
+    import torch
+
+    encoder = _load(str(tiny_model_dir))
+    sizes = encoder.family.warm_up_sizes(BUDGET)
+    a4 = [Image.effect_noise(sizes[0], 64).convert("RGB")] * 2
+    letter = [Image.effect_noise(sizes[1], 64).convert("RGB")] * 2
+    legal = Image.effect_noise(encoder.family.size_for(612, 1008, BUDGET), 64).convert("RGB")
+    batches = [a4, letter, a4[:1], [a4[0], legal]]
+    expected = [[p.multivector for p in encoder.embed_pages(b)] for b in batches]
+    torch._dynamo.utils.counters.clear()
+    encoder.compile(backend="eager")
+    try:
+        encoder.warm_up(every_shape=False)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert graphs <= 2  # a vision block's and a decoder layer's graph (6 for every shape)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            common = [encoder.embed_pages(b) for b in batches[:2]]  # compiled: no new trace
+        rare = [encoder.embed_pages(b) for b in batches[2:]]  # eager_on_recompile, as set
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch.compiler.set_stance("default")
+        torch._dynamo.reset()
+    for got, wanted in zip(common + rare, expected, strict=True):
+        for page, want in zip(got, wanted, strict=True):
+            np.testing.assert_allclose(page.multivector, want, atol=1e-5)
+
+
 @pytest.mark.slow  # encoder processes started cold: seconds each
 def test_a_device_starts_eager_and_hands_over_to_its_compiled_process(tiny_model_dir):
     """Pages come from the eager process at once; once the compiled one is warmed up, from it;

@@ -11,6 +11,8 @@ Variants:
   its creation to its first page.
 - ``graphs``: a cold compile alone (empty caches): the seconds each warm-up batch takes, i.e.
   what each graph costs, and dynamo's own account.
+- ``common``: a cold compile of the common shapes only (``warm_up(every_shape=False)``, what
+  a handover's successor compiles), then the rare shapes, eager.
 - ``profile``: one A4 batch eager and compiled under the profiler: the GPU time by kernel.
 
 Each prints ``RESULT {...}``: seconds since the process's launch at each stage's end.
@@ -29,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("host", "device", "process", "graphs", "profile")
+VARIANTS = ("host", "device", "process", "graphs", "common", "profile")
 
 
 def main() -> None:
@@ -193,7 +195,41 @@ def graphs(args) -> dict:
         seconds[name] = round(time.perf_counter() - start, 2)
     clock.mark("warmed up")
     print(torch._dynamo.utils.compile_times(repr="str")[:4000], flush=True)
-    return {"variant": "graphs", "stages": clock.marks, "step_s": seconds}
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    return {"variant": "graphs", "stages": clock.marks, "step_s": seconds, "graphs": graphs}
+
+
+def common(args) -> dict:
+    """A cold compile of the shapes nearly every batch has (``warm_up(every_shape=False)``,
+    what a handover's successor runs); then what the rare shapes cost after it, run eager."""
+    clock = Clock(args.launched)
+    import torch
+    from PIL import Image
+
+    from retrieval.encoder import Encoder
+
+    encoder = Encoder.load(str(args.checkpoint), device=args.device, batch_size=args.batch_size)
+    clock.mark("model ready")
+    encoder.compile()
+    warm_up_s = encoder.warm_up(every_shape=False)
+    clock.mark("warmed up")
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    sizes = encoder.family.warm_up_sizes(768)
+    first, last = Image.new("RGB", sizes[0]), Image.new("RGB", sizes[-1])
+    seconds = {}
+    for name, pages in [("two sizes, eager", [first, last] * 4), ("one page, eager", [first])]:
+        start = time.perf_counter()
+        encoder.embed_pages(pages)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        seconds[name] = round(time.perf_counter() - start, 2)
+    return {
+        "variant": "common",
+        "stages": clock.marks,
+        "warm_up_s": round(warm_up_s, 2),
+        "graphs": graphs,
+        "after_s": seconds,
+    }
 
 
 def profile(args) -> dict:
@@ -234,6 +270,7 @@ CHILDREN = {
     "device": lambda args: stages(args, via_host=False),
     "process": process,
     "graphs": graphs,
+    "common": common,
     "profile": profile,
 }
 

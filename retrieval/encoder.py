@@ -210,7 +210,7 @@ class Encoder:
         net, processor, bound = checkpoint.load(
             model, family, torch_dtype, max_visual_tokens, device=devices[0]
         )
-        net = net.eval()
+        net = net.to(devices[0]).eval()  # already there: a buffer made elsewhere would follow
         log.info("loaded %s on %s (%s)", model, ", ".join(devices), torch_dtype)
         encoder = cls(
             net,

@@ -146,7 +146,9 @@ def load(
     copy: BENCHMARKS.md, "A GPU worker's start"); without ``weights``, the model's structure
     alone, on PyTorch's meta device (no weight is read)."""
     import colpali_engine.models as models
+    import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
     processor, bound = load_processor(ref, family, max_visual_tokens)
     path, local = _locate(ref)
     model_cls = getattr(models, bound.model_cls)

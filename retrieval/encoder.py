@@ -202,9 +202,6 @@ class Encoder:
         ``device`` may name several CUDA devices (or ``auto``: every visible GPU): the model is
         replicated on each for ingestion. ``compile``: on, off, or auto (on for CUDA). ``fp8``: the
         blocks' matmuls in float8 (``use_fp8``)."""
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
         devices = resolve_devices(device)
         torch_dtype = resolve_dtype(dtype, devices[0])
         net, processor, bound = checkpoint.load(

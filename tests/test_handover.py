@@ -66,6 +66,24 @@ def test_the_blocks_run_without_transformers_output_capture(tiny_model_dir):
         np.testing.assert_allclose(page.multivector, row[mask].numpy(), atol=1e-5)
 
 
+def test_the_hosts_model_is_its_structure_alone(tiny_model_dir, capsys):
+    """A host that drives encoder processes gets the checkpoint's structure without reading
+    a weight (PyTorch's meta device), with what the pipeline asks of a model the same as the
+    loaded model's, and no "Loading weights" bar on the user's terminal."""
+    import transformers
+
+    transformers.utils.logging.enable_progress_bar()  # as a fresh process has it
+    structure = Encoder.structure(str(tiny_model_dir), max_visual_tokens=BUDGET, batch_size=2)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert all(p.is_meta for p in structure.model.parameters())
+    loaded = _load(str(tiny_model_dir))
+    assert structure.identity == loaded.identity and structure.batch_size == 2
+    assert structure.family.name == loaded.family.name
+    a4 = structure.family.size_for(595, 842, BUDGET)
+    assert a4 == loaded.family.size_for(595, 842, BUDGET)
+    assert structure.family.grid_for(595, 842, BUDGET) == loaded.family.grid_for(595, 842, BUDGET)
+
+
 def test_a_small_run_is_not_compiled(tmp_path, monkeypatch):
     """``colqwen ingest`` of fewer pages than compile_min_pages runs the eager model on a GPU;
     ``compile=on`` and larger runs still compile; on a CPU (auto: no compile) nothing

@@ -144,7 +144,7 @@ def process(args) -> dict:
     from retrieval.encoder import Encoder
     from retrieval.encoder_process import EncoderProcess
 
-    clock.mark("imports (no torch)")
+    clock.mark("imports")
     factory = functools.partial(
         Encoder.load, str(args.checkpoint), device=args.device, batch_size=args.batch_size
     )

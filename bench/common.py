@@ -5,10 +5,27 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 SHARED_PDFS = Path(__file__).resolve().parents[1].parent / "shared" / "pdfs"
+
+
+def run_cold(module: str, variant: str, options: list[str]) -> None:
+    """``python -m module --child variant ...options --launched <now>`` in a fresh process with
+    empty inductor and Triton caches (a new machine's compile); its output goes to ours."""
+    caches = Path(tempfile.mkdtemp(prefix=f"cache-{variant}-"))
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+        "TRITON_CACHE_DIR": str(caches / "triton"),
+    }
+    command = [sys.executable, "-m", module, "--child", variant, *options]
+    print(f"== {variant}", flush=True)
+    subprocess.run([*command, "--launched", str(time.time())], env=env, check=False)
 
 
 def machine() -> str:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.common import run_cold
 
 VARIANTS = {
     "eager": None,
@@ -58,18 +57,9 @@ def main() -> None:
         return
     keep = Path(tempfile.mkdtemp(prefix="mega-"))
     for variant in args.variants:
-        caches = Path(tempfile.mkdtemp(prefix=f"cache-{variant}-"))
-        env = {
-            **os.environ,
-            "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-            "TRITON_CACHE_DIR": str(caches / "triton"),
-        }
         artefacts = keep / (variant.removeprefix("mega-") + ".bin")
-        command = [sys.executable, "-m", "bench.startup_probe", "--child", variant]
-        command += ["--device", args.device, "--batch-size", str(args.batch_size)]
-        command += ["--launched", str(time.time()), "--artefacts", str(artefacts)]
-        print(f"== {variant}", flush=True)
-        subprocess.run(command, env=env, check=False)
+        options = ["--device", args.device, "--batch-size", str(args.batch_size)]
+        run_cold("bench.startup_probe", variant, [*options, "--artefacts", str(artefacts)])
 
 
 def child(args) -> None:

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.common import run_cold
 
 VARIANTS = ("host", "device", "process", "graphs", "common", "profile")
 
@@ -52,18 +51,8 @@ def main() -> None:
         written = write_checkpoint(args.checkpoint, args.device)
         print(f"checkpoint written in {written:.1f} s")
     for variant in args.variants:
-        caches = Path(tempfile.mkdtemp(prefix=f"cache-{variant}-"))
-        env = {
-            **os.environ,
-            "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
-            "TRITON_CACHE_DIR": str(caches / "triton"),
-        }
-        command = [sys.executable, "-m", "bench.startup_stages", "--child", variant]
-        command += ["--checkpoint", str(args.checkpoint), "--batch-size", str(args.batch_size)]
-        command += ["--device", args.device]
-        command += ["--launched", str(time.time())]
-        print(f"== {variant}", flush=True)
-        subprocess.run(command, env=env, check=False)
+        options = ["--checkpoint", str(args.checkpoint), "--batch-size", str(args.batch_size)]
+        run_cold("bench.startup_stages", variant, [*options, "--device", args.device])
 
 
 class Clock:
@@ -74,7 +63,6 @@ class Clock:
         self.marks: dict[str, float] = {}
 
     def mark(self, stage: str) -> None:
-        import sys
 
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_initialized():
@@ -163,8 +151,10 @@ def process(args) -> dict:
     return {"variant": "process", "stages": clock.marks}
 
 
-def graphs(args) -> dict:
-    """A cold compile's warm-up, batch by batch, as ``Encoder.warm_up`` runs them."""
+def warm_up_by_batch(args, every_shape: bool) -> dict:
+    """A cold compile's warm-up (``Encoder.warm_up(every_shape=...)`` itself), the seconds of
+    each of its batches (what each graph costs) and dynamo's own account; after a warm-up of
+    the common shapes, what the rare ones cost, run eager."""
     clock = Clock(args.launched)
     import torch
     from PIL import Image
@@ -173,62 +163,37 @@ def graphs(args) -> dict:
 
     encoder = Encoder.load(str(args.checkpoint), device=args.device, batch_size=args.batch_size)
     clock.mark("model ready")
-    encoder.compile()
-    sizes = encoder.family.warm_up_sizes(768)
-    first, last = Image.new("RGB", sizes[0]), Image.new("RGB", sizes[-1])
-    longer = Image.new("RGB", encoder.family.size_for(612, 1008, 768))
-    n = max(1, args.batch_size // 4)
-    steps = [(f"full batch {w}x{h}", [Image.new("RGB", (w, h), "white")] * args.batch_size)
-             for w, h in sizes]  # fmt: skip
-    steps += [
-        ("partial batch", [first] * max(3, args.batch_size // 2 + 1)),
-        ("two sizes, equal tokens", [first, last] * n + [first]),
-        ("unequal tokens", [first, longer] * n + [first]),
-        ("one page", [first]),
-    ]
-    seconds = {}
-    for name, pages in steps:
+    seconds: list[tuple[str, float]] = []
+    embed_pages = encoder.embed_pages
+
+    def timed(images, *rest, **options):
         start = time.perf_counter()
-        encoder.embed_pages(pages)
+        pages = embed_pages(images, *rest, **options)
         if torch.cuda.is_initialized():
             torch.cuda.synchronize()
-        seconds[name] = round(time.perf_counter() - start, 2)
+        sizes = sorted({"x".join(map(str, image.size)) for image in images})
+        seconds.append((f"{len(images)} pages, {' + '.join(sizes)}", time.perf_counter() - start))
+        return pages
+
+    encoder.embed_pages = timed  # what warm_up calls, batch by batch
+    encoder.compile()
+    warm_up_s = encoder.warm_up(every_shape=every_shape)
     clock.mark("warmed up")
     print(torch._dynamo.utils.compile_times(repr="str")[:4000], flush=True)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    return {"variant": "graphs", "stages": clock.marks, "step_s": seconds, "graphs": graphs}
-
-
-def common(args) -> dict:
-    """A cold compile of the shapes nearly every batch has (``warm_up(every_shape=False)``,
-    what a handover's successor runs); then what the rare shapes cost after it, run eager."""
-    clock = Clock(args.launched)
-    import torch
-    from PIL import Image
-
-    from retrieval.encoder import Encoder
-
-    encoder = Encoder.load(str(args.checkpoint), device=args.device, batch_size=args.batch_size)
-    clock.mark("model ready")
-    encoder.compile()
-    warm_up_s = encoder.warm_up(every_shape=False)
-    clock.mark("warmed up")
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    sizes = encoder.family.warm_up_sizes(768)
-    first, last = Image.new("RGB", sizes[0]), Image.new("RGB", sizes[-1])
-    seconds = {}
-    for name, pages in [("two sizes, eager", [first, last] * 4), ("one page, eager", [first])]:
-        start = time.perf_counter()
-        encoder.embed_pages(pages)
-        if torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        seconds[name] = round(time.perf_counter() - start, 2)
+    warm_up_batches = len(seconds)
+    if not every_shape:
+        sizes = encoder.family.warm_up_sizes(768)
+        first, last = Image.new("RGB", sizes[0]), Image.new("RGB", sizes[-1])
+        encoder.embed_pages([first, last] * 4)  # two sizes: eager now
+        encoder.embed_pages([first])  # a single page: eager now
     return {
-        "variant": "common",
+        "variant": "graphs" if every_shape else "common",
         "stages": clock.marks,
         "warm_up_s": round(warm_up_s, 2),
         "graphs": graphs,
-        "after_s": seconds,
+        "batch_s": [(name, round(s, 2)) for name, s in seconds[:warm_up_batches]],
+        "eager_after_s": [(name, round(s, 2)) for name, s in seconds[warm_up_batches:]],
     }
 
 
@@ -269,8 +234,8 @@ CHILDREN = {
     "host": lambda args: stages(args, via_host=True),
     "device": lambda args: stages(args, via_host=False),
     "process": process,
-    "graphs": graphs,
-    "common": common,
+    "graphs": lambda args: warm_up_by_batch(args, every_shape=True),
+    "common": lambda args: warm_up_by_batch(args, every_shape=False),
     "profile": profile,
 }
 

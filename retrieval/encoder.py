@@ -352,9 +352,9 @@ class Encoder:
         Without ``every_shape``, only the shapes nearly every batch has (the pipeline batches
         pages of one grid together): with graphs of symbolic sizes, a full and a partial batch
         of one page size. Batches of mixed sizes and single pages then run eager
-        (``eager_on_recompile``), and the compile is ready sooner: 2 graphs, not 6 (38 -> 23 s
-        for the tiny model with inductor on a CPU; BENCHMARKS.md). What a process that takes
-        over from an eager one wants (``retrieval.handover``)."""
+        (``eager_on_recompile``), and the compile is ready sooner: 2 graphs, not 6 (~40% less
+        warm-up for the tiny model with inductor on a CPU; BENCHMARKS.md). What a process that
+        takes over from an eager one wants (``retrieval.handover``)."""
         import torch
         from PIL import Image
 
